@@ -1,0 +1,345 @@
+//! The IO seam: every downstream and upstream socket passes through [`SensorIo`].
+//!
+//! `SensorIo` observes what the peer did (bytes, FIN, RST) and owns how linger closes a
+//! socket: hyper's `poll_shutdown` becomes a write-side shutdown (a FIN right after the last
+//! byte, never a delayed one: R8), and the connection's driver then calls [`linger_close`],
+//! which reads and discards what the peer still sends until it closes or the linger time runs
+//! out. A socket closed with unread bytes in its receive buffer makes the kernel send RST
+//! and destroys the response the peer has not read yet (R4); lingering avoids that, and is
+//! skipped when the peer already closed its side (nothing can be unread).
+//!
+//! The socket is shared (`Arc<TcpStream>`) so the driver keeps it after hyper's connection
+//! future has ended, whether it ended cleanly or with an error.
+
+pub mod socket;
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// What linger saw the peer do to the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum PeerClose {
+    /// Still open, as far as linger knows.
+    Open = 0,
+    /// The peer sent FIN (a read returned 0).
+    Fin = 1,
+    /// The peer reset the connection (ECONNRESET / EPIPE).
+    Rst = 2,
+    /// Another socket error (timeout from keepalive or `TCP_USER_TIMEOUT`, unreachable...).
+    Error = 3,
+}
+
+impl PeerClose {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Fin,
+            2 => Self::Rst,
+            3 => Self::Error,
+            _ => Self::Open,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Fin => "fin",
+            Self::Rst => "rst",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// Counters shared between the socket wrapper and whoever drives the connection.
+#[derive(Debug, Default)]
+pub struct IoStats {
+    bytes_read: AtomicU64,
+    bytes_written: AtomicU64,
+    peer: AtomicU8,
+    /// errno of the read or write error that ended the connection, if any.
+    errno: AtomicU64,
+    fin_sent: AtomicBool,
+    /// When armed, the next read that returns bytes records its time and notifies: the
+    /// downstream driver uses it to start the header read timeout at a head's first byte.
+    first_read_armed: AtomicBool,
+    first_read_at: std::sync::Mutex<Option<Instant>>,
+    pub first_read: tokio::sync::Notify,
+}
+
+// === impl IoStats ===
+
+impl IoStats {
+    /// Forgets the last first-read time and records the next one.
+    pub fn arm_first_read(&self) {
+        *self.first_read_at.lock().expect("first read lock") = None;
+        self.first_read_armed.store(true, Ordering::Release);
+    }
+
+    /// When the first byte after the last `arm_first_read` arrived.
+    pub fn first_read_at(&self) -> Option<Instant> {
+        *self.first_read_at.lock().expect("first read lock")
+    }
+
+    fn on_bytes_read(&self) {
+        if self.first_read_armed.load(Ordering::Relaxed)
+            && self.first_read_armed.swap(false, Ordering::AcqRel)
+        {
+            *self.first_read_at.lock().expect("first read lock") = Some(Instant::now());
+            self.first_read.notify_one();
+        }
+    }
+
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read.load(Ordering::Relaxed)
+    }
+
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes_written.load(Ordering::Relaxed)
+    }
+
+    pub fn peer(&self) -> PeerClose {
+        PeerClose::from_u8(self.peer.load(Ordering::Relaxed))
+    }
+
+    pub fn fin_sent(&self) -> bool {
+        self.fin_sent.load(Ordering::Relaxed)
+    }
+
+    pub fn errno(&self) -> Option<i32> {
+        match self.errno.load(Ordering::Relaxed) {
+            0 => None,
+            e => Some(e as i32),
+        }
+    }
+
+    fn record_peer(&self, p: PeerClose) {
+        // The first observation wins: a FIN followed by a failed write is still a FIN.
+        let _ = self
+            .peer
+            .compare_exchange(0, p as u8, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    fn record_error(&self, e: &io::Error) {
+        if e.kind() == io::ErrorKind::WouldBlock {
+            return;
+        }
+        if let Some(code) = e.raw_os_error() {
+            let _ =
+                self.errno
+                    .compare_exchange(0, code as u64, Ordering::Relaxed, Ordering::Relaxed);
+        }
+        let kind = match e.kind() {
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionAborted => PeerClose::Rst,
+            _ => PeerClose::Error,
+        };
+        self.record_peer(kind);
+    }
+}
+
+/// A TCP socket that records what happens to it and owns its close.
+#[derive(Debug)]
+pub struct SensorIo {
+    stream: Arc<TcpStream>,
+    stats: Arc<IoStats>,
+}
+
+// === impl SensorIo ===
+
+impl SensorIo {
+    pub fn new(stream: TcpStream) -> Self {
+        Self {
+            stream: Arc::new(stream),
+            stats: Arc::new(IoStats::default()),
+        }
+    }
+
+    /// The shared socket, for the driver's final close.
+    pub fn stream(&self) -> Arc<TcpStream> {
+        self.stream.clone()
+    }
+
+    pub fn stats(&self) -> Arc<IoStats> {
+        self.stats.clone()
+    }
+}
+
+impl AsyncRead for SensorIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if let Err(e) = ready!(this.stream.poll_read_ready(cx)) {
+                this.stats.record_error(&e);
+                return Poll::Ready(Err(e));
+            }
+            match this.stream.try_read_buf(buf) {
+                Ok(0) => {
+                    if buf.remaining() > 0 {
+                        this.stats.record_peer(PeerClose::Fin);
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(n) => {
+                    this.stats.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+                    this.stats.on_bytes_read();
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => {
+                    this.stats.record_error(&e);
+                    return Poll::Ready(Err(e));
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for SensorIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        loop {
+            if let Err(e) = ready!(this.stream.poll_write_ready(cx)) {
+                this.stats.record_error(&e);
+                return Poll::Ready(Err(e));
+            }
+            match this.stream.try_write(buf) {
+                Ok(n) => {
+                    this.stats
+                        .bytes_written
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => {
+                    this.stats.record_error(&e);
+                    return Poll::Ready(Err(e));
+                }
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        loop {
+            if let Err(e) = ready!(this.stream.poll_write_ready(cx)) {
+                this.stats.record_error(&e);
+                return Poll::Ready(Err(e));
+            }
+            match this.stream.try_write_vectored(bufs) {
+                Ok(n) => {
+                    this.stats
+                        .bytes_written
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => {
+                    this.stats.record_error(&e);
+                    return Poll::Ready(Err(e));
+                }
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    /// A FIN right after the last byte; the driver lingers afterwards.
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        send_fin(&self.stream, &self.stats);
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Shuts down the write side once; errors (the peer already reset) are recorded, not raised.
+pub fn send_fin(stream: &TcpStream, stats: &IoStats) {
+    if stats.fin_sent.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    if let Err(e) = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write) {
+        if e.kind() != io::ErrorKind::NotConnected {
+            stats.record_error(&e);
+        }
+    }
+}
+
+/// How a graceful close ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LingerOutcome {
+    /// The peer had already closed its side: nothing could be unread, no wait.
+    PeerAlreadyClosed,
+    /// The peer closed (FIN) while linger was reading and discarding.
+    PeerClosed { discarded: u64 },
+    /// The peer reset the connection while linger was draining.
+    PeerReset { discarded: u64 },
+    /// The linger time ran out; the socket was closed with the peer still open.
+    TimedOut { discarded: u64 },
+}
+
+/// Flushes nothing (writes are unbuffered here), sends FIN, then reads and discards until
+/// the peer closes or `linger` passes. Dropping the stream afterwards closes the socket.
+pub async fn linger_close(stream: &TcpStream, stats: &IoStats, linger: Duration) -> LingerOutcome {
+    send_fin(stream, stats);
+    match stats.peer() {
+        PeerClose::Fin | PeerClose::Rst | PeerClose::Error => {
+            return LingerOutcome::PeerAlreadyClosed
+        }
+        PeerClose::Open => {}
+    }
+    let deadline = Instant::now() + linger;
+    let mut scratch = [0u8; 4096];
+    let mut discarded = 0u64;
+    loop {
+        let read = tokio::time::timeout_at(deadline, async {
+            loop {
+                stream.readable().await?;
+                match stream.try_read(&mut scratch) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    other => return other,
+                }
+            }
+        })
+        .await;
+        match read {
+            Err(_elapsed) => return LingerOutcome::TimedOut { discarded },
+            Ok(Ok(0)) => {
+                stats.record_peer(PeerClose::Fin);
+                return LingerOutcome::PeerClosed { discarded };
+            }
+            Ok(Ok(n)) => {
+                discarded += n as u64;
+                stats.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Ok(Err(e)) => {
+                stats.record_error(&e);
+                return LingerOutcome::PeerReset { discarded };
+            }
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! When may a pooled upstream connection be reused? (R1, R9, R12)
+
+use std::time::Duration;
+
+use http::{header, HeaderMap, Version};
+
+use crate::observe::CloseReason;
+
+/// What an upstream announced in `Keep-Alive: timeout=N, max=M`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeepAliveHint {
+    pub timeout: Option<Duration>,
+    pub max: Option<u64>,
+}
+
+/// Parses every `Keep-Alive` header value; unknown parameters are ignored, the smallest of
+/// repeated parameters wins.
+pub fn parse_keep_alive(headers: &HeaderMap) -> KeepAliveHint {
+    let mut hint = KeepAliveHint::default();
+    for value in headers.get_all("keep-alive") {
+        let Ok(s) = value.to_str() else { continue };
+        for param in s.split(',') {
+            let Some((k, v)) = param.split_once('=') else {
+                continue;
+            };
+            let v = v.trim().trim_matches('"');
+            match k.trim().to_ascii_lowercase().as_str() {
+                "timeout" => {
+                    if let Ok(secs) = v.parse::<u64>() {
+                        let d = Duration::from_secs(secs);
+                        hint.timeout = Some(hint.timeout.map_or(d, |t| t.min(d)));
+                    }
+                }
+                "max" => {
+                    if let Ok(m) = v.parse::<u64>() {
+                        hint.max = Some(hint.max.map_or(m, |x| x.min(m)));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    hint
+}
+
+/// The reuse rules of one cluster.
+#[derive(Debug, Clone)]
+pub struct ReusePolicy {
+    pub idle_timeout: Duration,
+    pub learn_keep_alive: bool,
+    pub margin: Duration,
+    pub max_requests: Option<u64>,
+}
+
+/// The decision after a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reuse {
+    /// Return the connection to the pool; do not reuse it after `idle_for` of idleness, nor
+    /// for more than `requests_left` further requests.
+    Keep {
+        idle_for: Duration,
+        requests_left: Option<u64>,
+    },
+    Close(CloseReason),
+}
+
+/// Facts about one finished exchange.
+#[derive(Debug, Clone, Copy)]
+pub struct Exchange<'a> {
+    pub version: Version,
+    pub headers: &'a HeaderMap,
+    /// Requests served on this connection, this one included.
+    pub served: u64,
+    /// Further requests allowed by an earlier hint.
+    pub requests_left: Option<u64>,
+    /// Was the whole request body written before the response arrived?
+    pub request_body_complete: bool,
+}
+
+// === impl ReusePolicy ===
+
+impl ReusePolicy {
+    pub fn after_response(&self, ex: Exchange<'_>) -> Reuse {
+        if !ex.request_body_complete {
+            // A final status before the body was fully sent (early response, or a status
+            // instead of 100 Continue): the upstream's view of the framing is unknown (R12).
+            return Reuse::Close(CloseReason::UnknownState);
+        }
+        if ex.version == Version::HTTP_10 && !connection_has(ex.headers, "keep-alive") {
+            return Reuse::Close(CloseReason::UpstreamConnectionClose);
+        }
+        if ex.version < Version::HTTP_10 || connection_has(ex.headers, "close") {
+            return Reuse::Close(CloseReason::UpstreamConnectionClose);
+        }
+        let mut idle_for = self.idle_timeout;
+        let mut requests_left = ex.requests_left.map(|n| n.saturating_sub(1));
+        if let Some(max) = self.max_requests {
+            let left = max.saturating_sub(ex.served);
+            requests_left = Some(requests_left.map_or(left, |l| l.min(left)));
+        }
+        if self.learn_keep_alive {
+            let hint = parse_keep_alive(ex.headers);
+            if let Some(t) = hint.timeout {
+                if t <= Duration::from_secs(1) {
+                    return Reuse::Close(CloseReason::HintNoReuse);
+                }
+                idle_for = idle_for.min(t.saturating_sub(self.margin));
+                if idle_for.is_zero() {
+                    return Reuse::Close(CloseReason::HintNoReuse);
+                }
+            }
+            if let Some(m) = hint.max {
+                requests_left = Some(requests_left.map_or(m, |l| l.min(m)));
+            }
+        }
+        if requests_left == Some(0) {
+            return Reuse::Close(CloseReason::UpstreamMaxRequests);
+        }
+        Reuse::Keep {
+            idle_for,
+            requests_left,
+        }
+    }
+}
+
+/// Does any `Connection` header list `token`?
+pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.to_str()
+            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn policy() -> ReusePolicy {
+        ReusePolicy {
+            idle_timeout: Duration::from_secs(60),
+            learn_keep_alive: true,
+            margin: Duration::from_secs(1),
+            max_requests: None,
+        }
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    fn ex(h: &HeaderMap) -> Exchange<'_> {
+        Exchange {
+            version: Version::HTTP_11,
+            headers: h,
+            served: 1,
+            requests_left: None,
+            request_body_complete: true,
+        }
+    }
+
+    #[test]
+    fn keep_alive_timeout_hint_caps_idle_time_minus_margin() {
+        let h = headers(&[("keep-alive", "timeout=5, max=100")]);
+        assert_eq!(
+            policy().after_response(ex(&h)),
+            Reuse::Keep {
+                idle_for: Duration::from_secs(4),
+                requests_left: Some(100)
+            }
+        );
+    }
+
+    #[test]
+    fn hint_of_one_second_or_less_means_no_reuse() {
+        let h = headers(&[("keep-alive", "timeout=1")]);
+        assert_eq!(
+            policy().after_response(ex(&h)),
+            Reuse::Close(CloseReason::HintNoReuse)
+        );
+    }
+
+    #[test]
+    fn configured_idle_timeout_wins_when_shorter_than_hint() {
+        let mut p = policy();
+        p.idle_timeout = Duration::from_millis(1500);
+        let h = headers(&[("keep-alive", "timeout=5")]);
+        assert_eq!(
+            p.after_response(ex(&h)),
+            Reuse::Keep {
+                idle_for: Duration::from_millis(1500),
+                requests_left: None
+            }
+        );
+    }
+
+    #[test]
+    fn max_counts_down_and_zero_closes() {
+        let h = HeaderMap::new();
+        let mut e = ex(&h);
+        e.requests_left = Some(1);
+        assert_eq!(
+            policy().after_response(e),
+            Reuse::Close(CloseReason::UpstreamMaxRequests)
+        );
+    }
+
+    #[test]
+    fn connection_close_and_http10_are_never_reused() {
+        let h = headers(&[("connection", "Close")]);
+        assert_eq!(
+            policy().after_response(ex(&h)),
+            Reuse::Close(CloseReason::UpstreamConnectionClose)
+        );
+        let h = HeaderMap::new();
+        let mut e = ex(&h);
+        e.version = Version::HTTP_10;
+        assert_eq!(
+            policy().after_response(e),
+            Reuse::Close(CloseReason::UpstreamConnectionClose)
+        );
+    }
+
+    #[test]
+    fn response_before_body_complete_is_unknown_state() {
+        let h = HeaderMap::new();
+        let mut e = ex(&h);
+        e.request_body_complete = false;
+        assert_eq!(
+            policy().after_response(e),
+            Reuse::Close(CloseReason::UnknownState)
+        );
+    }
+
+    #[test]
+    fn ignored_hint_when_learning_is_off() {
+        let mut p = policy();
+        p.learn_keep_alive = false;
+        let h = headers(&[("keep-alive", "timeout=1")]);
+        assert!(matches!(p.after_response(ex(&h)), Reuse::Keep { .. }));
+    }
+}

@@ -1,0 +1,207 @@
+//! Termination codes: who ended a request or a connection, in which phase, and why.
+//!
+//! Each code is `side.phase.cause`, e.g. `upstream.waiting.rst`: the upstream reset the
+//! connection while linger waited for the response head. `docs/termination-codes.md`
+//! documents every code.
+
+use std::fmt;
+
+/// Who acted first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Actor {
+    Downstream,
+    Upstream,
+    Linger,
+    None,
+}
+
+/// How a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Termination {
+    /// Response fully sent.
+    Ok,
+    // --- linger refused the request before any upstream work ---
+    /// Malformed request or ambiguous framing (R12): 400, connection closed.
+    BadRequest,
+    /// HTTP/1.1 request without `Host`: 400.
+    MissingHost,
+    /// No route matched: 404.
+    NoRoute,
+    // --- upstream failures ---
+    /// Could not connect to any endpoint (refused, unreachable): 502.
+    ConnectFailed,
+    /// Connect timeout: 502.
+    ConnectTimeout,
+    /// The per-try response timeout ran out: 504.
+    ResponseTimeout,
+    /// The upstream reset before a response head: 502.
+    UpstreamResetBeforeResponse,
+    /// The upstream closed (FIN) before a response head: 502.
+    UpstreamClosedBeforeResponse,
+    /// The upstream sent something that is not HTTP: 502.
+    UpstreamProtocolError,
+    /// The upstream failed in the middle of the response body; the downstream response was
+    /// aborted visibly (R11).
+    UpstreamResetMidBody,
+    /// A retry was needed but refused (not idempotent or body not replayable): 502 (R1).
+    RetryRefusedNotIdempotent,
+    /// A retry was needed but the retry budget was spent: 502.
+    RetryBudgetExhausted,
+    /// Every allowed try failed: 502.
+    RetriesExhausted,
+    // --- downstream went away ---
+    /// The downstream closed (FIN or RST) while linger waited for the upstream (R7).
+    DownstreamClosedWaiting,
+    /// The downstream closed while the response body was being sent (R5).
+    DownstreamClosedStreaming,
+    /// The downstream request body failed (reset, bad chunk) after forwarding began.
+    DownstreamBodyError,
+}
+
+// === impl Termination ===
+
+impl Termination {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::BadRequest => "linger.request_head.bad_request",
+            Self::MissingHost => "linger.request_head.missing_host",
+            Self::NoRoute => "linger.request_head.no_route",
+            Self::ConnectFailed => "upstream.connect.refused",
+            Self::ConnectTimeout => "upstream.connect.timeout",
+            Self::ResponseTimeout => "linger.waiting.response_timeout",
+            Self::UpstreamResetBeforeResponse => "upstream.waiting.rst",
+            Self::UpstreamClosedBeforeResponse => "upstream.waiting.fin",
+            Self::UpstreamProtocolError => "upstream.waiting.protocol_error",
+            Self::UpstreamResetMidBody => "upstream.response_body.reset",
+            Self::RetryRefusedNotIdempotent => "linger.retry.refused_not_idempotent",
+            Self::RetryBudgetExhausted => "linger.retry.budget_exhausted",
+            Self::RetriesExhausted => "linger.retry.exhausted",
+            Self::DownstreamClosedWaiting => "downstream.waiting.closed",
+            Self::DownstreamClosedStreaming => "downstream.response_body.closed",
+            Self::DownstreamBodyError => "downstream.request_body.error",
+        }
+    }
+
+    pub fn actor(self) -> Actor {
+        match self {
+            Self::Ok => Actor::None,
+            Self::BadRequest
+            | Self::MissingHost
+            | Self::NoRoute
+            | Self::ResponseTimeout
+            | Self::RetryRefusedNotIdempotent
+            | Self::RetryBudgetExhausted
+            | Self::RetriesExhausted => Actor::Linger,
+            Self::ConnectFailed
+            | Self::ConnectTimeout
+            | Self::UpstreamResetBeforeResponse
+            | Self::UpstreamClosedBeforeResponse
+            | Self::UpstreamProtocolError
+            | Self::UpstreamResetMidBody => Actor::Upstream,
+            Self::DownstreamClosedWaiting
+            | Self::DownstreamClosedStreaming
+            | Self::DownstreamBodyError => Actor::Downstream,
+        }
+    }
+}
+
+impl fmt::Display for Termination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a connection (either side) closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseReason {
+    // downstream
+    /// The downstream closed an idle connection (FIN).
+    PeerFinIdle,
+    /// The downstream reset the connection.
+    PeerRst,
+    /// The downstream closed in the middle of a request or response.
+    PeerFinBusy,
+    /// linger's downstream idle timeout.
+    IdleTimeout,
+    /// A request head did not arrive in time: 408.
+    HeaderReadTimeout,
+    /// `max_requests_per_connection` reached.
+    MaxRequests,
+    /// `max_connection_age` reached.
+    MaxAge,
+    /// linger is draining (SIGTERM).
+    Drain,
+    /// The request asked for `Connection: close`, or was HTTP/1.0 without keep-alive.
+    RequestedClose,
+    /// An early response (R4) or an unread request body.
+    EarlyResponse,
+    /// A malformed request (400) or a head over the limits (431).
+    BadRequest,
+    /// An error response after which the connection cannot be reused.
+    ErrorResponse,
+    /// A socket error (keepalive or user timeout, unreachable).
+    SocketError,
+    /// The connection was upgraded (WebSocket) and the tunnel ended.
+    UpgradeEnded,
+    // upstream
+    /// The upstream closed a pooled connection (FIN) while idle.
+    UpstreamFinIdle,
+    /// The upstream sent bytes on an idle pooled connection.
+    UpstreamUnexpectedData,
+    /// linger's pool idle timeout (or the learned `Keep-Alive: timeout`).
+    PoolIdleTimeout,
+    /// The response said `Connection: close`, or was HTTP/1.0.
+    UpstreamConnectionClose,
+    /// The learned `Keep-Alive: max` or `max_requests_per_connection` was reached.
+    UpstreamMaxRequests,
+    /// The pool was full.
+    PoolFull,
+    /// The exchange failed or was cancelled; the connection's state is unknown.
+    Aborted,
+    /// A `Keep-Alive: timeout` hint of 1 s or less: no reuse.
+    HintNoReuse,
+    /// The upstream reset the connection.
+    UpstreamRst,
+    /// The response came before the request body was fully sent (R12).
+    UnknownState,
+}
+
+// === impl CloseReason ===
+
+impl CloseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PeerFinIdle => "downstream_fin_idle",
+            Self::PeerRst => "downstream_rst",
+            Self::PeerFinBusy => "downstream_fin_busy",
+            Self::IdleTimeout => "idle_timeout",
+            Self::HeaderReadTimeout => "header_read_timeout",
+            Self::MaxRequests => "max_requests",
+            Self::MaxAge => "max_age",
+            Self::Drain => "drain",
+            Self::RequestedClose => "requested_close",
+            Self::EarlyResponse => "early_response",
+            Self::BadRequest => "bad_request",
+            Self::ErrorResponse => "error_response",
+            Self::SocketError => "socket_error",
+            Self::UpgradeEnded => "upgrade_ended",
+            Self::UpstreamFinIdle => "upstream_fin_idle",
+            Self::UpstreamUnexpectedData => "upstream_unexpected_data",
+            Self::PoolIdleTimeout => "pool_idle_timeout",
+            Self::UpstreamConnectionClose => "upstream_connection_close",
+            Self::UpstreamMaxRequests => "upstream_max_requests",
+            Self::PoolFull => "pool_full",
+            Self::Aborted => "aborted",
+            Self::HintNoReuse => "keep_alive_hint_no_reuse",
+            Self::UpstreamRst => "upstream_rst",
+            Self::UnknownState => "unknown_state",
+        }
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -1,0 +1,425 @@
+//! The downstream side: accept, drive each connection through hyper's server `conn`, and
+//! own its timers and its close.
+//!
+//! hyper parses and frames; the driver here decides when a connection ends:
+//! * idle timeout (no byte of a next request): graceful close, FIN then linger (R2);
+//! * header read timeout (a request head started but did not finish): 408, then close;
+//! * max age and drain: close when idle, `Connection: close` on the next response (R3, R10);
+//! * after hyper is done, [`linger_close`] drains what the peer still sends (R4) unless the
+//!   peer already closed (R8: no wait when nothing can be unread).
+
+pub mod service;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+
+use crate::config::{HalfClosePolicy, ListenerConfig, RouteConfig};
+use crate::io::{self, linger_close, IoStats, LingerOutcome, PeerClose, SensorIo};
+use crate::lifecycle::downstream::DownstreamPolicy;
+use crate::observe::metrics::{CloseLabels, ListenerLabels, Name};
+use crate::observe::{AccessLog, CloseReason, Metrics};
+use crate::upstream::Cluster;
+
+use self::service::DsService;
+
+static DOWNSTREAM_CONN_IDS: AtomicU64 = AtomicU64::new(1);
+
+/// The drain state every connection watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drain {
+    Running,
+    Draining,
+}
+
+/// Counts open downstream connections so a drain can wait for them.
+#[derive(Debug, Default)]
+pub struct ConnCounter {
+    open: AtomicU64,
+    zero: Notify,
+}
+
+// === impl ConnCounter ===
+
+impl ConnCounter {
+    pub fn open(&self) -> u64 {
+        self.open.load(Ordering::Acquire)
+    }
+
+    fn inc(&self) {
+        self.open.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn dec(&self) {
+        if self.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.zero.notify_waiters();
+        }
+    }
+
+    /// Waits until no downstream connection is open.
+    pub async fn wait_zero(&self) {
+        loop {
+            let n = self.zero.notified();
+            if self.open() == 0 {
+                return;
+            }
+            n.await;
+        }
+    }
+}
+
+/// What every connection of one worker shares.
+#[derive(Debug)]
+pub struct WorkerCtx {
+    pub metrics: Arc<Metrics>,
+    pub access_log: AccessLog,
+    pub clusters: Vec<Arc<Cluster>>,
+    pub drain: watch::Receiver<Drain>,
+    pub conns: Arc<ConnCounter>,
+}
+
+// === impl WorkerCtx ===
+
+impl WorkerCtx {
+    pub fn is_draining(&self) -> bool {
+        *self.drain.borrow() == Drain::Draining
+    }
+}
+
+/// One listener's settings and routes.
+#[derive(Debug)]
+pub struct ListenerCtx {
+    pub cfg: ListenerConfig,
+    pub name: Name,
+    pub routes: Vec<RouteConfig>,
+    pub policy: DownstreamPolicy,
+}
+
+// === impl ListenerCtx ===
+
+impl ListenerCtx {
+    pub fn new(cfg: &ListenerConfig, all_routes: &[RouteConfig]) -> Self {
+        let routes = all_routes
+            .iter()
+            .filter(|r| r.listener.as_ref().is_none_or(|l| *l == cfg.name))
+            .cloned()
+            .collect();
+        Self {
+            name: Arc::new(cfg.name.clone()),
+            policy: DownstreamPolicy {
+                idle_timeout: cfg.idle_timeout,
+                announce_keep_alive: cfg.announce_keep_alive,
+                max_requests: cfg.max_requests_per_connection,
+                max_age: cfg.max_connection_age,
+            },
+            cfg: cfg.clone(),
+            routes,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct DsState {
+    in_flight: bool,
+    idle_since: Instant,
+}
+
+/// One downstream connection, shared by its driver and its service.
+#[derive(Debug)]
+pub struct DsConn {
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub started: Instant,
+    pub stats: Arc<IoStats>,
+    requests: AtomicU64,
+    state: Mutex<DsState>,
+    changed: Notify,
+    close_reason: Mutex<Option<CloseReason>>,
+}
+
+// === impl DsConn ===
+
+impl DsConn {
+    /// A request head was parsed and handed to the service.
+    pub fn begin_request(&self) -> u64 {
+        let mut s = self.state.lock().expect("conn state lock");
+        s.in_flight = true;
+        self.requests.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// The response is done (sent, failed or abandoned).
+    pub fn end_request(&self) {
+        {
+            let mut s = self.state.lock().expect("conn state lock");
+            s.in_flight = false;
+            s.idle_since = Instant::now();
+        }
+        self.stats.arm_first_read();
+        self.changed.notify_one();
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Records why linger is closing this connection (the first reason wins).
+    pub fn set_close_reason(&self, reason: CloseReason) {
+        let mut r = self.close_reason.lock().expect("close reason lock");
+        if r.is_none() {
+            *r = Some(reason);
+        }
+    }
+
+    fn close_reason(&self) -> Option<CloseReason> {
+        *self.close_reason.lock().expect("close reason lock")
+    }
+}
+
+/// Accepts connections until the drain starts, spawning a driver for each.
+pub async fn accept_loop(worker: Arc<WorkerCtx>, listener: Arc<ListenerCtx>, socket: TcpListener) {
+    let mut drain = worker.drain.clone();
+    loop {
+        if *drain.borrow() == Drain::Draining {
+            break;
+        }
+        tokio::select! {
+            accepted = socket.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let w = worker.clone();
+                    let l = listener.clone();
+                    worker.conns.inc();
+                    tokio::spawn(async move {
+                        let conns = w.conns.clone();
+                        serve_connection(w, l, stream, peer).await;
+                        conns.dec();
+                    });
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(listener = %listener.name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = drain.changed() => {}
+        }
+    }
+    tracing::info!(listener = %listener.name, "stopped accepting");
+}
+
+/// What ended the driver's loop.
+enum Ending {
+    Hyper(Result<(), hyper::Error>),
+    HeaderTimeout,
+}
+
+const RESPONSE_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-type: text/plain\r\ncontent-length: 48\r\n\r\n408 Request Timeout: request head not received\n";
+
+/// Drives one downstream connection from accept to close.
+pub async fn serve_connection(
+    worker: Arc<WorkerCtx>,
+    listener: Arc<ListenerCtx>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let cfg = &listener.cfg;
+    if let Err(e) = io::socket::apply(&stream, &cfg.tcp) {
+        tracing::debug!(error = %e, "setting downstream socket options failed");
+    }
+    let labels = ListenerLabels {
+        listener: listener.name.clone(),
+    };
+    worker
+        .metrics
+        .downstream_accepted
+        .get_or_create(&labels)
+        .inc();
+    worker.metrics.downstream_open.get_or_create(&labels).inc();
+
+    let io = SensorIo::new(stream);
+    let stream = io.stream();
+    let stats = io.stats();
+    stats.arm_first_read();
+    let now = Instant::now();
+    let conn = Arc::new(DsConn {
+        id: DOWNSTREAM_CONN_IDS.fetch_add(1, Ordering::Relaxed),
+        peer,
+        started: now,
+        stats: stats.clone(),
+        requests: AtomicU64::new(0),
+        state: Mutex::new(DsState {
+            in_flight: false,
+            idle_since: now,
+        }),
+        changed: Notify::new(),
+        close_reason: Mutex::new(None),
+    });
+    let svc = DsService {
+        worker: worker.clone(),
+        listener: listener.clone(),
+        conn: conn.clone(),
+    };
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .max_buf_size(cfg.max_header_bytes.max(8192))
+        .max_headers(cfg.max_headers)
+        .half_close(cfg.half_close == HalfClosePolicy::Allow)
+        .keep_alive(true);
+    let hconn = builder
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    tokio::pin!(hconn);
+
+    let mut drain = worker.drain.clone();
+    let mut shutting_down = false;
+    let ending = loop {
+        let (in_flight, idle_since) = {
+            let s = conn.state.lock().expect("conn state lock");
+            (s.in_flight, s.idle_since)
+        };
+        let head_started = stats.first_read_at();
+        let draining = *drain.borrow() == Drain::Draining;
+        if !in_flight && head_started.is_none() && !shutting_down {
+            let aged = cfg
+                .max_connection_age
+                .is_some_and(|m| conn.started.elapsed() >= m);
+            if draining || aged {
+                conn.set_close_reason(if draining {
+                    CloseReason::Drain
+                } else {
+                    CloseReason::MaxAge
+                });
+                hconn.as_mut().graceful_shutdown();
+                shutting_down = true;
+            }
+        }
+        let deadline = if in_flight || shutting_down {
+            None
+        } else if let Some(t) = head_started {
+            Some(t + cfg.header_read_timeout)
+        } else {
+            let mut d = idle_since + cfg.idle_timeout;
+            if let Some(age) = cfg.max_connection_age {
+                d = d.min(conn.started + age);
+            }
+            Some(d)
+        };
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = hconn.as_mut() => break Ending::Hyper(r),
+            _ = sleep => {
+                let s = conn.state.lock().expect("conn state lock");
+                if s.in_flight {
+                    continue;
+                }
+                drop(s);
+                let now = Instant::now();
+                if let Some(t) = stats.first_read_at() {
+                    if now >= t + cfg.header_read_timeout {
+                        conn.set_close_reason(CloseReason::HeaderReadTimeout);
+                        break Ending::HeaderTimeout;
+                    }
+                } else if now >= idle_since + cfg.idle_timeout {
+                    conn.set_close_reason(CloseReason::IdleTimeout);
+                    hconn.as_mut().graceful_shutdown();
+                    shutting_down = true;
+                }
+            }
+            _ = conn.changed.notified() => {}
+            _ = stats.first_read.notified() => {}
+            _ = drain.changed(), if !draining => {}
+        }
+    };
+
+    // --- close ---
+    let mut bad_request = false;
+    match ending {
+        Ending::HeaderTimeout => {
+            // hyper never sent a response for the half-read head and is no longer polled;
+            // answer 408 ourselves.
+            write_all_best_effort(&stream, RESPONSE_408, Duration::from_secs(1)).await;
+        }
+        Ending::Hyper(Ok(())) => {}
+        Ending::Hyper(Err(e)) => {
+            if e.is_parse() || e.is_parse_too_large() {
+                // hyper answered 400/431/414 with `Connection: close` itself.
+                bad_request = true;
+                tracing::info!(downstream_conn = conn.id, error = %e, "malformed request");
+            } else {
+                tracing::debug!(downstream_conn = conn.id, error = %e, "downstream connection error");
+            }
+        }
+    }
+    let upgraded = conn.close_reason() == Some(CloseReason::UpgradeEnded);
+    let outcome = if upgraded {
+        // The socket belongs to the upgraded tunnel now; it closes when the tunnel ends.
+        LingerOutcome::PeerAlreadyClosed
+    } else {
+        linger_close(&stream, &stats, cfg.linger_time).await
+    };
+    let reason = if bad_request {
+        CloseReason::BadRequest
+    } else if let Some(r) = conn.close_reason() {
+        r
+    } else {
+        let busy = conn.state.lock().expect("conn state lock").in_flight;
+        match stats.peer() {
+            PeerClose::Rst => CloseReason::PeerRst,
+            PeerClose::Error => CloseReason::SocketError,
+            PeerClose::Fin if busy => CloseReason::PeerFinBusy,
+            _ => CloseReason::PeerFinIdle,
+        }
+    };
+    if let LingerOutcome::TimedOut { discarded } = outcome {
+        tracing::debug!(downstream_conn = conn.id, discarded, "linger time ran out");
+    }
+    let close = CloseLabels {
+        side: "downstream",
+        reason: reason.as_str(),
+    };
+    worker.metrics.closes.get_or_create(&close).inc();
+    worker
+        .metrics
+        .connection_lifetime
+        .get_or_create(&close)
+        .observe(conn.started.elapsed().as_secs_f64());
+    worker
+        .metrics
+        .requests_per_connection
+        .get_or_create(&close)
+        .observe(conn.requests() as f64);
+    worker.metrics.downstream_open.get_or_create(&labels).dec();
+    tracing::debug!(
+        downstream_conn = conn.id,
+        reason = reason.as_str(),
+        requests = conn.requests(),
+        linger = ?outcome,
+        "downstream connection closed"
+    );
+}
+
+async fn write_all_best_effort(stream: &TcpStream, mut bytes: &[u8], limit: Duration) {
+    let _ = tokio::time::timeout(limit, async {
+        while !bytes.is_empty() {
+            if stream.writable().await.is_err() {
+                return;
+            }
+            match stream.try_write(bytes) {
+                Ok(n) => bytes = &bytes[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(_) => return,
+            }
+        }
+    })
+    .await;
+}

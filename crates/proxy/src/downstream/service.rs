@@ -1,0 +1,1062 @@
+//! The request path: one downstream request → route → upstream tries → one response.
+//!
+//! Cancel safety: hyper drops this future when the downstream closes while linger waits
+//! for the upstream (R7). [`Inflight`]'s `Drop` then aborts the upstream connection (the
+//! origin sees its connection close at once, nothing is written to the gone client) and
+//! logs `downstream.waiting.closed`.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::{DsConn, ListenerCtx, WorkerCtx};
+use crate::body::{BodyProgress, DownBody, Exchange, ExpectGate, StreamBody, UpBody};
+use crate::config::{EarlyResponsePolicy, HostMatch};
+use crate::forward;
+use crate::io::PeerClose;
+use crate::lifecycle::downstream::{ConnDecision, ResponseFacts};
+use crate::lifecycle::upstream::{connection_has, Exchange as UpExchange, Reuse};
+use crate::observe::access_log::unix_now;
+use crate::observe::metrics::{ListenerLabels, RequestLabels, RetryLabels, ReuseLabels};
+use crate::observe::{AccessRecord, CloseReason, RetryEntry, Termination};
+use crate::retry::{self, Decision, TryFailure};
+use crate::upstream::{Cluster, ConnShared, ConnectError, UpstreamConn};
+
+/// How long an `Expect: 100-continue` body waits for the upstream's 100 before it is sent
+/// anyway (curl waits 1 s).
+const EXPECT_WAIT: Duration = Duration::from_secs(1);
+/// Pooled connections found closed at checkout that may be skipped per request.
+const MAX_STALE_SKIPS: u32 = 16;
+
+/// The hyper service for one downstream connection.
+#[derive(Clone)]
+pub struct DsService {
+    pub worker: Arc<WorkerCtx>,
+    pub listener: Arc<ListenerCtx>,
+    pub conn: Arc<DsConn>,
+}
+
+impl std::fmt::Debug for DsService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DsService")
+            .field("conn", &self.conn.id)
+            .finish()
+    }
+}
+
+impl hyper::service::Service<Request<Incoming>> for DsService {
+    type Response = Response<DownBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<DownBody>, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.handle(req).await) })
+    }
+}
+
+/// What the access log needs, gathered along the way.
+struct Record {
+    started: Instant,
+    index: u64,
+    method: Method,
+    path: String,
+    version: Version,
+    host: String,
+    bytes_in: Option<Arc<BodyProgress>>,
+    bytes_in_fixed: u64,
+    connect_ms: Option<f64>,
+    first_byte_ms: Option<f64>,
+    cluster: Option<Arc<String>>,
+    endpoint: Option<String>,
+    upstream_conn: Option<u64>,
+    upstream_reused: Option<bool>,
+    upstream_conn_requests: Option<u64>,
+    upstream_conn_age_ms: Option<f64>,
+    upstream_conn_closed: Option<&'static str>,
+    retries: Vec<RetryEntry>,
+    downstream_close: Option<CloseReason>,
+    detail: Option<String>,
+    /// The request asked to close (or is HTTP/1.0 without keep-alive).
+    wants_close: bool,
+}
+
+/// A request in progress. Dropping it before the response is handed to hyper means the
+/// downstream went away while linger waited (R7).
+struct Inflight {
+    svc: DsService,
+    record: Option<Record>,
+    upstream: Option<Arc<ConnShared>>,
+    endpoint_in_flight: Option<(Arc<Cluster>, usize)>,
+}
+
+impl Drop for Inflight {
+    fn drop(&mut self) {
+        if let Some(record) = self.record.take() {
+            if let Some(up) = self.upstream.take() {
+                up.abort(CloseReason::Aborted);
+            }
+            if let Some((cluster, ep)) = self.endpoint_in_flight.take() {
+                cluster.endpoints[ep]
+                    .in_flight
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            self.svc
+                .worker
+                .metrics
+                .race("R7", "downstream_closed_while_waiting");
+            let peer = self.svc.conn.stats.peer();
+            let mut record = record;
+            record.detail = Some(format!(
+                "client aborted while waiting (downstream {})",
+                peer.as_str()
+            ));
+            self.svc
+                .finish(record, 0, 0, Termination::DownstreamClosedWaiting);
+        }
+    }
+}
+
+/// Finishes an exchange when its response body ends (or fails, or is dropped).
+struct Finish {
+    svc: DsService,
+    record: Option<Record>,
+    status: u16,
+    /// The code logged when the body completes: `ok`, or why linger answered itself.
+    termination: Termination,
+    upstream: Option<(Arc<Cluster>, UpstreamConn, Reuse)>,
+}
+
+impl Exchange for Finish {
+    fn complete(&mut self, bytes_out: u64) {
+        let Some(mut record) = self.record.take() else {
+            return;
+        };
+        if let Some((cluster, mut conn, reuse)) = self.upstream.take() {
+            cluster.endpoints[conn.endpoint]
+                .in_flight
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            match reuse {
+                Reuse::Keep {
+                    idle_for,
+                    requests_left,
+                } => {
+                    conn.requests_left = requests_left;
+                    cluster.checkin(conn, idle_for);
+                }
+                Reuse::Close(reason) => {
+                    record.upstream_conn_closed = Some(reason.as_str());
+                    conn.abort(reason);
+                }
+            }
+        }
+        self.svc
+            .finish(record, self.status, bytes_out, self.termination);
+    }
+
+    fn upstream_failed(&mut self, bytes_out: u64, error: &hyper::Error) {
+        let Some(mut record) = self.record.take() else {
+            return;
+        };
+        if let Some((cluster, conn, _)) = self.upstream.take() {
+            cluster.endpoints[conn.endpoint]
+                .in_flight
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            let reason = match conn.shared.stats.peer() {
+                PeerClose::Rst => CloseReason::UpstreamRst,
+                _ => CloseReason::Aborted,
+            };
+            record.upstream_conn_closed = Some(reason.as_str());
+            conn.abort(reason);
+        }
+        // The downstream response is cut short: hyper closes the connection without the
+        // final chunk, or before the announced length (R11).
+        self.svc.conn.set_close_reason(CloseReason::ErrorResponse);
+        self.svc
+            .worker
+            .metrics
+            .race("R11", "upstream_failed_mid_body");
+        record.detail = Some(format!("upstream failed mid-body: {error}"));
+        self.svc.finish(
+            record,
+            self.status,
+            bytes_out,
+            Termination::UpstreamResetMidBody,
+        );
+    }
+
+    fn dropped(&mut self, bytes_out: u64) {
+        let Some(mut record) = self.record.take() else {
+            return;
+        };
+        if let Some((cluster, conn, _)) = self.upstream.take() {
+            cluster.endpoints[conn.endpoint]
+                .in_flight
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            record.upstream_conn_closed = Some(CloseReason::Aborted.as_str());
+            conn.abort(CloseReason::Aborted);
+        }
+        self.svc
+            .worker
+            .metrics
+            .race("R5", "downstream_closed_while_streaming");
+        record.detail = Some(format!(
+            "downstream closed during the response body ({})",
+            self.svc.conn.stats.peer().as_str()
+        ));
+        self.svc.finish(
+            record,
+            self.status,
+            bytes_out,
+            Termination::DownstreamClosedStreaming,
+        );
+    }
+}
+
+fn status_class(status: u16) -> &'static str {
+    match status {
+        0 => "none",
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+fn version_str(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// The request host without a port, lowercased.
+fn request_host(req: &Request<Incoming>) -> Option<String> {
+    let raw = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()))?;
+    let host = if raw.starts_with('[') {
+        raw.split(']').next().map(|h| format!("{h}]"))?
+    } else {
+        raw.split(':').next()?.to_owned()
+    };
+    Some(host.to_ascii_lowercase())
+}
+
+fn wants_close(req: &Request<Incoming>) -> bool {
+    if connection_has(req.headers(), "close") {
+        return true;
+    }
+    req.version() == Version::HTTP_10 && !connection_has(req.headers(), "keep-alive")
+}
+
+/// Sends `len` request-body bytes? Reads a whole body of known small length.
+async fn collect_bounded(body: Incoming, limit: usize) -> Result<Bytes, String> {
+    let collected = http_body_util::Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(collected.to_bytes())
+}
+
+// === impl DsService ===
+
+impl DsService {
+    fn finish(&self, record: Record, status: u16, bytes_out: u64, term: Termination) {
+        let m = &self.worker.metrics;
+        let elapsed = record.started.elapsed();
+        m.requests
+            .get_or_create(&RequestLabels {
+                listener: self.listener.name.clone(),
+                status: status_class(status),
+                termination: term.as_str(),
+            })
+            .inc();
+        m.request_duration
+            .get_or_create(&ListenerLabels {
+                listener: self.listener.name.clone(),
+            })
+            .observe(elapsed.as_secs_f64());
+        if self.worker.access_log.enabled() {
+            let bytes_in = record
+                .bytes_in
+                .as_ref()
+                .map_or(record.bytes_in_fixed, |p| p.bytes());
+            let rec = AccessRecord {
+                ts: unix_now(),
+                listener: self.listener.name.clone(),
+                downstream_conn: self.conn.id,
+                request_index: record.index,
+                client: self.conn.peer.to_string(),
+                method: record.method.to_string(),
+                path: record.path,
+                version: version_str(record.version),
+                host: record.host,
+                status,
+                bytes_in,
+                bytes_out,
+                duration_ms: elapsed.as_secs_f64() * 1000.0,
+                upstream_connect_ms: record.connect_ms,
+                upstream_first_byte_ms: record.first_byte_ms,
+                cluster: record.cluster,
+                endpoint: record.endpoint,
+                upstream_conn: record.upstream_conn,
+                upstream_reused: record.upstream_reused,
+                upstream_conn_requests: record.upstream_conn_requests,
+                upstream_conn_age_ms: record.upstream_conn_age_ms,
+                upstream_conn_closed: record.upstream_conn_closed,
+                retries: record.retries,
+                downstream_close: record.downstream_close.map(CloseReason::as_str),
+                termination: term.as_str(),
+                detail: record.detail,
+            };
+            self.worker.access_log.write(&rec);
+        }
+        if term != Termination::Ok {
+            tracing::debug!(
+                downstream_conn = self.conn.id,
+                termination = term.as_str(),
+                "request ended abnormally"
+            );
+        }
+        self.conn.end_request();
+    }
+
+    /// A response linger makes itself (400, 404, 502, 504...).
+    fn local(
+        &self,
+        inflight: &mut Inflight,
+        status: StatusCode,
+        term: Termination,
+        detail: String,
+        close: Option<CloseReason>,
+    ) -> Response<DownBody> {
+        let mut record = inflight.record.take().expect("record is taken once");
+        if let Some(up) = inflight.upstream.take() {
+            up.abort(CloseReason::Aborted);
+        }
+        if let Some((cluster, ep)) = inflight.endpoint_in_flight.take() {
+            cluster.endpoints[ep]
+                .in_flight
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let body_unread = record
+            .bytes_in
+            .as_ref()
+            .is_some_and(|p| !p.is_done() && !p.failed());
+        tracing::info!(
+            downstream_conn = self.conn.id,
+            status = status.as_u16(),
+            termination = term.as_str(),
+            endpoint = record.endpoint.as_deref().unwrap_or("-"),
+            "{detail}"
+        );
+        record.detail = Some(detail.clone());
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        let decision = self.listener.policy.decide(ResponseFacts {
+            request_index: record.index,
+            age: self.conn.started.elapsed(),
+            draining: self.worker.is_draining(),
+            request_wants_close: record.wants_close,
+            request_body_unread: body_unread,
+            fatal_error: close.is_some(),
+        });
+        let decision = match (close, decision) {
+            (Some(r), _) => ConnDecision::Close(r),
+            (None, d) => d,
+        };
+        self.apply_decision(&mut headers, decision, &mut record);
+        let body = format!(
+            "{} {}: {}\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            detail
+        );
+        let mut resp = Response::new(DownBody::full(
+            body,
+            Some(Box::new(Finish {
+                svc: self.clone(),
+                record: Some(record),
+                status: status.as_u16(),
+                termination: term,
+                upstream: None,
+            })),
+        ));
+        *resp.status_mut() = status;
+        *resp.headers_mut() = headers;
+        resp
+    }
+
+    fn apply_decision(&self, headers: &mut HeaderMap, decision: ConnDecision, record: &mut Record) {
+        match decision {
+            ConnDecision::KeepAlive { announce } => {
+                if let Some(secs) = announce {
+                    if let Ok(v) = HeaderValue::from_str(&format!("timeout={secs}")) {
+                        headers.insert("keep-alive", v);
+                    }
+                }
+            }
+            ConnDecision::Close(reason) => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+                record.downstream_close = Some(reason);
+                self.conn.set_close_reason(reason);
+            }
+        }
+    }
+
+    async fn handle(self, mut req: Request<Incoming>) -> Response<DownBody> {
+        let index = self.conn.begin_request();
+        let record = Record {
+            started: Instant::now(),
+            index,
+            method: req.method().clone(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| req.uri().to_string(), |p| p.as_str().to_owned()),
+            version: req.version(),
+            host: req
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("")
+                .to_owned(),
+            bytes_in: None,
+            bytes_in_fixed: 0,
+            connect_ms: None,
+            first_byte_ms: None,
+            cluster: None,
+            endpoint: None,
+            upstream_conn: None,
+            upstream_reused: None,
+            upstream_conn_requests: None,
+            upstream_conn_age_ms: None,
+            upstream_conn_closed: None,
+            retries: Vec::new(),
+            downstream_close: None,
+            detail: None,
+            wants_close: wants_close(&req),
+        };
+        let mut inflight = Inflight {
+            svc: self.clone(),
+            record: Some(record),
+            upstream: None,
+            endpoint_in_flight: None,
+        };
+
+        // --- validate ---
+        if req.version() == Version::HTTP_11 && !req.headers().contains_key(header::HOST) {
+            return self.local(
+                &mut inflight,
+                StatusCode::BAD_REQUEST,
+                Termination::MissingHost,
+                "HTTP/1.1 request without a Host header".into(),
+                Some(CloseReason::BadRequest),
+            );
+        }
+        if req.headers().get_all(header::HOST).iter().count() > 1 {
+            return self.local(
+                &mut inflight,
+                StatusCode::BAD_REQUEST,
+                Termination::BadRequest,
+                "more than one Host header".into(),
+                Some(CloseReason::BadRequest),
+            );
+        }
+
+        // --- route ---
+        let host = request_host(&req).unwrap_or_default();
+        let path = req.uri().path().to_owned();
+        let Some(cluster_idx) = self.route(&host, &path) else {
+            return self.local(
+                &mut inflight,
+                StatusCode::NOT_FOUND,
+                Termination::NoRoute,
+                format!("no route for host {host:?} path {path:?}"),
+                None,
+            );
+        };
+        let cluster = self.worker.clusters[cluster_idx].clone();
+        if let Some(r) = inflight.record.as_mut() {
+            r.cluster = Some(cluster.name.clone());
+        }
+
+        // --- build the upstream request head ---
+        let ds_wants_close = wants_close(&req);
+        let idempotent = retry::is_idempotent(&req);
+        let ds_upgrade = req
+            .headers()
+            .get(header::UPGRADE)
+            .is_some()
+            .then(|| hyper::upgrade::on(&mut req));
+        let (parts, body) = req.into_parts();
+        let mut headers = parts.headers;
+        let original_host = headers.get(header::HOST).cloned();
+        let upgrade = forward::strip_hop_by_hop(&mut headers);
+        let ds_upgrade = if upgrade.is_some() { ds_upgrade } else { None };
+        forward::add_forwarding(
+            &mut headers,
+            &self.listener.cfg.headers,
+            self.conn.peer.ip(),
+            original_host.as_ref(),
+            parts.version,
+        );
+        if let Some(u) = &upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, u.clone());
+        }
+        let expect_continue = headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        let uri: Uri = parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone()));
+        let method = parts.method;
+
+        // --- the request body ---
+        let progress = Arc::new(BodyProgress::default());
+        let mut replay: Option<Bytes> = None;
+        let mut stream: Option<Box<StreamBody>> = None;
+        let mut gate: Option<Arc<ExpectGate>> = None;
+        if body.is_end_stream() {
+            progress.mark_done();
+        } else {
+            let exact = body.size_hint().exact();
+            let small = exact.is_some_and(|n| n <= cluster.cfg.retry.buffer_bytes as u64);
+            if idempotent && small && !expect_continue {
+                match collect_bounded(body, cluster.cfg.retry.buffer_bytes).await {
+                    Ok(b) => {
+                        progress.mark_done();
+                        if let Some(r) = inflight.record.as_mut() {
+                            r.bytes_in_fixed = b.len() as u64;
+                        }
+                        replay = Some(b);
+                    }
+                    Err(e) => {
+                        return self.local(
+                            &mut inflight,
+                            StatusCode::BAD_REQUEST,
+                            Termination::DownstreamBodyError,
+                            format!("request body could not be read: {e}"),
+                            Some(CloseReason::BadRequest),
+                        )
+                    }
+                }
+            } else {
+                let mut body = body;
+                let mut first = None;
+                if expect_continue {
+                    let g = Arc::new(ExpectGate::default());
+                    let timer = g.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(EXPECT_WAIT).await;
+                        timer.open();
+                    });
+                    gate = Some(g);
+                } else {
+                    // Wait for the first body bytes before touching an upstream: a body
+                    // that is broken from its first byte never reaches one (R12).
+                    match body.frame().await {
+                        Some(Ok(f)) => {
+                            first = Some(f);
+                            if body.is_end_stream() {
+                                progress.mark_done();
+                            }
+                        }
+                        Some(Err(e)) => {
+                            return self.local(
+                                &mut inflight,
+                                StatusCode::BAD_REQUEST,
+                                Termination::BadRequest,
+                                format!("malformed request body: {e}"),
+                                Some(CloseReason::BadRequest),
+                            )
+                        }
+                        None => progress.mark_done(),
+                    }
+                }
+                if let Some(r) = inflight.record.as_mut() {
+                    r.bytes_in = Some(progress.clone());
+                }
+                stream = Some(Box::new(StreamBody {
+                    ended: first.is_none() && progress.is_done(),
+                    first,
+                    inner: body,
+                    progress: progress.clone(),
+                    gate: gate.clone(),
+                }));
+            }
+        }
+        let replayable = stream.is_none();
+        cluster.budget.deposit();
+
+        // --- tries ---
+        let mut retries_done = 0u32;
+        let mut stale_skips = 0u32;
+        let mut avoid: Vec<usize> = Vec::new();
+        let mut stream = stream;
+        let m = self.worker.metrics.clone();
+        let result = loop {
+            let ep_idx = cluster.pick(&avoid);
+            let endpoint_label = cluster.endpoints[ep_idx].label.clone();
+            if let Some(r) = inflight.record.as_mut() {
+                r.endpoint = Some(endpoint_label.clone());
+            }
+            let conn = match cluster.checkout(ep_idx) {
+                Some(mut c) => {
+                    c.reused = true;
+                    c
+                }
+                None => {
+                    let t0 = Instant::now();
+                    match cluster.connect(ep_idx).await {
+                        Ok(c) => {
+                            if let Some(r) = inflight.record.as_mut() {
+                                r.connect_ms = Some(t0.elapsed().as_secs_f64() * 1000.0);
+                            }
+                            c
+                        }
+                        Err(e) => {
+                            let (term, reason) = match e {
+                                ConnectError::Timeout(_) => {
+                                    (Termination::ConnectTimeout, "connect_timeout")
+                                }
+                                _ => (Termination::ConnectFailed, "connect_failed"),
+                            };
+                            let detail = format!("upstream {endpoint_label}: {e}");
+                            avoid.push(ep_idx);
+                            match self.retry_decision(
+                                &cluster,
+                                &mut inflight,
+                                TryFailure::Unsent,
+                                idempotent,
+                                replayable,
+                                retries_done,
+                                reason,
+                            ) {
+                                Decision::Retry => {
+                                    retries_done += 1;
+                                    self.backoff(&cluster, retries_done).await;
+                                    continue;
+                                }
+                                d => {
+                                    break Err((
+                                        StatusCode::BAD_GATEWAY,
+                                        refusal_term(d, term),
+                                        detail,
+                                    ))
+                                }
+                            }
+                        }
+                    }
+                }
+            };
+            let mut conn = conn;
+            if conn.sender.ready().await.is_err() {
+                // Closed between checkout and use: nothing was sent.
+                m.race("R9", "closed_after_checkout");
+                stale_skips += 1;
+                if stale_skips > MAX_STALE_SKIPS {
+                    break Err((
+                        StatusCode::BAD_GATEWAY,
+                        Termination::RetriesExhausted,
+                        format!("upstream {endpoint_label}: every pooled connection was closed"),
+                    ));
+                }
+                continue;
+            }
+            conn.requests += 1;
+            m.upstream_requests
+                .get_or_create(&ReuseLabels {
+                    cluster: cluster.name.clone(),
+                    reused: if conn.reused { "true" } else { "false" },
+                })
+                .inc();
+            if let Some(r) = inflight.record.as_mut() {
+                r.upstream_conn = Some(conn.id());
+                r.upstream_reused = Some(conn.reused);
+                r.upstream_conn_requests = Some(conn.requests);
+                r.upstream_conn_age_ms = Some(conn.created.elapsed().as_secs_f64() * 1000.0);
+            }
+            let body = if let Some(b) = &replay {
+                UpBody::Full(Some(b.clone()))
+            } else if let Some(s) = stream.take() {
+                UpBody::Stream(s)
+            } else {
+                UpBody::Empty
+            };
+            let mut up_req = Request::new(body);
+            *up_req.method_mut() = method.clone();
+            *up_req.uri_mut() = uri.clone();
+            *up_req.version_mut() = Version::HTTP_11;
+            *up_req.headers_mut() = headers.clone();
+            if !self.listener.cfg.headers.preserve_host || original_host.is_none() {
+                if let Ok(v) = HeaderValue::from_str(&endpoint_label) {
+                    up_req.headers_mut().insert(header::HOST, v);
+                }
+            }
+            if let Some(g) = &gate {
+                let g = g.clone();
+                hyper::ext::on_informational(&mut up_req, move |res| {
+                    if res.status() == StatusCode::CONTINUE {
+                        g.open();
+                    }
+                });
+            }
+            if upgrade.is_some() {
+                conn.shared.mark_upgrading();
+            }
+            inflight.upstream = Some(conn.shared.clone());
+            cluster.endpoints[ep_idx]
+                .in_flight
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            inflight.endpoint_in_flight = Some((cluster.clone(), ep_idx));
+            let written_before = conn.shared.stats.bytes_written();
+            let sent_at = Instant::now();
+            let fut = conn.sender.try_send_request(up_req);
+            let outcome = tokio::time::timeout(cluster.cfg.response_timeout, fut).await;
+            inflight.endpoint_in_flight = None;
+            match outcome {
+                Ok(Ok(resp)) => {
+                    if let Some(r) = inflight.record.as_mut() {
+                        r.first_byte_ms = Some(sent_at.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    break Ok((conn, resp, ep_idx));
+                }
+                Ok(Err(mut e)) => {
+                    cluster.endpoints[ep_idx]
+                        .in_flight
+                        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                    inflight.upstream = None;
+                    let returned = e.take_message();
+                    let peer = conn.shared.stats.peer();
+                    let nothing_written = conn.shared.stats.bytes_written() == written_before;
+                    let err = e.into_error();
+                    let (term, reason) = classify(&err, peer, conn.reused);
+                    let detail = format!(
+                        "upstream {endpoint_label} (conn {}, {}): {err}",
+                        conn.id(),
+                        if conn.reused { "reused" } else { "new" }
+                    );
+                    let close = if peer == PeerClose::Rst {
+                        CloseReason::UpstreamRst
+                    } else {
+                        CloseReason::Aborted
+                    };
+                    let reused = conn.reused;
+                    conn.abort(close);
+                    if progress.failed() {
+                        break Err((
+                            StatusCode::BAD_REQUEST,
+                            Termination::DownstreamBodyError,
+                            "the request body failed while it was forwarded".into(),
+                        ));
+                    }
+                    let failure = if returned.is_some() || nothing_written {
+                        TryFailure::Unsent
+                    } else {
+                        TryFailure::MaybeSent
+                    };
+                    // A body handed back unsent can be sent again as it is.
+                    if let Some(req) = returned {
+                        if let UpBody::Stream(s) = req.into_body() {
+                            stream = Some(s);
+                        }
+                    }
+                    let can_replay = replayable || stream.is_some();
+                    if reused {
+                        m.race("R1", "reused_connection_failed");
+                    }
+                    match self.retry_decision(
+                        &cluster,
+                        &mut inflight,
+                        failure,
+                        idempotent,
+                        can_replay,
+                        retries_done,
+                        reason,
+                    ) {
+                        Decision::Retry => {
+                            retries_done += 1;
+                            // A stale pooled connection says nothing about the upstream's
+                            // health: retry at once. Otherwise back off.
+                            if !reused {
+                                avoid.push(ep_idx);
+                                self.backoff(&cluster, retries_done).await;
+                            }
+                            continue;
+                        }
+                        d => break Err((StatusCode::BAD_GATEWAY, refusal_term(d, term), detail)),
+                    }
+                }
+                Err(_elapsed) => {
+                    cluster.endpoints[ep_idx]
+                        .in_flight
+                        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                    inflight.upstream = None;
+                    conn.abort(CloseReason::Aborted);
+                    let detail = format!(
+                        "upstream {endpoint_label}: no response head within {:?}",
+                        cluster.cfg.response_timeout
+                    );
+                    avoid.push(ep_idx);
+                    match self.retry_decision(
+                        &cluster,
+                        &mut inflight,
+                        TryFailure::MaybeSent,
+                        idempotent,
+                        replayable,
+                        retries_done,
+                        "per_try_timeout",
+                    ) {
+                        Decision::Retry => {
+                            retries_done += 1;
+                            self.backoff(&cluster, retries_done).await;
+                            continue;
+                        }
+                        d => {
+                            break Err((
+                                StatusCode::GATEWAY_TIMEOUT,
+                                refusal_term(d, Termination::ResponseTimeout),
+                                detail,
+                            ))
+                        }
+                    }
+                }
+            }
+        };
+
+        let (conn, resp, ep_idx) = match result {
+            Ok(ok) => ok,
+            Err((status, term, detail)) => {
+                return self.local(&mut inflight, status, term, detail, None);
+            }
+        };
+
+        // --- the response ---
+        let (mut parts, up_body) = resp.into_parts();
+        let mut body_complete = replay.is_some() || progress.is_done();
+        if !body_complete && self.listener.cfg.early_response == EarlyResponsePolicy::Hold {
+            // Hold the early response until the request body is forwarded (R4, `hold`).
+            let hold = self.listener.cfg.early_response_hold;
+            let _ = tokio::time::timeout(hold, progress.finished()).await;
+            body_complete = progress.is_done();
+        }
+        if !body_complete {
+            m.race("R4", "early_response");
+        }
+        let reuse = cluster.reuse.after_response(UpExchange {
+            version: parts.version,
+            headers: &parts.headers,
+            served: conn.requests,
+            requests_left: conn.requests_left,
+            request_body_complete: body_complete,
+        });
+
+        if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(ds_upgrade) = ds_upgrade {
+                return self.upgrade(&mut inflight, conn, parts, up_body, ds_upgrade, upgrade);
+            }
+        }
+
+        let mut record = inflight.record.take().expect("record is taken once");
+        inflight.upstream = None;
+        let upgrade_header = parts.headers.get(header::UPGRADE).cloned();
+        forward::strip_hop_by_hop(&mut parts.headers);
+        let _ = upgrade_header;
+        if self.listener.cfg.headers.via {
+            forward::append_via(&mut parts.headers, parts.version);
+        }
+        let decision = self.listener.policy.decide(ResponseFacts {
+            request_index: record.index,
+            age: self.conn.started.elapsed(),
+            draining: self.worker.is_draining(),
+            request_wants_close: ds_wants_close,
+            request_body_unread: !body_complete,
+            fatal_error: false,
+        });
+        self.apply_decision(&mut parts.headers, decision, &mut record);
+        parts.version = Version::HTTP_11;
+        let status = parts.status.as_u16();
+        let _ = ep_idx;
+        let finish = Finish {
+            svc: self.clone(),
+            record: Some(record),
+            status,
+            termination: Termination::Ok,
+            upstream: Some((cluster, conn, reuse)),
+        };
+        Response::from_parts(parts, DownBody::upstream(up_body, Box::new(finish)))
+    }
+
+    fn upgrade(
+        &self,
+        inflight: &mut Inflight,
+        conn: UpstreamConn,
+        mut parts: http::response::Parts,
+        up_body: Incoming,
+        ds_upgrade: hyper::upgrade::OnUpgrade,
+        upgrade: Option<HeaderValue>,
+    ) -> Response<DownBody> {
+        let mut record = inflight.record.take().expect("record is taken once");
+        inflight.upstream = None;
+        let up_resp = Response::from_parts(parts.clone(), up_body);
+        let up_upgrade = hyper::upgrade::on(up_resp);
+        let conn_id = self.conn.id;
+        let shared = conn.shared.clone();
+        tokio::spawn(async move {
+            let (ds, up) = match tokio::join!(ds_upgrade, up_upgrade) {
+                (Ok(ds), Ok(up)) => (ds, up),
+                (ds, up) => {
+                    tracing::info!(
+                        downstream_conn = conn_id,
+                        downstream_ok = ds.is_ok(),
+                        upstream_ok = up.is_ok(),
+                        "upgrade failed"
+                    );
+                    shared.abort(CloseReason::Aborted);
+                    return;
+                }
+            };
+            let mut ds = hyper_util::rt::TokioIo::new(ds);
+            let mut up = hyper_util::rt::TokioIo::new(up);
+            let r = tokio::io::copy_bidirectional(&mut ds, &mut up).await;
+            tracing::debug!(downstream_conn = conn_id, result = ?r, "upgraded tunnel ended");
+            drop(conn);
+        });
+        let upgrade_value = parts.headers.get(header::UPGRADE).cloned().or(upgrade);
+        forward::strip_hop_by_hop(&mut parts.headers);
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        if let Some(u) = upgrade_value {
+            parts.headers.insert(header::UPGRADE, u);
+        }
+        record.downstream_close = Some(CloseReason::UpgradeEnded);
+        self.conn.set_close_reason(CloseReason::UpgradeEnded);
+        let finish = Finish {
+            svc: self.clone(),
+            record: Some(record),
+            status: 101,
+            termination: Termination::Ok,
+            upstream: None,
+        };
+        Response::from_parts(parts, DownBody::full(Bytes::new(), Some(Box::new(finish))))
+    }
+
+    fn route(&self, host: &str, path: &str) -> Option<usize> {
+        self.listener.routes.iter().find_map(|r| {
+            let host_ok = match &r.host {
+                HostMatch::Any => true,
+                HostMatch::Exact(h) => h == host,
+                HostMatch::Suffix(s) => host.ends_with(s.as_str()),
+            };
+            (host_ok && path.starts_with(&r.path_prefix)).then_some(r.cluster)
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)] // each argument is one fact of the decision
+    fn retry_decision(
+        &self,
+        cluster: &Cluster,
+        inflight: &mut Inflight,
+        failure: TryFailure,
+        idempotent: bool,
+        replayable: bool,
+        retries_done: u32,
+        reason: &'static str,
+    ) -> Decision {
+        let mut d = retry::decide(
+            failure,
+            idempotent,
+            replayable,
+            retries_done,
+            cluster.cfg.retry.max_retries,
+        );
+        if d == Decision::Retry
+            && failure == TryFailure::MaybeSent
+            && !cluster.budget.try_withdraw()
+        {
+            d = Decision::RefuseBudget;
+        }
+        self.worker
+            .metrics
+            .retries
+            .get_or_create(&RetryLabels {
+                cluster: cluster.name.clone(),
+                reason,
+                outcome: d.as_str(),
+            })
+            .inc();
+        if let Some(r) = inflight.record.as_mut() {
+            r.retries.push(RetryEntry {
+                attempt: retries_done + 1,
+                reason,
+                decision: d.as_str(),
+            });
+        }
+        d
+    }
+
+    async fn backoff(&self, cluster: &Cluster, attempt: u32) {
+        let d = retry::backoff(
+            cluster.cfg.retry.backoff_base,
+            cluster.cfg.retry.backoff_max,
+            attempt,
+        );
+        tokio::time::sleep(d).await;
+    }
+}
+
+fn refusal_term(d: Decision, failed: Termination) -> Termination {
+    match d {
+        Decision::RefuseBudget => Termination::RetryBudgetExhausted,
+        _ => failed,
+    }
+}
+
+/// Names a failed try: its termination code and the retry reason.
+fn classify(err: &hyper::Error, peer: PeerClose, reused: bool) -> (Termination, &'static str) {
+    if err.is_parse() {
+        return (
+            Termination::UpstreamProtocolError,
+            "upstream_protocol_error",
+        );
+    }
+    match (peer, reused) {
+        (PeerClose::Rst, true) => (
+            Termination::UpstreamResetBeforeResponse,
+            "reused_connection_reset",
+        ),
+        (PeerClose::Rst, false) => (Termination::UpstreamResetBeforeResponse, "connection_reset"),
+        (_, true) => (
+            Termination::UpstreamClosedBeforeResponse,
+            "reused_connection_closed",
+        ),
+        (_, false) => (
+            Termination::UpstreamClosedBeforeResponse,
+            "connection_closed",
+        ),
+    }
+}

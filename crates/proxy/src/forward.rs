@@ -1,0 +1,183 @@
+//! Header rewriting between the two sides (R3): hop-by-hop removal in both directions
+//! (RFC 9110 §7.6.1, including every header named in `Connection`), and the forwarding
+//! headers `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host` and `Via`.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::Version;
+
+use crate::config::{ForwardedFor, HeadersConfig};
+
+/// Fixed hop-by-hop headers. `Trailer` is not among them: RFC 9110 §6.6.2 makes it an
+/// end-to-end declaration of the trailer fields, and hyper only sends declared trailers.
+const HOP_BY_HOP: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes every hop-by-hop header, including those the `Connection` header names.
+/// Returns the `Upgrade` value when the message asked for a protocol upgrade.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
+    let mut named: Vec<HeaderName> = Vec::new();
+    let mut wants_upgrade = false;
+    for v in headers.get_all(header::CONNECTION) {
+        if let Ok(s) = v.to_str() {
+            for token in s.split(',') {
+                let token = token.trim();
+                if token.eq_ignore_ascii_case("upgrade") {
+                    wants_upgrade = true;
+                }
+                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                    named.push(name);
+                }
+            }
+        }
+    }
+    let upgrade = headers.get(header::UPGRADE).cloned();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if wants_upgrade {
+        upgrade
+    } else {
+        None
+    }
+}
+
+fn version_str(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        _ => "1.1",
+    }
+}
+
+/// Adds the forwarding headers to a request going upstream.
+pub fn add_forwarding(
+    headers: &mut HeaderMap,
+    cfg: &HeadersConfig,
+    client_ip: IpAddr,
+    original_host: Option<&HeaderValue>,
+    version: Version,
+) {
+    match cfg.x_forwarded_for {
+        ForwardedFor::Off => {}
+        ForwardedFor::Replace => {
+            headers.insert(
+                "x-forwarded-for",
+                HeaderValue::from_str(&client_ip.to_string()).expect("an IP is a valid header"),
+            );
+        }
+        ForwardedFor::Append => {
+            let prior: Vec<String> = headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok().map(str::to_owned))
+                .collect();
+            let mut value = prior.join(", ");
+            if !value.is_empty() {
+                value.push_str(", ");
+            }
+            value.push_str(&client_ip.to_string());
+            headers.insert(
+                "x-forwarded-for",
+                HeaderValue::from_str(&value).unwrap_or_else(|_| {
+                    HeaderValue::from_str(&client_ip.to_string()).expect("an IP is a valid header")
+                }),
+            );
+        }
+    }
+    if cfg.x_forwarded_proto {
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
+    if cfg.x_forwarded_host {
+        if let Some(h) = original_host {
+            headers.insert("x-forwarded-host", h.clone());
+        }
+    }
+    if cfg.via {
+        append_via(headers, version);
+    }
+}
+
+/// Appends `Via: <version> linger` (RFC 9110 §7.6.3).
+pub fn append_via(headers: &mut HeaderMap, version: Version) {
+    let ours = format!("{} linger", version_str(version));
+    let value = match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
+        Some(prior) => format!("{prior}, {ours}"),
+        None => ours,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(header::VIA, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removes_fixed_and_connection_named_headers() {
+        let mut h = HeaderMap::new();
+        h.append(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.append("connection", HeaderValue::from_static("X-Other"));
+        h.append("x-secret", HeaderValue::from_static("1"));
+        h.append("x-other", HeaderValue::from_static("1"));
+        h.append("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.append("te", HeaderValue::from_static("trailers"));
+        h.append("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.append("x-kept", HeaderValue::from_static("1"));
+        assert!(strip_hop_by_hop(&mut h).is_none());
+        assert_eq!(h.len(), 1, "only x-kept must remain: {h:?}");
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn reports_upgrade_only_when_connection_names_it() {
+        let mut h = HeaderMap::new();
+        h.append("connection", HeaderValue::from_static("Upgrade"));
+        h.append("upgrade", HeaderValue::from_static("websocket"));
+        assert_eq!(strip_hop_by_hop(&mut h).unwrap(), "websocket");
+        let mut h = HeaderMap::new();
+        h.append("upgrade", HeaderValue::from_static("websocket"));
+        assert!(strip_hop_by_hop(&mut h).is_none());
+        assert!(!h.contains_key("upgrade"));
+    }
+
+    #[test]
+    fn appends_x_forwarded_for_and_via() {
+        let cfg = HeadersConfig {
+            x_forwarded_for: ForwardedFor::Append,
+            x_forwarded_proto: true,
+            x_forwarded_host: true,
+            via: true,
+            preserve_host: true,
+        };
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        h.append("via", HeaderValue::from_static("1.1 lb"));
+        let host = HeaderValue::from_static("example.com");
+        add_forwarding(
+            &mut h,
+            &cfg,
+            "127.0.0.2".parse().unwrap(),
+            Some(&host),
+            Version::HTTP_11,
+        );
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.2");
+        assert_eq!(h["via"], "1.1 lb, 1.1 linger");
+        assert_eq!(h["x-forwarded-host"], "example.com");
+        assert_eq!(h["x-forwarded-proto"], "http");
+    }
+}

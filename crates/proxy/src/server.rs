@@ -1,0 +1,139 @@
+//! Wiring: one [`Server`] per process, one worker per thread. Each worker has its own
+//! upstream pools (no cross-thread locking on the request path) and accepts on its own
+//! duplicate of every listening socket.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::downstream::{self, ConnCounter, Drain, ListenerCtx, WorkerCtx};
+use crate::observe::{AccessLog, Metrics};
+use crate::upstream::Cluster;
+
+/// How often each worker sweeps its pools for expired idle connections.
+const REAP_INTERVAL: Duration = Duration::from_millis(250);
+
+/// The process-wide state.
+#[derive(Debug)]
+pub struct Server {
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    pub access_log: AccessLog,
+    pub conns: Arc<ConnCounter>,
+    listeners: Vec<Arc<ListenerCtx>>,
+    drain_tx: watch::Sender<Drain>,
+    ready_tx: watch::Sender<bool>,
+}
+
+// === impl Server ===
+
+impl Server {
+    pub fn new(config: Config, access_log: AccessLog) -> Arc<Self> {
+        let listeners = config
+            .listeners
+            .iter()
+            .map(|l| Arc::new(ListenerCtx::new(l, &config.routes)))
+            .collect();
+        let (drain_tx, _) = watch::channel(Drain::Running);
+        let (ready_tx, _) = watch::channel(true);
+        Arc::new(Self {
+            config: Arc::new(config),
+            metrics: Arc::new(Metrics::new()),
+            access_log,
+            conns: Arc::new(ConnCounter::default()),
+            listeners,
+            drain_tx,
+            ready_tx,
+        })
+    }
+
+    /// Binds every configured listener (for the binary; tests pass their own sockets).
+    pub fn bind_all(&self) -> std::io::Result<Vec<std::net::TcpListener>> {
+        self.config
+            .listeners
+            .iter()
+            .map(|l| {
+                crate::io::socket::bind(l.address).map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("listener {:?} cannot bind {}: {e}", l.name, l.address),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// Runs one worker on the current tokio runtime until the drain has stopped accepting
+    /// and this worker's connections are gone. `sockets` are in listener order.
+    pub async fn run_worker(self: Arc<Self>, sockets: Vec<std::net::TcpListener>) {
+        let clusters: Vec<Arc<Cluster>> = self
+            .config
+            .clusters
+            .iter()
+            .map(|c| Arc::new(Cluster::new(c, self.metrics.clone())))
+            .collect();
+        let worker = Arc::new(WorkerCtx {
+            metrics: self.metrics.clone(),
+            access_log: self.access_log.clone(),
+            clusters: clusters.clone(),
+            drain: self.drain_tx.subscribe(),
+            conns: self.conns.clone(),
+        });
+        let reaper = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(REAP_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                for c in &clusters {
+                    c.reap();
+                }
+            }
+        });
+        let mut accepts = Vec::new();
+        for (ctx, sock) in self.listeners.iter().zip(sockets) {
+            sock.set_nonblocking(true)
+                .expect("listening socket must go non-blocking");
+            let sock = TcpListener::from_std(sock).expect("listening socket must register");
+            accepts.push(tokio::spawn(downstream::accept_loop(
+                worker.clone(),
+                ctx.clone(),
+                sock,
+            )));
+        }
+        for a in accepts {
+            let _ = a.await;
+        }
+        reaper.abort();
+    }
+
+    /// Readiness for `/ready`: false from the first drain signal on.
+    pub fn ready(&self) -> bool {
+        *self.ready_tx.borrow()
+    }
+
+    /// Marks the server not ready (load balancers stop sending) without closing anything.
+    pub fn set_unready(&self) {
+        self.ready_tx.send_replace(false);
+    }
+
+    /// Starts the drain: stop accepting, `Connection: close` on further responses, close
+    /// idle connections gracefully.
+    pub fn start_drain(&self) {
+        self.set_unready();
+        self.drain_tx.send_replace(Drain::Draining);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        *self.drain_tx.borrow() == Drain::Draining
+    }
+
+    /// Waits until every downstream connection has closed, or `deadline` passes. Returns the
+    /// number still open.
+    pub async fn wait_drained(&self, deadline: Duration) -> u64 {
+        let _ = tokio::time::timeout(deadline, self.conns.wait_zero()).await;
+        self.conns.open()
+    }
+}

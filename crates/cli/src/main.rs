@@ -1,0 +1,315 @@
+//! The `linger` binary: `serve`, `check`, `demo`.
+//!
+//! `serve` is kept thin: load and validate the config, bind, spawn one worker per thread,
+//! wait for a signal, drain with a deadline.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use linger_proxy::config::{AccessLogTarget, Config, File};
+use linger_proxy::observe::AccessLog;
+use linger_proxy::Server;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "linger",
+    version,
+    about = "An HTTP/1.1 reverse proxy that loses no request to a connection-lifecycle race",
+    long_about = "An HTTP/1.1 reverse proxy that loses no request to a connection-lifecycle race, \
+                  and explains every connection close.\n\n\
+                  Start with `linger demo` to see the idle-close race it exists to end."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the proxy, from a config file or from --listen/--upstream.
+    Serve(ServeArgs),
+    /// Validate a config file and print the effective config with every default written out.
+    Check(CheckArgs),
+    /// Run a built-in origin that closes idle connections, and send keep-alive traffic to it
+    /// straight and through linger; print who lost requests.
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// TOML config file (see docs/config.md). Conflicts with --listen/--upstream.
+    #[arg(long, short, value_name = "FILE", conflicts_with_all = ["listen", "upstream"])]
+    config: Option<PathBuf>,
+    /// Address to accept downstream connections on, HOST:PORT (without --config).
+    #[arg(long, value_name = "HOST:PORT", requires = "upstream")]
+    listen: Option<String>,
+    /// Upstream endpoints, HOST:PORT, comma-separated (without --config).
+    #[arg(
+        long,
+        value_name = "HOST:PORT[,HOST:PORT...]",
+        value_delimiter = ',',
+        requires = "listen"
+    )]
+    upstream: Vec<String>,
+    /// Worker threads (overrides the config; 0 = one per core).
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+    /// Access log: "stdout", "off" or a file path (overrides the config).
+    #[arg(long, value_name = "TARGET")]
+    access_log: Option<String>,
+    /// Admin listener HOST:PORT, or "off" (overrides the config; default 127.0.0.1:9901).
+    #[arg(long, value_name = "HOST:PORT|off")]
+    admin: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct CheckArgs {
+    /// TOML config file to validate.
+    #[arg(long, short, value_name = "FILE")]
+    config: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct DemoArgs {
+    /// Requests per target.
+    #[arg(long, default_value_t = 40)]
+    requests: usize,
+    /// Seed for the client's gaps between requests (the same seed replays the same gaps).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Check(args) => check(args),
+        Command::Demo(args) => demo(args),
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LINGER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn load(args: &ServeArgs) -> Result<Config, String> {
+    let (mut file, source) =
+        match (&args.config, &args.listen) {
+            (Some(path), _) => (
+                File::load(path).map_err(|e| e.to_string())?,
+                path.display().to_string(),
+            ),
+            (None, Some(listen)) => (
+                File::simple(listen, &args.upstream),
+                "command line".to_string(),
+            ),
+            (None, None) => return Err(
+                "linger serve needs --config FILE, or --listen HOST:PORT and --upstream HOST:PORT"
+                    .into(),
+            ),
+        };
+    if let Some(w) = args.workers {
+        file.runtime.workers = w;
+    }
+    if let Some(a) = &args.access_log {
+        file.runtime.access_log = a.clone();
+    }
+    if let Some(a) = &args.admin {
+        if a == "off" {
+            file.admin.enabled = false;
+        } else {
+            file.admin.enabled = true;
+            file.admin.address = a.clone();
+        }
+    }
+    file.validate(&source).map_err(|e| e.to_string())
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let config = match load(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let access_log = match AccessLog::open(&config.access_log) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let workers = config.workers.max(1);
+    let admin_addr = config.admin;
+    let drain_delay = config.drain_delay;
+    let drain_timeout = config.drain_timeout;
+    let log_target = config.access_log.clone();
+    let server = Server::new(config, access_log);
+    let sockets = match server.bind_all() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    for (l, s) in server.config.listeners.iter().zip(&sockets) {
+        let addr = s.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(listener = %l.name, %addr, workers, "listening");
+    }
+    if log_target == AccessLogTarget::Stdout {
+        tracing::info!("access log: one JSON line per request on stdout");
+    }
+
+    // One current-thread runtime per worker, each accepting on its own copy of the sockets.
+    let mut threads = Vec::with_capacity(workers);
+    for i in 0..workers {
+        let copies: Vec<std::net::TcpListener> =
+            match sockets.iter().map(|s| s.try_clone()).collect() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: cannot duplicate listening sockets: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+        let server = server.clone();
+        let t = std::thread::Builder::new()
+            .name(format!("linger-worker-{i}"))
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a worker runtime must start");
+                rt.block_on(async move {
+                    server.clone().run_worker(copies).await;
+                    // Keep this runtime alive while its connections finish.
+                    server.conns.wait_zero().await;
+                });
+            })
+            .expect("a worker thread must start");
+        threads.push(t);
+    }
+    drop(sockets);
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("the control runtime must start");
+    let code = rt.block_on(async move {
+        if let Some(addr) = admin_addr {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(sock) => {
+                    let a = sock.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                    tracing::info!(addr = %a, "admin listening (/metrics, /ready, /live)");
+                    tokio::spawn(linger_proxy::admin::serve(server.clone(), sock));
+                }
+                Err(e) => {
+                    eprintln!("error: admin listener cannot bind {addr}: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        let signal = wait_for_signal().await;
+        tracing::info!(signal, ?drain_delay, ?drain_timeout, "draining");
+        server.set_unready();
+        if !drain_delay.is_zero() {
+            tokio::time::sleep(drain_delay).await;
+        }
+        server.start_drain();
+        let left = server.wait_drained(drain_timeout).await;
+        if left > 0 {
+            tracing::warn!(
+                connections = left,
+                "drain deadline passed; closing the rest"
+            );
+        } else {
+            tracing::info!("drained");
+        }
+        ExitCode::SUCCESS
+    });
+    // Flush the access log thread's buffer by giving it a moment after the last record.
+    std::thread::sleep(Duration::from_millis(50));
+    code
+}
+
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler must install");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler must install");
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+fn check(args: CheckArgs) -> ExitCode {
+    let source = args.config.display().to_string();
+    let file = match File::load(&args.config) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match file.validate(&source) {
+        Ok(_) => {
+            println!("# {source}: valid. Effective configuration, every default written out:\n");
+            print!("{}", file.to_toml());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn demo(args: DemoArgs) -> ExitCode {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("the demo runtime must start");
+    println!(
+        "linger demo: an origin that closes keep-alive connections idle for 200 ms (no hint),\n\
+         and a client that reuses its connection with gaps of 100-300 ms, {} GETs per target,\n\
+         seed {}. Straight to the origin, requests meet the idle close (R1); through linger,\n\
+         the pool sees the origin's FIN first, or retries a request that provably never\n\
+         arrived.\n",
+        args.requests, args.seed
+    );
+    let result = rt.block_on(linger_lab::demo::run(args.requests, args.seed));
+    match result {
+        Ok(tallies) => {
+            print!("{}", linger_lab::demo::render(&tallies));
+            let direct = tallies.iter().find(|t| t.target == "direct");
+            let linger = tallies.iter().find(|t| t.target == "linger");
+            if let (Some(d), Some(l)) = (direct, linger) {
+                println!(
+                    "\ndirect lost {} of {} requests; linger lost {} of {}.",
+                    d.failures(),
+                    d.sent,
+                    l.failures(),
+                    l.sent
+                );
+                if l.failures() > 0 {
+                    return ExitCode::FAILURE;
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: demo failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! linger's race lab: peers that make connection-lifecycle races happen on purpose, and
+//! the scenarios that run them against no proxy, linger and other proxies.
+
+pub mod demo;
+pub mod inproc;
+pub mod peers;

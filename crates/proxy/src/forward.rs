@@ -65,16 +65,17 @@ pub fn add_forwarding(
     headers: &mut HeaderMap,
     cfg: &HeadersConfig,
     client_ip: IpAddr,
+    client_ip_value: &HeaderValue,
     original_host: Option<&HeaderValue>,
     version: Version,
 ) {
     match cfg.x_forwarded_for {
         ForwardedFor::Off => {}
         ForwardedFor::Replace => {
-            headers.insert(
-                "x-forwarded-for",
-                HeaderValue::from_str(&client_ip.to_string()).expect("an IP is a valid header"),
-            );
+            headers.insert("x-forwarded-for", client_ip_value.clone());
+        }
+        ForwardedFor::Append if !headers.contains_key("x-forwarded-for") => {
+            headers.insert("x-forwarded-for", client_ip_value.clone());
         }
         ForwardedFor::Append => {
             let prior: Vec<String> = headers
@@ -110,6 +111,15 @@ pub fn add_forwarding(
 
 /// Appends `Via: <version> linger` (RFC 9110 §7.6.3).
 pub fn append_via(headers: &mut HeaderMap, version: Version) {
+    if !headers.contains_key(header::VIA) {
+        let ours = match version {
+            Version::HTTP_10 => "1.0 linger",
+            Version::HTTP_2 => "2 linger",
+            _ => "1.1 linger",
+        };
+        headers.insert(header::VIA, HeaderValue::from_static(ours));
+        return;
+    }
     let ours = format!("{} linger", version_str(version));
     let value = match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
         Some(prior) => format!("{prior}, {ours}"),
@@ -168,10 +178,12 @@ mod tests {
         h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         h.append("via", HeaderValue::from_static("1.1 lb"));
         let host = HeaderValue::from_static("example.com");
+        let ip = HeaderValue::from_static("127.0.0.2");
         add_forwarding(
             &mut h,
             &cfg,
             "127.0.0.2".parse().unwrap(),
+            &ip,
             Some(&host),
             Version::HTTP_11,
         );

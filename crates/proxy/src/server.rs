@@ -32,16 +32,17 @@ pub struct Server {
 
 impl Server {
     pub fn new(config: Config, access_log: AccessLog) -> Arc<Self> {
+        let metrics = Arc::new(Metrics::new());
         let listeners = config
             .listeners
             .iter()
-            .map(|l| Arc::new(ListenerCtx::new(l, &config.routes)))
+            .map(|l| Arc::new(ListenerCtx::new(l, &config.routes, &metrics)))
             .collect();
         let (drain_tx, _) = watch::channel(Drain::Running);
         let (ready_tx, _) = watch::channel(true);
         Arc::new(Self {
             config: Arc::new(config),
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             access_log,
             conns: Arc::new(ConnCounter::default()),
             listeners,

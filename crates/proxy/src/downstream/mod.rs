@@ -16,6 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
@@ -99,19 +102,62 @@ pub struct ListenerCtx {
     pub name: Name,
     pub routes: Vec<RouteConfig>,
     pub policy: DownstreamPolicy,
+    /// Does any route look at the host? (If not, the host is not parsed.)
+    pub routes_need_host: bool,
+    /// `Keep-Alive: timeout=N`, ready to insert.
+    pub keep_alive_value: Option<http::HeaderValue>,
+    /// Counters for completed requests, by status class (1xx..5xx), and the duration
+    /// histogram: cached so the request path does not look them up.
+    pub ok_requests: [prometheus_client::metrics::counter::Counter; 6],
+    pub duration: prometheus_client::metrics::histogram::Histogram,
 }
 
 // === impl ListenerCtx ===
 
 impl ListenerCtx {
-    pub fn new(cfg: &ListenerConfig, all_routes: &[RouteConfig]) -> Self {
-        let routes = all_routes
+    pub fn new(cfg: &ListenerConfig, all_routes: &[RouteConfig], metrics: &Metrics) -> Self {
+        let routes: Vec<RouteConfig> = all_routes
             .iter()
             .filter(|r| r.listener.as_ref().is_none_or(|l| *l == cfg.name))
             .cloned()
             .collect();
+        let name: Name = Arc::new(cfg.name.clone());
+        let ok = |status: &'static str| {
+            metrics
+                .requests
+                .get_or_create(&crate::observe::metrics::RequestLabels {
+                    listener: name.clone(),
+                    status,
+                    termination: crate::observe::Termination::Ok.as_str(),
+                })
+                .clone()
+        };
         Self {
-            name: Arc::new(cfg.name.clone()),
+            routes_need_host: routes
+                .iter()
+                .any(|r| r.host != crate::config::HostMatch::Any),
+            keep_alive_value: cfg.announce_keep_alive.then(|| {
+                http::HeaderValue::from_str(&format!(
+                    "timeout={}",
+                    cfg.idle_timeout.as_secs().max(1)
+                ))
+                .expect("a number is a valid header value")
+            }),
+            ok_requests: [
+                ok("none"),
+                ok("1xx"),
+                ok("2xx"),
+                ok("3xx"),
+                ok("4xx"),
+                ok("5xx"),
+            ],
+            duration: metrics
+                .request_duration
+                .get_or_create(&ListenerLabels {
+                    listener: name.clone(),
+                })
+                .clone(),
+            name,
             policy: DownstreamPolicy {
                 idle_timeout: cfg.idle_timeout,
                 announce_keep_alive: cfg.announce_keep_alive,
@@ -135,11 +181,12 @@ struct DsState {
 pub struct DsConn {
     pub id: u64,
     pub peer: SocketAddr,
+    /// The peer's IP as a header value, for `X-Forwarded-For`.
+    pub peer_ip_value: http::HeaderValue,
     pub started: Instant,
     pub stats: Arc<IoStats>,
     requests: AtomicU64,
     state: Mutex<DsState>,
-    changed: Notify,
     close_reason: Mutex<Option<CloseReason>>,
 }
 
@@ -161,7 +208,11 @@ impl DsConn {
             s.idle_since = Instant::now();
         }
         self.stats.arm_first_read();
-        self.changed.notify_one();
+    }
+
+    fn state(&self) -> (bool, Instant) {
+        let s = self.state.lock().expect("conn state lock");
+        (s.in_flight, s.idle_since)
     }
 
     pub fn requests(&self) -> u64 {
@@ -242,13 +293,14 @@ pub async fn serve_connection(
     worker.metrics.downstream_open.get_or_create(&labels).inc();
 
     let io = SensorIo::new(stream);
-    let stream = io.stream();
     let stats = io.stats();
     stats.arm_first_read();
     let now = Instant::now();
     let conn = Arc::new(DsConn {
         id: DOWNSTREAM_CONN_IDS.fetch_add(1, Ordering::Relaxed),
         peer,
+        peer_ip_value: http::HeaderValue::from_str(&peer.ip().to_string())
+            .expect("an IP address is a valid header value"),
         started: now,
         stats: stats.clone(),
         requests: AtomicU64::new(0),
@@ -256,7 +308,6 @@ pub async fn serve_connection(
             in_flight: false,
             idle_since: now,
         }),
-        changed: Notify::new(),
         close_reason: Mutex::new(None),
     });
     let svc = DsService {
@@ -270,84 +321,24 @@ pub async fn serve_connection(
         .max_headers(cfg.max_headers)
         .half_close(cfg.half_close == HalfClosePolicy::Allow)
         .keep_alive(true);
-    let hconn = builder
+    let mut hconn = builder
         .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
-    tokio::pin!(hconn);
 
-    let mut drain = worker.drain.clone();
-    let mut shutting_down = false;
-    let ending = loop {
-        let (in_flight, idle_since) = {
-            let s = conn.state.lock().expect("conn state lock");
-            (s.in_flight, s.idle_since)
-        };
-        let head_started = stats.first_read_at();
-        let draining = *drain.borrow() == Drain::Draining;
-        if !in_flight && head_started.is_none() && !shutting_down {
-            let aged = cfg
-                .max_connection_age
-                .is_some_and(|m| conn.started.elapsed() >= m);
-            if draining || aged {
-                conn.set_close_reason(if draining {
-                    CloseReason::Drain
-                } else {
-                    CloseReason::MaxAge
-                });
-                hconn.as_mut().graceful_shutdown();
-                shutting_down = true;
-            }
-        }
-        let deadline = if in_flight || shutting_down {
-            None
-        } else if let Some(t) = head_started {
-            Some(t + cfg.header_read_timeout)
-        } else {
-            let mut d = idle_since + cfg.idle_timeout;
-            if let Some(age) = cfg.max_connection_age {
-                d = d.min(conn.started + age);
-            }
-            Some(d)
-        };
-        let sleep = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            r = hconn.as_mut() => break Ending::Hyper(r),
-            _ = sleep => {
-                let s = conn.state.lock().expect("conn state lock");
-                if s.in_flight {
-                    continue;
-                }
-                drop(s);
-                let now = Instant::now();
-                if let Some(t) = stats.first_read_at() {
-                    if now >= t + cfg.header_read_timeout {
-                        conn.set_close_reason(CloseReason::HeaderReadTimeout);
-                        break Ending::HeaderTimeout;
-                    }
-                } else if now >= idle_since + cfg.idle_timeout {
-                    conn.set_close_reason(CloseReason::IdleTimeout);
-                    hconn.as_mut().graceful_shutdown();
-                    shutting_down = true;
-                }
-            }
-            _ = conn.changed.notified() => {}
-            _ = stats.first_read.notified() => {}
-            _ = drain.changed(), if !draining => {}
-        }
-    };
+    let ending = drive(&worker, &conn, cfg, &stats, &mut hconn).await;
 
-    // --- close ---
+    // --- close: take the socket back from hyper ---
+    let stream = hconn
+        .into_parts()
+        .map(|parts| parts.io.into_inner().into_stream());
     let mut bad_request = false;
     match ending {
         Ending::HeaderTimeout => {
             // hyper never sent a response for the half-read head and is no longer polled;
             // answer 408 ourselves.
-            write_all_best_effort(&stream, RESPONSE_408, Duration::from_secs(1)).await;
+            if let Some(stream) = &stream {
+                write_all_best_effort(stream, RESPONSE_408, Duration::from_secs(1)).await;
+            }
         }
         Ending::Hyper(Ok(())) => {}
         Ending::Hyper(Err(e)) => {
@@ -360,13 +351,12 @@ pub async fn serve_connection(
             }
         }
     }
-    let upgraded = conn.close_reason() == Some(CloseReason::UpgradeEnded);
-    let outcome = if upgraded {
-        // The socket belongs to the upgraded tunnel now; it closes when the tunnel ends.
-        LingerOutcome::PeerAlreadyClosed
-    } else {
-        linger_close(&stream, &stats, cfg.linger_time).await
+    let outcome = match &stream {
+        Some(stream) => linger_close(stream, &stats, cfg.linger_time).await,
+        // Upgraded: the socket belongs to the tunnel now; it closes when the tunnel ends.
+        None => LingerOutcome::PeerAlreadyClosed,
     };
+    drop(stream);
     let reason = if bad_request {
         CloseReason::BadRequest
     } else if let Some(r) = conn.close_reason() {
@@ -407,6 +397,96 @@ pub async fn serve_connection(
         "downstream connection closed"
     );
 }
+
+/// Polls hyper's connection and the connection's one timer in the same task. Every state
+/// change (a request starts or ends, a head's first byte arrives) happens inside hyper's
+/// poll, so the timer is re-armed right after it, with no cross-task notification.
+async fn drive(
+    worker: &WorkerCtx,
+    conn: &DsConn,
+    cfg: &ListenerConfig,
+    stats: &IoStats,
+    hconn: &mut HyperConn,
+) -> Ending {
+    let first_deadline = idle_deadline(conn, cfg, conn.started);
+    let mut sleep = Box::pin(tokio::time::sleep_until(first_deadline));
+    let mut drain_rx = worker.drain.clone();
+    let mut drain_changed: Option<Pin<Box<dyn Future<Output = ()> + Send + '_>>> =
+        Some(Box::pin(async move {
+            let _ = drain_rx.wait_for(|d| *d == Drain::Draining).await;
+        }));
+    let mut shutting_down = false;
+    std::future::poll_fn(|cx| loop {
+        if let Poll::Ready(r) = Pin::new(&mut *hconn).poll(cx) {
+            return Poll::Ready(Ending::Hyper(r));
+        }
+        if let Some(d) = drain_changed.as_mut() {
+            if d.as_mut().poll(cx).is_ready() {
+                drain_changed = None;
+            }
+        }
+        let (in_flight, idle_since) = conn.state();
+        let head_started = stats.first_read_at();
+        if !shutting_down && !in_flight && head_started.is_none() {
+            let draining = worker.is_draining();
+            let aged = cfg
+                .max_connection_age
+                .is_some_and(|m| conn.started.elapsed() >= m);
+            if draining || aged {
+                conn.set_close_reason(if draining {
+                    CloseReason::Drain
+                } else {
+                    CloseReason::MaxAge
+                });
+                Pin::new(&mut *hconn).graceful_shutdown();
+                shutting_down = true;
+                continue;
+            }
+        }
+        let deadline = if shutting_down {
+            // hyper finishes the close; only a stuck peer could hold it, and linger_close
+            // bounds that.
+            Instant::now() + Duration::from_secs(86_400)
+        } else if in_flight {
+            // Leave the timer where it is; when it fires mid-request it is pushed out.
+            sleep.deadline()
+        } else if let Some(t) = head_started {
+            t + cfg.header_read_timeout
+        } else {
+            idle_deadline(conn, cfg, idle_since)
+        };
+        if deadline != sleep.deadline() {
+            sleep.as_mut().reset(deadline);
+        }
+        if sleep.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let now = Instant::now();
+        if in_flight {
+            sleep.as_mut().reset(now + cfg.idle_timeout);
+        } else if let Some(t) = head_started {
+            if now >= t + cfg.header_read_timeout {
+                conn.set_close_reason(CloseReason::HeaderReadTimeout);
+                return Poll::Ready(Ending::HeaderTimeout);
+            }
+        } else if now >= idle_since + cfg.idle_timeout {
+            conn.set_close_reason(CloseReason::IdleTimeout);
+            Pin::new(&mut *hconn).graceful_shutdown();
+            shutting_down = true;
+        }
+    })
+    .await
+}
+
+fn idle_deadline(conn: &DsConn, cfg: &ListenerConfig, idle_since: Instant) -> Instant {
+    let mut d = idle_since + cfg.idle_timeout;
+    if let Some(age) = cfg.max_connection_age {
+        d = d.min(conn.started + age);
+    }
+    d
+}
+
+type HyperConn = hyper::server::conn::http1::UpgradeableConnection<TokioIo<SensorIo>, DsService>;
 
 async fn write_all_best_effort(stream: &TcpStream, mut bytes: &[u8], limit: Duration) {
     let _ = tokio::time::timeout(limit, async {

@@ -27,7 +27,7 @@ use crate::io::PeerClose;
 use crate::lifecycle::downstream::{ConnDecision, ResponseFacts};
 use crate::lifecycle::upstream::{connection_has, Exchange as UpExchange, Reuse};
 use crate::observe::access_log::unix_now;
-use crate::observe::metrics::{ListenerLabels, RequestLabels, RetryLabels, ReuseLabels};
+use crate::observe::metrics::{RequestLabels, RetryLabels};
 use crate::observe::{AccessRecord, CloseReason, RetryEntry, Termination};
 use crate::retry::{self, Decision, TryFailure};
 use crate::upstream::{Cluster, ConnShared, ConnectError, UpstreamConn};
@@ -234,6 +234,17 @@ fn status_class(status: u16) -> &'static str {
     }
 }
 
+fn status_index(status: u16) -> usize {
+    match status {
+        100..=199 => 1,
+        200..=299 => 2,
+        300..=399 => 3,
+        400..=499 => 4,
+        500..=599 => 5,
+        _ => 0,
+    }
+}
+
 fn version_str(v: Version) -> &'static str {
     match v {
         Version::HTTP_09 => "HTTP/0.9",
@@ -281,18 +292,18 @@ impl DsService {
     fn finish(&self, record: Record, status: u16, bytes_out: u64, term: Termination) {
         let m = &self.worker.metrics;
         let elapsed = record.started.elapsed();
-        m.requests
-            .get_or_create(&RequestLabels {
-                listener: self.listener.name.clone(),
-                status: status_class(status),
-                termination: term.as_str(),
-            })
-            .inc();
-        m.request_duration
-            .get_or_create(&ListenerLabels {
-                listener: self.listener.name.clone(),
-            })
-            .observe(elapsed.as_secs_f64());
+        if term == Termination::Ok {
+            self.listener.ok_requests[status_index(status)].inc();
+        } else {
+            m.requests
+                .get_or_create(&RequestLabels {
+                    listener: self.listener.name.clone(),
+                    status: status_class(status),
+                    termination: term.as_str(),
+                })
+                .inc();
+        }
+        self.listener.duration.observe(elapsed.as_secs_f64());
         if self.worker.access_log.enabled() {
             let bytes_in = record
                 .bytes_in
@@ -410,9 +421,9 @@ impl DsService {
     fn apply_decision(&self, headers: &mut HeaderMap, decision: ConnDecision, record: &mut Record) {
         match decision {
             ConnDecision::KeepAlive { announce } => {
-                if let Some(secs) = announce {
-                    if let Ok(v) = HeaderValue::from_str(&format!("timeout={secs}")) {
-                        headers.insert("keep-alive", v);
+                if announce.is_some() {
+                    if let Some(v) = &self.listener.keep_alive_value {
+                        headers.insert("keep-alive", v.clone());
                     }
                 }
             }
@@ -426,21 +437,28 @@ impl DsService {
 
     async fn handle(self, mut req: Request<Incoming>) -> Response<DownBody> {
         let index = self.conn.begin_request();
+        let logging = self.worker.access_log.enabled();
         let record = Record {
             started: Instant::now(),
             index,
             method: req.method().clone(),
-            path: req
-                .uri()
-                .path_and_query()
-                .map_or_else(|| req.uri().to_string(), |p| p.as_str().to_owned()),
+            path: if logging {
+                req.uri()
+                    .path_and_query()
+                    .map_or_else(|| req.uri().to_string(), |p| p.as_str().to_owned())
+            } else {
+                String::new()
+            },
             version: req.version(),
-            host: req
-                .headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("")
-                .to_owned(),
+            host: if logging {
+                req.headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned()
+            } else {
+                String::new()
+            },
             bytes_in: None,
             bytes_in_fixed: 0,
             connect_ms: None,
@@ -485,14 +503,22 @@ impl DsService {
         }
 
         // --- route ---
-        let host = request_host(&req).unwrap_or_default();
-        let path = req.uri().path().to_owned();
-        let Some(cluster_idx) = self.route(&host, &path) else {
+        let host = if self.listener.routes_need_host {
+            request_host(&req).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let Some(cluster_idx) = self.route(&host, req.uri().path()) else {
+            let detail = format!(
+                "no route for host {:?} path {:?}",
+                request_host(&req).unwrap_or_default(),
+                req.uri().path()
+            );
             return self.local(
                 &mut inflight,
                 StatusCode::NOT_FOUND,
                 Termination::NoRoute,
-                format!("no route for host {host:?} path {path:?}"),
+                detail,
                 None,
             );
         };
@@ -518,6 +544,7 @@ impl DsService {
             &mut headers,
             &self.listener.cfg.headers,
             self.conn.peer.ip(),
+            &self.conn.peer_ip_value,
             original_host.as_ref(),
             parts.version,
         );
@@ -619,9 +646,11 @@ impl DsService {
         let m = self.worker.metrics.clone();
         let result = loop {
             let ep_idx = cluster.pick(&avoid);
-            let endpoint_label = cluster.endpoints[ep_idx].label.clone();
-            if let Some(r) = inflight.record.as_mut() {
-                r.endpoint = Some(endpoint_label.clone());
+            let endpoint_label = cluster.endpoints[ep_idx].label.as_str();
+            if logging {
+                if let Some(r) = inflight.record.as_mut() {
+                    r.endpoint = Some(endpoint_label.to_owned());
+                }
             }
             let conn = match cluster.checkout(ep_idx) {
                 Some(mut c) => {
@@ -687,12 +716,11 @@ impl DsService {
                 continue;
             }
             conn.requests += 1;
-            m.upstream_requests
-                .get_or_create(&ReuseLabels {
-                    cluster: cluster.name.clone(),
-                    reused: if conn.reused { "true" } else { "false" },
-                })
-                .inc();
+            if conn.reused {
+                cluster.reused_requests.inc();
+            } else {
+                cluster.fresh_requests.inc();
+            }
             if let Some(r) = inflight.record.as_mut() {
                 r.upstream_conn = Some(conn.id());
                 r.upstream_reused = Some(conn.reused);
@@ -712,7 +740,7 @@ impl DsService {
             *up_req.version_mut() = Version::HTTP_11;
             *up_req.headers_mut() = headers.clone();
             if !self.listener.cfg.headers.preserve_host || original_host.is_none() {
-                if let Ok(v) = HeaderValue::from_str(&endpoint_label) {
+                if let Ok(v) = HeaderValue::from_str(endpoint_label) {
                     up_req.headers_mut().insert(header::HOST, v);
                 }
             }

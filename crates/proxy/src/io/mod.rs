@@ -8,8 +8,8 @@
 //! and destroys the response the peer has not read yet (R4); lingering avoids that, and is
 //! skipped when the peer already closed its side (nothing can be unread).
 //!
-//! The socket is shared (`Arc<TcpStream>`) so the driver keeps it after hyper's connection
-//! future has ended, whether it ended cleanly or with an error.
+//! The driver takes the socket back from hyper (`into_parts`) once hyper's connection future
+//! has ended, whether it ended cleanly or with an error.
 
 pub mod socket;
 
@@ -71,7 +71,6 @@ pub struct IoStats {
     /// downstream driver uses it to start the header read timeout at a head's first byte.
     first_read_armed: AtomicBool,
     first_read_at: std::sync::Mutex<Option<Instant>>,
-    pub first_read: tokio::sync::Notify,
 }
 
 // === impl IoStats ===
@@ -93,7 +92,6 @@ impl IoStats {
             && self.first_read_armed.swap(false, Ordering::AcqRel)
         {
             *self.first_read_at.lock().expect("first read lock") = Some(Instant::now());
-            self.first_read.notify_one();
         }
     }
 
@@ -127,6 +125,16 @@ impl IoStats {
             .compare_exchange(0, p as u8, Ordering::Relaxed, Ordering::Relaxed);
     }
 
+    fn written(&self, r: io::Result<usize>) -> io::Result<usize> {
+        match &r {
+            Ok(n) => {
+                self.bytes_written.fetch_add(*n as u64, Ordering::Relaxed);
+            }
+            Err(e) => self.record_error(e),
+        }
+        r
+    }
+
     fn record_error(&self, e: &io::Error) {
         if e.kind() == io::ErrorKind::WouldBlock {
             return;
@@ -147,9 +155,13 @@ impl IoStats {
 }
 
 /// A TCP socket that records what happens to it and owns its close.
+///
+/// It owns the `TcpStream` and delegates to tokio's own reads and writes (which skip the
+/// extra `EAGAIN` read after a partial read). Whoever drives the connection gets the socket
+/// back when hyper is done with it (`into_parts`) and closes it with [`linger_close`].
 #[derive(Debug)]
 pub struct SensorIo {
-    stream: Arc<TcpStream>,
+    stream: TcpStream,
     stats: Arc<IoStats>,
 }
 
@@ -158,18 +170,21 @@ pub struct SensorIo {
 impl SensorIo {
     pub fn new(stream: TcpStream) -> Self {
         Self {
-            stream: Arc::new(stream),
+            stream,
             stats: Arc::new(IoStats::default()),
         }
     }
 
-    /// The shared socket, for the driver's final close.
-    pub fn stream(&self) -> Arc<TcpStream> {
-        self.stream.clone()
-    }
-
     pub fn stats(&self) -> Arc<IoStats> {
         self.stats.clone()
+    }
+
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    pub fn into_stream(self) -> TcpStream {
+        self.stream
     }
 }
 
@@ -180,28 +195,23 @@ impl AsyncRead for SensorIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        loop {
-            if let Err(e) = ready!(this.stream.poll_read_ready(cx)) {
-                this.stats.record_error(&e);
-                return Poll::Ready(Err(e));
-            }
-            match this.stream.try_read_buf(buf) {
-                Ok(0) => {
+        let before = buf.filled().len();
+        match ready!(Pin::new(&mut this.stream).poll_read(cx, buf)) {
+            Ok(()) => {
+                let n = buf.filled().len() - before;
+                if n == 0 {
                     if buf.remaining() > 0 {
                         this.stats.record_peer(PeerClose::Fin);
                     }
-                    return Poll::Ready(Ok(()));
-                }
-                Ok(n) => {
+                } else {
                     this.stats.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
                     this.stats.on_bytes_read();
-                    return Poll::Ready(Ok(()));
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => {
-                    this.stats.record_error(&e);
-                    return Poll::Ready(Err(e));
-                }
+                Poll::Ready(Ok(()))
+            }
+            Err(e) => {
+                this.stats.record_error(&e);
+                Poll::Ready(Err(e))
             }
         }
     }
@@ -214,25 +224,8 @@ impl AsyncWrite for SensorIo {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        loop {
-            if let Err(e) = ready!(this.stream.poll_write_ready(cx)) {
-                this.stats.record_error(&e);
-                return Poll::Ready(Err(e));
-            }
-            match this.stream.try_write(buf) {
-                Ok(n) => {
-                    this.stats
-                        .bytes_written
-                        .fetch_add(n as u64, Ordering::Relaxed);
-                    return Poll::Ready(Ok(n));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => {
-                    this.stats.record_error(&e);
-                    return Poll::Ready(Err(e));
-                }
-            }
-        }
+        let r = ready!(Pin::new(&mut this.stream).poll_write(cx, buf));
+        Poll::Ready(this.stats.written(r))
     }
 
     fn poll_write_vectored(
@@ -241,25 +234,8 @@ impl AsyncWrite for SensorIo {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        loop {
-            if let Err(e) = ready!(this.stream.poll_write_ready(cx)) {
-                this.stats.record_error(&e);
-                return Poll::Ready(Err(e));
-            }
-            match this.stream.try_write_vectored(bufs) {
-                Ok(n) => {
-                    this.stats
-                        .bytes_written
-                        .fetch_add(n as u64, Ordering::Relaxed);
-                    return Poll::Ready(Ok(n));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => {
-                    this.stats.record_error(&e);
-                    return Poll::Ready(Err(e));
-                }
-            }
-        }
+        let r = ready!(Pin::new(&mut this.stream).poll_write_vectored(cx, bufs));
+        Poll::Ready(this.stats.written(r))
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -3,7 +3,7 @@
 //!
 //! Each upstream connection is a hyper client `conn` driven by its own task. The task keeps
 //! reading while the connection sits idle in the pool, so an upstream FIN or unexpected
-//! bytes end it at once (R1, R9); checkout also peeks the socket without blocking and takes
+//! bytes end it at once (R1, R9); checkout skips connections whose task saw that, and takes
 //! the most recently used connection first.
 
 mod pool;
@@ -16,7 +16,7 @@ use std::time::Duration;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::body::UpBody;
@@ -35,8 +35,7 @@ static UPSTREAM_CONN_IDS: AtomicU64 = AtomicU64::new(1);
 pub struct ConnShared {
     pub id: u64,
     pub stats: Arc<IoStats>,
-    pub stream: Arc<TcpStream>,
-    abort: Notify,
+    abort: Mutex<Option<oneshot::Sender<()>>>,
     reason: Mutex<Option<CloseReason>>,
     /// Set before an upgrade request is sent: when hyper hands the socket over after a
     /// 101, the connection task must not close it.
@@ -53,7 +52,9 @@ impl ConnShared {
     /// Closes the connection now, recording why (the first reason wins).
     pub fn abort(&self, reason: CloseReason) {
         self.set_reason(reason);
-        self.abort.notify_one();
+        if let Some(tx) = self.abort.lock().expect("abort lock").take() {
+            let _ = tx.send(());
+        }
     }
 
     fn set_reason(&self, reason: CloseReason) {
@@ -126,6 +127,10 @@ pub struct Cluster {
     pub endpoints: Vec<Endpoint>,
     pub reuse: ReusePolicy,
     pub budget: crate::retry::RetryBudget,
+    /// Upstream tries on reused and on new connections (cached metric handles).
+    pub reused_requests: prometheus_client::metrics::counter::Counter,
+    pub fresh_requests: prometheus_client::metrics::counter::Counter,
+    pool_idle: prometheus_client::metrics::gauge::Gauge,
     rr: AtomicUsize,
     metrics: Arc<Metrics>,
 }
@@ -145,7 +150,27 @@ impl Cluster {
                 in_flight: AtomicUsize::new(0),
             })
             .collect();
+        let reuse_counter = |reused: &'static str| {
+            metrics
+                .upstream_requests
+                .get_or_create(&crate::observe::metrics::ReuseLabels {
+                    cluster: name.clone(),
+                    reused,
+                })
+                .clone()
+        };
+        let reused_requests = reuse_counter("true");
+        let fresh_requests = reuse_counter("false");
+        let pool_idle = metrics
+            .pool_idle
+            .get_or_create(&ClusterLabels {
+                cluster: name.clone(),
+            })
+            .clone();
         Self {
+            reused_requests,
+            fresh_requests,
+            pool_idle,
             reuse: ReusePolicy {
                 idle_timeout: cfg.idle_timeout,
                 learn_keep_alive: cfg.learn_keep_alive,
@@ -213,26 +238,23 @@ impl Cluster {
 
     /// The most recently used live idle connection, if any.
     pub fn checkout(&self, endpoint: usize) -> Option<UpstreamConn> {
-        let labels = self.labels();
         self.endpoints[endpoint]
             .pool
-            .checkout(Instant::now(), &self.metrics, &labels)
+            .checkout(Instant::now(), &self.metrics, &self.pool_idle)
     }
 
     /// Returns a connection after a complete exchange, or closes it.
     pub fn checkin(&self, conn: UpstreamConn, idle_for: Duration) {
-        let labels = self.labels();
         let ep = &self.endpoints[conn.endpoint];
         ep.pool
-            .checkin(conn, Instant::now() + idle_for, &self.metrics, &labels);
+            .checkin(conn, Instant::now() + idle_for, &self.pool_idle);
     }
 
     /// Closes idle connections past their deadline; the worker's reaper calls this.
     pub fn reap(&self) {
-        let labels = self.labels();
         let now = Instant::now();
         for ep in &self.endpoints {
-            ep.pool.reap(now, &self.metrics, &labels);
+            ep.pool.reap(now, &self.pool_idle);
         }
     }
 
@@ -263,11 +285,11 @@ impl Cluster {
             tracing::debug!(error = %e, "setting upstream socket options failed");
         }
         let io = SensorIo::new(stream);
+        let (abort_tx, abort_rx) = oneshot::channel::<()>();
         let shared = Arc::new(ConnShared {
             id: UPSTREAM_CONN_IDS.fetch_add(1, Ordering::Relaxed),
             stats: io.stats(),
-            stream: io.stream(),
-            abort: Notify::new(),
+            abort: Mutex::new(Some(abort_tx)),
             reason: Mutex::new(None),
             upgrading: std::sync::atomic::AtomicBool::new(false),
         });
@@ -284,8 +306,9 @@ impl Cluster {
         tokio::spawn(async move {
             let conn = conn.with_upgrades();
             let (result, aborted) = tokio::select! {
+                biased;
                 r = conn => (r.err(), false),
-                _ = task_shared.abort.notified() => (None, true),
+                _ = abort_rx => (None, true),
             };
             if !aborted && result.is_none() && task_shared.upgrading.load(Ordering::Acquire) {
                 // hyper handed the socket to the upgraded tunnel; the tunnel owns it now.
@@ -305,7 +328,8 @@ impl Cluster {
                 (PeerClose::Error, _) => CloseReason::SocketError,
                 (PeerClose::Open, _) => CloseReason::Aborted,
             });
-            io::send_fin(&task_shared.stream, &task_shared.stats);
+            // Dropping the connection closes the socket: hyper already sent FIN on a clean
+            // close; an aborted exchange is cut short on purpose.
             let close = CloseLabels {
                 side: "upstream",
                 reason: reason.as_str(),

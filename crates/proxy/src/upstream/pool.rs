@@ -1,13 +1,12 @@
 //! One endpoint's idle connections, most recently used last (taken first).
 
-use std::io;
-use std::mem::MaybeUninit;
 use std::sync::Mutex;
 
 use tokio::time::Instant;
 
+use prometheus_client::metrics::gauge::Gauge;
+
 use super::UpstreamConn;
-use crate::observe::metrics::ClusterLabels;
 use crate::observe::{CloseReason, Metrics};
 
 #[derive(Debug)]
@@ -20,25 +19,6 @@ struct Idle {
 pub struct Pool {
     idle: Mutex<Vec<Idle>>,
     max_idle: usize,
-}
-
-/// What a non-blocking look at an idle socket found.
-enum Peek {
-    Alive,
-    Eof,
-    Data,
-    Error,
-}
-
-fn peek(conn: &UpstreamConn) -> Peek {
-    let mut buf = [MaybeUninit::<u8>::uninit(); 1];
-    // The socket is non-blocking: no data and no EOF gives WouldBlock.
-    match socket2::SockRef::from(&*conn.shared.stream).peek(&mut buf) {
-        Ok(0) => Peek::Eof,
-        Ok(_) => Peek::Data,
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Peek::Alive,
-        Err(_) => Peek::Error,
-    }
 }
 
 // === impl Pool ===
@@ -59,11 +39,11 @@ impl Pool {
         &self,
         now: Instant,
         metrics: &Metrics,
-        labels: &ClusterLabels,
+        idle_gauge: &Gauge,
     ) -> Option<UpstreamConn> {
         loop {
             let entry = self.idle.lock().expect("pool lock").pop()?;
-            metrics.pool_idle.get_or_create(labels).dec();
+            idle_gauge.dec();
             let conn = entry.conn;
             if entry.expires <= now {
                 conn.abort(CloseReason::PoolIdleTimeout);
@@ -74,25 +54,11 @@ impl Pool {
                 metrics.race("R1", "idle_close_detected_before_reuse");
                 continue;
             }
-            match peek(&conn) {
-                Peek::Alive => return Some(conn),
-                Peek::Eof => {
-                    metrics.race("R9", "fin_detected_at_checkout");
-                    conn.abort(CloseReason::UpstreamFinIdle);
-                }
-                Peek::Data => conn.abort(CloseReason::UpstreamUnexpectedData),
-                Peek::Error => conn.abort(CloseReason::UpstreamRst),
-            }
+            return Some(conn);
         }
     }
 
-    pub fn checkin(
-        &self,
-        mut conn: UpstreamConn,
-        expires: Instant,
-        metrics: &Metrics,
-        labels: &ClusterLabels,
-    ) {
+    pub fn checkin(&self, mut conn: UpstreamConn, expires: Instant, idle_gauge: &Gauge) {
         if conn.sender.is_closed() {
             return;
         }
@@ -104,10 +70,10 @@ impl Pool {
             return;
         }
         idle.push(Idle { conn, expires });
-        metrics.pool_idle.get_or_create(labels).inc();
+        idle_gauge.inc();
     }
 
-    pub fn reap(&self, now: Instant, metrics: &Metrics, labels: &ClusterLabels) {
+    pub fn reap(&self, now: Instant, idle_gauge: &Gauge) {
         let mut expired = Vec::new();
         {
             let mut idle = self.idle.lock().expect("pool lock");
@@ -121,7 +87,7 @@ impl Pool {
             }
         }
         for e in expired {
-            metrics.pool_idle.get_or_create(labels).dec();
+            idle_gauge.dec();
             if e.expires <= now {
                 e.conn.abort(CloseReason::PoolIdleTimeout);
             }

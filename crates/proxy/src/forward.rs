@@ -100,8 +100,15 @@ pub fn add_forwarding(
         headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
     }
     if cfg.x_forwarded_host {
-        if let Some(h) = original_host {
-            headers.insert("x-forwarded-host", h.clone());
+        match original_host {
+            Some(h) => {
+                headers.insert("x-forwarded-host", h.clone());
+            }
+            // Without a Host there is nothing to forward; a client-supplied value would
+            // be a forgery.
+            None => {
+                headers.remove("x-forwarded-host");
+            }
         }
     }
     if cfg.via {
@@ -121,10 +128,14 @@ pub fn append_via(headers: &mut HeaderMap, version: Version) {
         return;
     }
     let ours = format!("{} linger", version_str(version));
-    let value = match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {ours}"),
-        None => ours,
-    };
+    let mut value: String = headers
+        .get_all(header::VIA)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(", ");
+    value.push_str(", ");
+    value.push_str(&ours);
     if let Ok(v) = HeaderValue::from_str(&value) {
         headers.insert(header::VIA, v);
     }

@@ -67,9 +67,12 @@ pub fn decide(
     }
 }
 
-/// Full-jitter exponential backoff: a random wait in `[0, min(max, base * 2^attempt)]`.
+/// Full-jitter exponential backoff before retry number `attempt` (1 = the first retry): a
+/// random wait in `[0, min(max, base * 2^(attempt - 1))]`.
 pub fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
-    let exp = base.saturating_mul(1u32 << attempt.min(16)).min(max);
+    let exp = base
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+        .min(max);
     exp.mul_f64(fastrand::f64())
 }
 

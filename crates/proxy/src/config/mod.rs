@@ -600,6 +600,7 @@ impl File {
                     format!("{} is out of range (expected 1 to 10000)", l.max_headers),
                 ));
             }
+            check_tcp(&l.tcp).map_err(|(f, m)| err(k(&format!("tcp.{f}")), m))?;
             let name = if l.name.is_empty() {
                 format!("listener{i}")
             } else {
@@ -675,6 +676,16 @@ impl File {
                     ),
                 ));
             }
+            if c.keep_alive_margin.0 < Duration::from_secs(1) {
+                return Err(err(
+                    k("keep_alive_margin"),
+                    format!(
+                        "{} is below 1s (expected at least \"1s\")",
+                        c.keep_alive_margin
+                    ),
+                ));
+            }
+            check_tcp(&c.tcp).map_err(|(f, m)| err(k(&format!("tcp.{f}")), m))?;
             if c.retry.backoff_base > c.retry.backoff_max {
                 return Err(err(
                     k("retry.backoff_base"),
@@ -694,7 +705,7 @@ impl File {
                 max_idle_per_endpoint: c.max_idle_per_endpoint,
                 max_requests_per_connection: nonzero(c.max_requests_per_connection),
                 learn_keep_alive: c.learn_keep_alive,
-                keep_alive_margin: c.keep_alive_margin.0.max(Duration::from_secs(1)),
+                keep_alive_margin: c.keep_alive_margin.0,
                 retry: RetryConfig {
                     max_retries: c.retry.max_retries,
                     buffer_bytes: c.retry.buffer_bytes,
@@ -844,6 +855,28 @@ fn nonzero(n: u64) -> Option<u64> {
 
 fn nonzero_duration(d: ConfigDuration) -> Option<Duration> {
     (!d.0.is_zero()).then_some(d.0)
+}
+
+/// TCP keepalive settings the kernel accepts: whole seconds, at least 1.
+fn check_tcp(t: &FileTcp) -> Result<(), (&'static str, String)> {
+    if !t.keepalive {
+        return Ok(());
+    }
+    for (field, d) in [
+        ("keepalive_idle", t.keepalive_idle),
+        ("keepalive_interval", t.keepalive_interval),
+    ] {
+        if d.0 < Duration::from_secs(1) || d.0.subsec_millis() != 0 {
+            return Err((field, format!("{d} is not a whole number of seconds >= 1s (the kernel counts these in seconds)")));
+        }
+    }
+    if t.keepalive_count == 0 {
+        return Err((
+            "keepalive_count",
+            "0 is out of range (expected at least 1)".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn tcp_config(t: &FileTcp) -> TcpConfig {

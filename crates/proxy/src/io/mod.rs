@@ -11,6 +11,7 @@
 //! The driver takes the socket back from hyper (`into_parts`) once hyper's connection future
 //! has ended, whether it ended cleanly or with an error.
 
+pub mod framing;
 pub mod socket;
 
 use std::io;
@@ -23,6 +24,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+
+use self::framing::{FramingGuard, FramingViolation};
 
 /// What linger saw the peer do to the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +74,8 @@ pub struct IoStats {
     /// downstream driver uses it to start the header read timeout at a head's first byte.
     first_read_armed: AtomicBool,
     first_read_at: std::sync::Mutex<Option<Instant>>,
+    /// What the framing guard refused, if it did.
+    violation: std::sync::Mutex<Option<FramingViolation>>,
 }
 
 // === impl IoStats ===
@@ -80,6 +85,10 @@ impl IoStats {
     pub fn arm_first_read(&self) {
         *self.first_read_at.lock().expect("first read lock") = None;
         self.first_read_armed.store(true, Ordering::Release);
+    }
+
+    pub fn framing_violation(&self) -> Option<FramingViolation> {
+        *self.violation.lock().expect("violation lock")
     }
 
     /// When the first byte after the last `arm_first_read` arrived.
@@ -163,6 +172,7 @@ impl IoStats {
 pub struct SensorIo {
     stream: TcpStream,
     stats: Arc<IoStats>,
+    guard: Option<Box<FramingGuard>>,
 }
 
 // === impl SensorIo ===
@@ -172,6 +182,16 @@ impl SensorIo {
         Self {
             stream,
             stats: Arc::new(IoStats::default()),
+            guard: None,
+        }
+    }
+
+    /// A downstream socket: requests are checked by the framing guard (R12) before hyper
+    /// sees them.
+    pub fn with_framing_guard(stream: TcpStream, max_head: usize) -> Self {
+        Self {
+            guard: Some(Box::new(FramingGuard::new(max_head))),
+            ..Self::new(stream)
         }
     }
 
@@ -206,6 +226,14 @@ impl AsyncRead for SensorIo {
                 } else {
                     this.stats.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
                     this.stats.on_bytes_read();
+                    if let Some(guard) = this.guard.as_mut() {
+                        if let Err(v) = guard.feed(&buf.filled()[before..]) {
+                            // Withhold the whole read: hyper never parses the request.
+                            buf.set_filled(before);
+                            *this.stats.violation.lock().expect("violation lock") = Some(v);
+                            return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, v)));
+                        }
+                    }
                 }
                 Poll::Ready(Ok(()))
             }
@@ -248,7 +276,11 @@ impl AsyncWrite for SensorIo {
 
     /// A FIN right after the last byte; the driver lingers afterwards.
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        send_fin(&self.stream, &self.stats);
+        // After a framing violation the driver still owes the client a 400: it sends the
+        // FIN after that.
+        if self.stats.framing_violation().is_none() {
+            send_fin(&self.stream, &self.stats);
+        }
         Poll::Ready(Ok(()))
     }
 }

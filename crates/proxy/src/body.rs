@@ -168,7 +168,13 @@ impl Body for UpBody {
                                 .bytes
                                 .fetch_add(d.len() as u64, Ordering::Relaxed);
                         }
-                        s.check_end();
+                        if f.is_trailers() {
+                            // Trailers are always the last frame.
+                            s.ended = true;
+                            s.progress.mark_done();
+                        } else {
+                            s.check_end();
+                        }
                         Poll::Ready(Some(Ok(f)))
                     }
                     Poll::Ready(Some(Err(e))) => {

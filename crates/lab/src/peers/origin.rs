@@ -40,9 +40,15 @@ pub struct OriginConfig {
     pub max_requests: Option<u64>,
     /// With `max_requests`: say `Connection: close` on the last response.
     pub announce_last: bool,
+    /// Do not close idle connections; instead reset a connection when a request arrives on
+    /// it after it was idle this long (a server whose socket is already gone, R1).
+    pub late_request_reset: Option<Duration>,
     /// Answer this status as soon as the head arrives, without reading the body, then
     /// close (R4).
     pub early_status: Option<u16>,
+    /// After an early response: read and discard the body before closing (a graceful
+    /// server), instead of closing with unread bytes (the kernel then sends RST).
+    pub early_drain: bool,
     /// Wait this long before answering (R7).
     pub think: Option<Duration>,
     /// Never answer (R6 and timeouts).
@@ -281,6 +287,7 @@ fn set_rst(sock: &TcpStream) {
 async fn serve_conn(mut sock: TcpStream, cfg: Arc<OriginConfig>, stats: Arc<OriginStats>) {
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut served = 0u64;
+    let mut last_response_at: Option<Instant> = None;
     loop {
         // Wait for a request head, closing when idle too long.
         let head = loop {
@@ -317,6 +324,12 @@ async fn serve_conn(mut sock: TcpStream, cfg: Arc<OriginConfig>, stats: Arc<Orig
             }
         };
         let (head, head_len) = head;
+        if let Some(t) = cfg.late_request_reset {
+            if served > 0 && last_response_at.is_some_and(|at| at.elapsed() >= t) {
+                set_rst(&sock);
+                return;
+            }
+        }
         buf.advance(head_len);
         stats.requests.fetch_add(1, Ordering::Relaxed);
         served += 1;
@@ -336,7 +349,18 @@ async fn serve_conn(mut sock: TcpStream, cfg: Arc<OriginConfig>, stats: Arc<Orig
                 body.len()
             );
             let _ = sock.write_all(resp.as_bytes()).await;
-            // close() with the request body unread: the kernel sends RST (R4).
+            if cfg.early_drain {
+                let _ = sock.shutdown().await;
+                let mut scratch = vec![0u8; 64 * 1024];
+                while let Ok(Ok(n)) =
+                    tokio::time::timeout(Duration::from_secs(5), sock.read(&mut scratch)).await
+                {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            }
+            // Otherwise close() with the request body unread: the kernel sends RST (R4).
             return;
         }
         if head.expect_continue {
@@ -481,6 +505,7 @@ async fn serve_conn(mut sock: TcpStream, cfg: Arc<OriginConfig>, stats: Arc<Orig
             stats.record_peer_close();
             return;
         }
+        last_response_at = Some(Instant::now());
         if head.close || last || cfg.close_after_response {
             return;
         }

@@ -34,6 +34,10 @@ use self::service::DsService;
 
 static DOWNSTREAM_CONN_IDS: AtomicU64 = AtomicU64::new(1);
 
+/// During a drain, how long a connection that just answered may stay open for one more
+/// request before linger closes it.
+const DRAIN_IDLE_GRACE: Duration = Duration::from_millis(500);
+
 /// The drain state every connection watches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Drain {
@@ -136,13 +140,14 @@ impl ListenerCtx {
             routes_need_host: routes
                 .iter()
                 .any(|r| r.host != crate::config::HostMatch::Any),
-            keep_alive_value: cfg.announce_keep_alive.then(|| {
-                http::HeaderValue::from_str(&format!(
-                    "timeout={}",
-                    cfg.idle_timeout.as_secs().max(1)
-                ))
-                .expect("a number is a valid header value")
-            }),
+            // Whole seconds, rounded down: never promise more idle time than linger allows
+            // (R2). Below 1 s there is nothing safe to announce.
+            keep_alive_value: (cfg.announce_keep_alive && cfg.idle_timeout.as_secs() >= 1).then(
+                || {
+                    http::HeaderValue::from_str(&format!("timeout={}", cfg.idle_timeout.as_secs()))
+                        .expect("a number is a valid header value")
+                },
+            ),
             ok_requests: [
                 ok("none"),
                 ok("1xx"),
@@ -174,6 +179,8 @@ impl ListenerCtx {
 struct DsState {
     in_flight: bool,
     idle_since: Instant,
+    /// Bytes written to the socket when the last response ended.
+    written_at_idle: u64,
 }
 
 /// One downstream connection, shared by its driver and its service.
@@ -206,8 +213,13 @@ impl DsConn {
             let mut s = self.state.lock().expect("conn state lock");
             s.in_flight = false;
             s.idle_since = Instant::now();
+            s.written_at_idle = self.stats.bytes_written();
         }
         self.stats.arm_first_read();
+    }
+
+    fn written_at_idle(&self) -> u64 {
+        self.state.lock().expect("conn state lock").written_at_idle
     }
 
     fn state(&self) -> (bool, Instant) {
@@ -241,16 +253,7 @@ pub async fn accept_loop(worker: Arc<WorkerCtx>, listener: Arc<ListenerCtx>, soc
         }
         tokio::select! {
             accepted = socket.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let w = worker.clone();
-                    let l = listener.clone();
-                    worker.conns.inc();
-                    tokio::spawn(async move {
-                        let conns = w.conns.clone();
-                        serve_connection(w, l, stream, peer).await;
-                        conns.dec();
-                    });
-                }
+                Ok((stream, peer)) => spawn_connection(&worker, &listener, stream, peer),
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!(listener = %listener.name, error = %e, "accept failed");
@@ -260,7 +263,35 @@ pub async fn accept_loop(worker: Arc<WorkerCtx>, listener: Arc<ListenerCtx>, soc
             _ = drain.changed() => {}
         }
     }
+    // Serve what the kernel already accepted into the backlog: closing the listener with
+    // connections in it would reset them.
+    while let Some(Ok((stream, peer))) = std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match socket.poll_accept(cx) {
+            std::task::Poll::Ready(r) => Some(r),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await
+    {
+        spawn_connection(&worker, &listener, stream, peer);
+    }
     tracing::info!(listener = %listener.name, "stopped accepting");
+}
+
+fn spawn_connection(
+    worker: &Arc<WorkerCtx>,
+    listener: &Arc<ListenerCtx>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let w = worker.clone();
+    let l = listener.clone();
+    worker.conns.inc();
+    tokio::spawn(async move {
+        let conns = w.conns.clone();
+        serve_connection(w, l, stream, peer).await;
+        conns.dec();
+    });
 }
 
 /// What ended the driver's loop.
@@ -280,7 +311,7 @@ pub async fn serve_connection(
 ) {
     let cfg = &listener.cfg;
     if let Err(e) = io::socket::apply(&stream, &cfg.tcp) {
-        tracing::debug!(error = %e, "setting downstream socket options failed");
+        tracing::warn!(error = %e, "setting downstream socket options failed");
     }
     let labels = ListenerLabels {
         listener: listener.name.clone(),
@@ -292,7 +323,7 @@ pub async fn serve_connection(
         .inc();
     worker.metrics.downstream_open.get_or_create(&labels).inc();
 
-    let io = SensorIo::new(stream);
+    let io = SensorIo::with_framing_guard(stream, cfg.max_header_bytes);
     let stats = io.stats();
     stats.arm_first_read();
     let now = Instant::now();
@@ -307,6 +338,7 @@ pub async fn serve_connection(
         state: Mutex::new(DsState {
             in_flight: false,
             idle_since: now,
+            written_at_idle: 0,
         }),
         close_reason: Mutex::new(None),
     });
@@ -340,14 +372,33 @@ pub async fn serve_connection(
                 write_all_best_effort(stream, RESPONSE_408, Duration::from_secs(1)).await;
             }
         }
-        Ending::Hyper(Ok(())) => {}
-        Ending::Hyper(Err(e)) => {
-            if e.is_parse() || e.is_parse_too_large() {
-                // hyper answered 400/431/414 with `Connection: close` itself.
+        Ending::Hyper(result) => {
+            if let Some(v) = stats.framing_violation() {
+                // The guard withheld the request (R12): hyper never saw it and no upstream
+                // got a byte. hyper may report that as a quiet close or as an error. Answer
+                // 400 unless part of a response already went out.
                 bad_request = true;
-                tracing::info!(downstream_conn = conn.id, error = %e, "malformed request");
-            } else {
-                tracing::debug!(downstream_conn = conn.id, error = %e, "downstream connection error");
+                tracing::info!(downstream_conn = conn.id, violation = %v, "ambiguous request framing refused");
+                worker.metrics.race("R12", "ambiguous_framing_refused");
+                if stats.bytes_written() == conn.written_at_idle() {
+                    if let Some(stream) = &stream {
+                        let body = format!("400 Bad Request: {v}\n");
+                        let resp = format!(
+                            "HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        write_all_best_effort(stream, resp.as_bytes(), Duration::from_secs(1))
+                            .await;
+                    }
+                }
+            } else if let Err(e) = result {
+                if e.is_parse() || e.is_parse_too_large() {
+                    // hyper answered 400/431/414 with `Connection: close` itself.
+                    bad_request = true;
+                    tracing::info!(downstream_conn = conn.id, error = %e, "malformed request");
+                } else {
+                    tracing::debug!(downstream_conn = conn.id, error = %e, "downstream connection error");
+                }
             }
         }
     }
@@ -427,12 +478,17 @@ async fn drive(
         }
         let (in_flight, idle_since) = conn.state();
         let head_started = stats.first_read_at();
+        let draining = worker.is_draining();
         if !shutting_down && !in_flight && head_started.is_none() {
-            let draining = worker.is_draining();
+            // A connection that just finished a response is likely to carry another request
+            // right away: during a drain it gets DRAIN_IDLE_GRACE to send it (answered with
+            // `Connection: close`) before linger closes it, which shrinks the close-vs-reuse
+            // window for active clients.
+            let quiet = idle_since.elapsed() >= DRAIN_IDLE_GRACE.min(cfg.idle_timeout);
             let aged = cfg
                 .max_connection_age
                 .is_some_and(|m| conn.started.elapsed() >= m);
-            if draining || aged {
+            if (draining && quiet) || aged {
                 conn.set_close_reason(if draining {
                     CloseReason::Drain
                 } else {
@@ -452,6 +508,8 @@ async fn drive(
             sleep.deadline()
         } else if let Some(t) = head_started {
             t + cfg.header_read_timeout
+        } else if draining {
+            idle_since + DRAIN_IDLE_GRACE.min(cfg.idle_timeout)
         } else {
             idle_deadline(conn, cfg, idle_since)
         };

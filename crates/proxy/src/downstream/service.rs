@@ -35,6 +35,9 @@ use crate::upstream::{Cluster, ConnShared, ConnectError, UpstreamConn};
 /// How long an `Expect: 100-continue` body waits for the upstream's 100 before it is sent
 /// anyway (curl waits 1 s).
 const EXPECT_WAIT: Duration = Duration::from_secs(1);
+/// How long a response that arrived before the request body was fully forwarded waits for
+/// the body to finish before it is treated as an early response (R4).
+const EARLY_RESPONSE_GRACE: Duration = Duration::from_millis(20);
 /// Pooled connections found closed at checkout that may be skipped per request.
 const MAX_STALE_SKIPS: u32 = 16;
 
@@ -111,12 +114,18 @@ impl Drop for Inflight {
                     .in_flight
                     .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             }
+            let mut record = record;
+            if let Some(v) = self.svc.conn.stats.framing_violation() {
+                // The request body broke its framing; the connection answers 400 and closes.
+                record.detail = Some(format!("ambiguous request framing: {v}"));
+                self.svc.finish(record, 400, 0, Termination::BadRequest);
+                return;
+            }
             self.svc
                 .worker
                 .metrics
                 .race("R7", "downstream_closed_while_waiting");
             let peer = self.svc.conn.stats.peer();
-            let mut record = record;
             record.detail = Some(format!(
                 "client aborted while waiting (downstream {})",
                 peer.as_str()
@@ -885,10 +894,15 @@ impl DsService {
         // --- the response ---
         let (mut parts, up_body) = resp.into_parts();
         let mut body_complete = replay.is_some() || progress.is_done();
-        if !body_complete && self.listener.cfg.early_response == EarlyResponsePolicy::Hold {
-            // Hold the early response until the request body is forwarded (R4, `hold`).
-            let hold = self.listener.cfg.early_response_hold;
-            let _ = tokio::time::timeout(hold, progress.finished()).await;
+        if !body_complete {
+            // The response head came before the whole request body was forwarded. Often the
+            // rest is already on its way and done in microseconds; a true early response
+            // (R4) is held (policy `hold`) or sent with `Connection: close` after a grace.
+            let wait = match self.listener.cfg.early_response {
+                EarlyResponsePolicy::Hold => self.listener.cfg.early_response_hold,
+                EarlyResponsePolicy::Close => EARLY_RESPONSE_GRACE,
+            };
+            let _ = tokio::time::timeout(wait, progress.finished()).await;
             body_complete = progress.is_done();
         }
         if !body_complete {

@@ -1,6 +1,6 @@
 //! Sans-io lifecycle decisions: plain values in, decisions out. No sockets, no tasks, no
 //! clock reads (`now` is an argument). The async code in `downstream/` and `upstream/`
-//! drives these. See `LIFECYCLE.md` beside this file for the state diagrams.
+//! drives these. `docs/lifecycle.md` draws both sides' states and explains each rule.
 
 pub mod downstream;
 pub mod upstream;

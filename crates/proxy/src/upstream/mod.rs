@@ -282,7 +282,7 @@ impl Cluster {
                 }
             };
         if let Err(e) = io::socket::apply(&stream, &self.cfg.tcp) {
-            tracing::debug!(error = %e, "setting upstream socket options failed");
+            tracing::warn!(error = %e, "setting upstream socket options failed");
         }
         let io = SensorIo::new(stream);
         let (abort_tx, abort_rx) = oneshot::channel::<()>();

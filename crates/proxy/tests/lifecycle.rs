@@ -1,0 +1,565 @@
+//! The races of connection lifecycles, made to happen on loopback with purpose-built peers.
+//! Each test asserts what the peers saw on the wire: responses, clean EOF versus reset,
+//! and how many copies of a request the origin received.
+
+mod support;
+
+use std::time::Duration;
+
+use linger_lab::peers::client::gaps;
+use linger_lab::peers::{KeepAliveClient, Origin, OriginConfig, Outcome};
+use linger_proxy::config::{ConfigDuration, EarlyResponsePolicy};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+const TRY: Duration = Duration::from_secs(10);
+
+/// Sends `schedule.len()` sequential requests on one reused client connection.
+async fn sequential(
+    addr: std::net::SocketAddr,
+    method: &str,
+    schedule: &[Duration],
+) -> Vec<Outcome> {
+    let mut c = KeepAliveClient::new(addr);
+    let mut out = Vec::with_capacity(schedule.len());
+    for (i, gap) in schedule.iter().enumerate() {
+        let id = format!("{method}-{i}");
+        let body: &[u8] = if method == "POST" { b"payload" } else { b"" };
+        out.push(
+            c.request(method, "/", &[("x-request-id", &id)], body, TRY)
+                .await,
+        );
+        tokio::time::sleep(*gap).await;
+    }
+    out
+}
+
+fn failures(outcomes: &[Outcome]) -> Vec<(usize, &Outcome)> {
+    outcomes
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| o.is_failure())
+        .collect()
+}
+
+// ---------------------------------------------------------------- R1
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r1_gets_across_an_origin_idle_close_never_fail() {
+    trace_init();
+    // The origin closes idle connections after 10 ms and says nothing about it; the client
+    // reuses its connection to linger with gaps spread around that time.
+    let origin = Origin::start(OriginConfig {
+        idle_close: Some(Duration::from_millis(10)),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let linger = InProcess::start(&[origin.addr], |_| {}).unwrap();
+    let schedule = gaps(7, 1000, Duration::from_millis(10), Duration::from_millis(6));
+    let outcomes = sequential(linger.addr, "GET", &schedule).await;
+    assert!(failures(&outcomes).is_empty(), "{:?}", failures(&outcomes));
+    assert_eq!(origin.stats.requests(), 1000 + origin.stats.duplicates());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r1_posts_to_an_origin_with_a_keep_alive_hint_never_fail() {
+    trace_init();
+    // The origin says `Keep-Alive: timeout=2` and closes idle connections at 2 s; linger
+    // must not reuse a connection idle for more than 1 s (2 s minus the 1 s margin).
+    let origin = Origin::start(OriginConfig {
+        idle_close: Some(Duration::from_secs(2)),
+        keep_alive_hint: Some(2),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let linger = InProcess::start(&[origin.addr], |f| {
+        // A pool idle timeout far above the origin's: only the learned hint protects reuse.
+        f.clusters[0].idle_timeout = ConfigDuration::from_secs(60);
+    })
+    .unwrap();
+    // 1,000 POSTs: mostly back to back, with 12 pauses around the learned cutoff and the
+    // origin's own close.
+    let mut schedule = vec![Duration::from_millis(1); 1000];
+    let pauses = gaps(
+        3,
+        12,
+        Duration::from_millis(1600),
+        Duration::from_millis(700),
+    );
+    for (i, p) in pauses.into_iter().enumerate() {
+        schedule[i * 80 + 40] = p;
+    }
+    let outcomes = sequential(linger.addr, "POST", &schedule).await;
+    assert!(failures(&outcomes).is_empty(), "{:?}", failures(&outcomes));
+    assert_eq!(origin.stats.duplicates(), 0);
+    assert_eq!(origin.stats.requests(), 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r1_reset_on_reuse_retries_gets_and_never_duplicates_posts() {
+    trace_init();
+    // The origin keeps idle connections open but resets one when a request arrives on it
+    // after 40 ms of idleness: linger cannot see it coming.
+    let origin = Origin::start(OriginConfig {
+        late_request_reset: Some(Duration::from_millis(40)),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let linger = InProcess::start(&[origin.addr], |f| {
+        f.clusters[0].idle_timeout = ConfigDuration::from_secs(60);
+    })
+    .unwrap();
+    let schedule: Vec<Duration> = (0..40)
+        .map(|i| Duration::from_millis(if i % 2 == 0 { 60 } else { 1 }))
+        .collect();
+    let gets = sequential(linger.addr, "GET", &schedule).await;
+    assert!(
+        failures(&gets).is_empty(),
+        "every GET succeeds by retry: {:?}",
+        failures(&gets)
+    );
+
+    let posts = sequential(linger.addr, "POST", &schedule).await;
+    assert_eq!(
+        origin.stats.duplicates(),
+        0,
+        "no request reached the origin twice"
+    );
+    let failed = failures(&posts);
+    assert!(!failed.is_empty(), "the race must have hit some POSTs");
+    for (_, o) in &failed {
+        assert_eq!(
+            **o,
+            Outcome::ServerError(502),
+            "a POST that failed gets a 502"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let log = linger.log_lines();
+    let refusals: Vec<_> = log
+        .iter()
+        .filter(|l| l.contains("\"method\":\"POST\"") && l.contains("\"status\":502"))
+        .collect();
+    assert_eq!(refusals.len(), failed.len());
+    for l in refusals {
+        assert!(
+            l.contains("refused_not_idempotent"),
+            "the log says why: {l}"
+        );
+        assert!(l.contains("\"upstream_reused\":true"), "{l}");
+    }
+}
+
+// ---------------------------------------------------------------- R2
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r2_request_at_the_idle_close_sees_eof_never_reset() {
+    trace_init();
+    let up = Upstream::echo().await;
+    let linger = InProcess::start(&[up.addr], |f| {
+        f.listeners[0].idle_timeout = ConfigDuration::from_millis(100);
+    })
+    .unwrap();
+    let mut eofs = 0;
+    for (i, gap) in gaps(
+        11,
+        60,
+        Duration::from_millis(100),
+        Duration::from_millis(15),
+    )
+    .into_iter()
+    .enumerate()
+    {
+        let mut s = send_raw(linger.addr, b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").await;
+        let _ = read_response(&mut s).await;
+        tokio::time::sleep(gap).await;
+        // The second request races linger's idle close.
+        let _ = s.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").await;
+        let (bytes, end) = read_to_close_after_optional_response(&mut s).await;
+        assert_eq!(end, End::Eof, "try {i}: a reset instead of a clean close");
+        if bytes.is_empty() {
+            eofs += 1;
+        }
+    }
+    tracing::info!(eofs, "requests that met the idle close");
+}
+
+/// Reads what comes (a response, or nothing) until linger closes.
+async fn read_to_close_after_optional_response(s: &mut tokio::net::TcpStream) -> (Vec<u8>, End) {
+    read_to_close(s).await
+}
+
+#[tokio::test]
+async fn r2_responses_announce_the_idle_timeout() {
+    trace_init();
+    let up = Upstream::echo().await;
+    let linger = InProcess::start(&[up.addr], |f| {
+        f.listeners[0].idle_timeout = ConfigDuration::from_secs(30);
+    })
+    .unwrap();
+    let mut s = send_raw(linger.addr, b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").await;
+    let (head, _) = read_response(&mut s).await;
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("keep-alive: timeout=30\r\n"),
+        "{head}"
+    );
+}
+
+// ---------------------------------------------------------------- R3
+
+async fn last_response_head(linger: &InProcess, requests: usize, gap: Duration) -> String {
+    let mut s = tokio::net::TcpStream::connect(linger.addr).await.unwrap();
+    let mut head = String::new();
+    for _ in 0..requests {
+        s.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await
+            .unwrap();
+        head = read_response(&mut s).await.0;
+        tokio::time::sleep(gap).await;
+    }
+    let (rest, end) = read_to_close(&mut s).await;
+    assert!(rest.is_empty(), "nothing after the last response");
+    assert_eq!(
+        end,
+        End::Eof,
+        "linger closes after the response that said close"
+    );
+    head.to_ascii_lowercase()
+}
+
+#[tokio::test]
+async fn r3_max_requests_close_says_connection_close() {
+    trace_init();
+    let up = Upstream::ok_with_headers(vec![("connection", "keep-alive")]).await;
+    let linger = InProcess::start(&[up.addr], |f| {
+        f.listeners[0].max_requests_per_connection = 3;
+    })
+    .unwrap();
+    let head = last_response_head(&linger, 3, Duration::ZERO).await;
+    assert!(head.contains("connection: close"), "{head}");
+    assert!(
+        !head.contains("keep-alive"),
+        "the upstream's keep-alive never reaches the client: {head}"
+    );
+}
+
+#[tokio::test]
+async fn r3_max_age_close_says_connection_close() {
+    trace_init();
+    // The origin thinks 300 ms; the connection's age limit passes while the request is in
+    // flight, so that response must announce the close.
+    let origin = Origin::start(OriginConfig {
+        think: Some(Duration::from_millis(300)),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let linger = InProcess::start(&[origin.addr], |f| {
+        f.listeners[0].max_connection_age = ConfigDuration::from_millis(200);
+    })
+    .unwrap();
+    let mut s = send_raw(linger.addr, b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").await;
+    let (head, body) = read_response(&mut s).await;
+    assert_eq!(body, b"ok\n");
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    let (_, end) = read_to_close(&mut s).await;
+    assert_eq!(end, End::Eof);
+}
+
+#[tokio::test]
+async fn r3_drain_close_says_connection_close() {
+    trace_init();
+    let origin = Origin::start(OriginConfig {
+        think: Some(Duration::from_millis(300)),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let linger = InProcess::start(&[origin.addr], |_| {}).unwrap();
+    let mut s = send_raw(linger.addr, b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    linger.server.start_drain();
+    let (head, body) = read_response(&mut s).await;
+    assert!(
+        head.starts_with("HTTP/1.1 200"),
+        "the in-flight request completes: {head}"
+    );
+    assert_eq!(body, b"ok\n");
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    let (_, end) = read_to_close(&mut s).await;
+    assert_eq!(end, End::Eof);
+}
+
+#[tokio::test]
+async fn r3_http10_response_says_connection_close() {
+    trace_init();
+    let up = Upstream::echo().await;
+    let linger = InProcess::start(&[up.addr], |_| {}).unwrap();
+    let mut s = send_raw(linger.addr, b"GET / HTTP/1.0\r\n\r\n").await;
+    let (bytes, end) = read_to_close(&mut s).await;
+    let text = String::from_utf8_lossy(&bytes).to_ascii_lowercase();
+    assert!(text.contains("connection: close"), "{text}");
+    assert!(!text.contains("keep-alive: timeout"), "{text}");
+    assert_eq!(end, End::Eof);
+}
+
+// ---------------------------------------------------------------- R4
+
+/// Streams an 8 MB body; returns the response bytes and how the connection ended.
+async fn upload_8mb(addr: std::net::SocketAddr) -> (Vec<u8>, End) {
+    let len = 8 * 1024 * 1024;
+    let s = send_raw(
+        addr,
+        format!("POST /upload HTTP/1.1\r\nhost: a\r\ncontent-length: {len}\r\n\r\n").as_bytes(),
+    )
+    .await;
+    let (mut rd, mut wr) = s.into_split();
+    let writer = tokio::spawn(async move {
+        let chunk = vec![b'u'; 64 * 1024];
+        let mut sent = 0;
+        while sent < len {
+            if wr.write_all(&chunk).await.is_err() {
+                break;
+            }
+            sent += chunk.len();
+        }
+        sent
+    });
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let end = loop {
+        match tokio::time::timeout(OUTER, rd.read(&mut buf))
+            .await
+            .expect("linger must close")
+        {
+            Ok(0) => break End::Eof,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break End::Reset,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let _ = writer.await;
+    (out, end)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r4_early_413_is_read_whole_then_eof_never_reset() {
+    trace_init();
+    let origin = Origin::start(OriginConfig {
+        early_status: Some(413),
+        early_drain: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let linger = InProcess::start(&[origin.addr], |_| {}).unwrap();
+    for run in 0..100 {
+        let (bytes, end) = upload_8mb(linger.addr).await;
+        let text = String::from_utf8_lossy(&bytes).to_ascii_lowercase();
+        assert_eq!(end, End::Eof, "run {run}: the client saw a reset");
+        assert!(text.starts_with("http/1.1 413"), "run {run}: {text}");
+        assert!(
+            text.ends_with("413 early\n"),
+            "run {run}: the whole body: {text}"
+        );
+        assert!(text.contains("connection: close"), "run {run}: {text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r4_hold_policy_sends_the_early_response_after_the_body() {
+    trace_init();
+    let origin = Origin::start(OriginConfig {
+        early_status: Some(413),
+        early_drain: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let linger = InProcess::start(&[origin.addr], |f| {
+        f.listeners[0].early_response = EarlyResponsePolicy::Hold;
+    })
+    .unwrap();
+    let mut s = send_raw(
+        linger.addr,
+        b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 40\r\n\r\n",
+    )
+    .await;
+    // Send the body slowly; no response byte may arrive before its last byte is sent.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut probe = [0u8; 1];
+        let early = tokio::time::timeout(Duration::from_millis(1), s.peek(&mut probe)).await;
+        assert!(
+            early.is_err(),
+            "a response byte arrived before the body was forwarded"
+        );
+        s.write_all(&[b'h'; 10]).await.unwrap();
+    }
+    let (bytes, end) = read_to_close(&mut s).await;
+    let text = String::from_utf8_lossy(&bytes).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 413"), "{text}");
+    assert_eq!(end, End::Eof);
+}
+
+// ---------------------------------------------------------------- R5, R7
+
+async fn wait_for_origin_close(origin: &Origin, since: Instant) -> Duration {
+    let deadline = since + Duration::from_secs(5);
+    while origin.stats.peer_closes() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the origin never saw its connection close"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    since.elapsed()
+}
+
+#[tokio::test]
+async fn r5_half_close_during_an_endless_stream_closes_the_origin_within_1s() {
+    trace_init();
+    let origin = Origin::start(OriginConfig {
+        stream_every: Some(Duration::from_millis(50)),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let linger = InProcess::start(&[origin.addr], |_| {}).unwrap();
+    let mut s = send_raw(linger.addr, b"GET /events HTTP/1.1\r\nhost: a\r\n\r\n").await;
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("200 OK"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The load balancer sends only a FIN.
+    s.shutdown().await.unwrap();
+    let fin_at = Instant::now();
+    let took = wait_for_origin_close(&origin, fin_at).await;
+    assert!(
+        took < Duration::from_secs(1),
+        "origin saw the close after {took:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let log = linger.log_lines();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("downstream.response_body.closed")),
+        "{log:?}"
+    );
+}
+
+#[tokio::test]
+async fn r7_half_close_while_the_origin_thinks_closes_the_origin_within_1s() {
+    trace_init();
+    let origin = Origin::start(OriginConfig {
+        think: Some(Duration::from_secs(10)),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let linger = InProcess::start(&[origin.addr], |_| {}).unwrap();
+    let mut s = send_raw(linger.addr, b"GET /slow HTTP/1.1\r\nhost: a\r\n\r\n").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.shutdown().await.unwrap();
+    let fin_at = Instant::now();
+    let took = wait_for_origin_close(&origin, fin_at).await;
+    assert!(
+        took < Duration::from_secs(1),
+        "origin saw the close after {took:?}"
+    );
+    let (bytes, _) = read_to_close(&mut s).await;
+    assert!(bytes.is_empty(), "nothing is written to a client that left");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let log = linger.log_lines();
+    let line = log.last().expect("an access-log line");
+    assert!(line.contains("downstream.waiting.closed"), "{line}");
+    assert!(line.contains("client aborted while waiting"), "{line}");
+}
+
+// ---------------------------------------------------------------- R9, R11
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r9_origin_closing_after_each_response_loses_no_post() {
+    trace_init();
+    let origin = Origin::start(OriginConfig {
+        close_after_response: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let linger = InProcess::start(&[origin.addr], |_| {}).unwrap();
+    let schedule = vec![Duration::ZERO; 1000];
+    let outcomes = sequential(linger.addr, "POST", &schedule).await;
+    assert!(failures(&outcomes).is_empty(), "{:?}", failures(&outcomes));
+    assert_eq!(origin.stats.duplicates(), 0);
+}
+
+async fn mid_body_reset(chunked: bool) {
+    let origin = Origin::start(OriginConfig {
+        reset_mid_body: Some(1000),
+        chunked,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let linger = InProcess::start(&[origin.addr], |_| {}).unwrap();
+    let mut s = send_raw(linger.addr, b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").await;
+    let (bytes, _end) = read_to_close(&mut s).await;
+    let text = String::from_utf8_lossy(&bytes).to_string();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    if chunked {
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("transfer-encoding: chunked"),
+            "{head}"
+        );
+        assert!(
+            !body.ends_with("0\r\n\r\n"),
+            "no final chunk on an aborted response"
+        );
+    } else {
+        let cl: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length: ")
+                    .map(|v| v.parse().unwrap())
+            })
+            .expect("content-length");
+        assert!(
+            body.len() < cl,
+            "closed before the announced length: {} of {cl}",
+            body.len()
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let log = linger.log_lines();
+    assert!(
+        log.last().unwrap().contains("upstream.response_body.reset"),
+        "{log:?}"
+    );
+}
+
+#[tokio::test]
+async fn r11_reset_mid_chunked_body_reaches_client_broken() {
+    trace_init();
+    mid_body_reset(true).await;
+}
+
+#[tokio::test]
+async fn r11_reset_mid_content_length_body_reaches_client_short() {
+    trace_init();
+    mid_body_reset(false).await;
+}

@@ -1,0 +1,223 @@
+#!/usr/bin/env python3
+"""Aggregate bench results: print tables and write the JSON report."""
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+
+
+def load_jsonl(path):
+    out = []
+    if path and os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if line:
+                    out.append(json.loads(line))
+    return out
+
+
+def cmd_out(cmd):
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
+        return (p.stdout + p.stderr).strip()
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"unavailable ({e})"
+
+
+def first_line(s):
+    return s.splitlines()[0].strip() if s else s
+
+
+def machine_info(linger_bin, repo):
+    info = {
+        "nproc": os.cpu_count(),
+        "kernel": platform.release(),
+        "machine": platform.machine(),
+        "hostname": platform.node(),
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+    }
+    try:
+        with open("/proc/cpuinfo") as f:
+            m = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
+            info["cpu_model"] = m.group(1) if m else None
+    except OSError:
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            m = re.search(r"^MemTotal:\s+(\d+)", f.read(), re.M)
+            info["mem_total_mib"] = int(m.group(1)) // 1024 if m else None
+    except OSError:
+        pass
+    try:
+        with open("/etc/debian_version") as f:
+            info["debian_version"] = f.read().strip()
+    except OSError:
+        pass
+    info["versions"] = {
+        "nginx": first_line(cmd_out(["nginx", "-v"])),
+        "haproxy": first_line(cmd_out(["haproxy", "-v"])),
+        "wrk": first_line(cmd_out(["wrk", "-v"])),
+    }
+    if linger_bin:
+        info["versions"]["linger"] = first_line(cmd_out([linger_bin, "--version"]))
+        info["linger_bin"] = linger_bin
+    if repo:
+        rev = cmd_out(["git", "-C", repo, "rev-parse", "HEAD"])
+        if not re.fullmatch(r"[0-9a-f]{40}", rev):
+            rev = "none (no commits yet)"
+        dirty = cmd_out(["git", "-C", repo, "status", "--porcelain", "--untracked-files=no"])
+        info["linger_git_rev"] = rev
+        info["linger_git_dirty"] = bool(dirty.strip())
+    return info
+
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def fmt(x, spec, width):
+    if x is None:
+        return f"{'-':>{width}}"
+    return f"{x:>{width}{spec}}"
+
+
+def summarise(runs, targets):
+    groups = {}
+    for r in runs:
+        groups.setdefault((r["threads"], r["target"]), []).append(r)
+    order = {t: i for i, t in enumerate(targets)}
+    summary = []
+    for (thr, tgt) in sorted(groups, key=lambda k: (k[0], order.get(k[1], 99), k[1])):
+        rs = groups[(thr, tgt)]
+        good = [r for r in rs if "error" not in r]
+        rps = [r["rps"] for r in good]
+        s = {
+            "target": tgt,
+            "threads": thr,
+            "rounds": len(rs),
+            "rounds_ok": len(good),
+            "rps_median": med(rps),
+            "rps_min": min(rps) if rps else None,
+            "rps_max": max(rps) if rps else None,
+            "p50_ms_median": med([r["latency_ms"].get("p50") for r in good]),
+            "p90_ms_median": med([r["latency_ms"].get("p90") for r in good]),
+            "p99_ms_median": med([r["latency_ms"].get("p99") for r in good]),
+            "cpu_cores_median": med([r.get("cpu_cores") for r in good]),
+            "rss_peak_mib_max": (max(r["rss_peak_kib"] for r in good) / 1024) if good else None,
+            "origin_cpu_cores_median": med([r.get("origin_cpu_cores") for r in good]),
+            "wrk_cpu_cores_median": med([r.get("wrk_cpu_cores") for r in good]),
+            "other_cpu_cores_max": max((r.get("other_cpu_cores", 0) for r in good), default=None),
+            "error_total": sum(r.get("error_total", 0) for r in good),
+            "failed_rounds": [r.get("error") for r in rs if "error" in r],
+        }
+        if s["rps_median"] and s["rps_min"] is not None:
+            s["rps_spread_pct"] = 100.0 * (s["rps_max"] - s["rps_min"]) / s["rps_median"]
+        summary.append(s)
+    for s in summary:
+        d = next((x for x in summary if x["target"] == "direct" and x["threads"] == s["threads"]), None)
+        if d and d["rps_median"] and s["rps_median"]:
+            s["rps_rel_direct"] = s["rps_median"] / d["rps_median"]
+    return summary
+
+
+def print_tables(summary, idle, errors, cfg):
+    if summary:
+        print()
+        print(f"Throughput: wrk -t{cfg.get('wrk_threads')} -c{cfg.get('wrk_conns')} -d{cfg.get('duration')} "
+              f"--latency, {cfg.get('rounds')} interleaved round(s); medians over rounds "
+              f"(peak RSS: max over rounds)")
+        hdr = (f"{'target':<8} {'thr':>3} {'req/s':>10} {'vs direct':>9} {'spread':>7} {'p50 ms':>8} "
+               f"{'p99 ms':>8} {'cpu cores':>9} {'peak RSS MiB':>12} {'errors':>7} {'other cpu':>9}")
+        print(hdr)
+        print("-" * len(hdr))
+        for s in summary:
+            rel = f"{100 * s['rps_rel_direct']:.0f}%" if s.get("rps_rel_direct") else "-"
+            spread = f"{s['rps_spread_pct']:.1f}%" if s.get("rps_spread_pct") is not None else "-"
+            err = s["error_total"] + len(s["failed_rounds"])
+            print(f"{s['target']:<8} {s['threads']:>3} {fmt(s['rps_median'], '.0f', 10)} {rel:>9} {spread:>7} "
+                  f"{fmt(s['p50_ms_median'], '.3f', 8)} {fmt(s['p99_ms_median'], '.3f', 8)} "
+                  f"{fmt(s['cpu_cores_median'], '.2f', 9)} {fmt(s['rss_peak_mib_max'], '.1f', 12)} {err:>7} "
+                  f"{fmt(s.get('other_cpu_cores_max'), '.2f', 9)}")
+        print("(thr = proxy workers/threads; 'direct' is wrk -> origin nginx with 1 worker, its CPU/RSS are "
+              "the origin's; errors = socket errors + non-2xx responses + failed rounds; other cpu = max over "
+              "rounds of CPU used by processes outside the benchmark)")
+        busy = max((s.get("other_cpu_cores_max") or 0) for s in summary)
+        if busy >= 0.15:
+            print(f"WARNING: other processes used up to {busy:.2f} cores during the measurements; "
+                  f"the machine was not quiet, treat these numbers as noise and rerun.")
+    if idle:
+        print()
+        print("Idle keep-alive connections (1 worker/thread): RSS of the proxy's process tree")
+        hdr = (f"{'target':<8} {'held':>6} {'closed':>6} {'errors':>6} {'RSS before MiB':>14} "
+               f"{'RSS after MiB':>13} {'KiB/conn':>9} {'fds after':>9}")
+        print(hdr)
+        print("-" * len(hdr))
+        for i in idle:
+            r = i.get("result") or {}
+            if not r:
+                print(f"{i['target']:<8} FAILED: {i.get('error', '?')}")
+                continue
+            held = r.get("conns_open", 0) - r.get("closed_by_peer", 0)
+            nerr = sum(r.get("errors", {}).values())
+            b = r.get("rss_before_kib")
+            a = r.get("rss_after_kib")
+            print(f"{i['target']:<8} {held:>6} {r.get('closed_by_peer', 0):>6} {nerr:>6} "
+                  f"{fmt(b / 1024 if b is not None else None, '.1f', 14)} "
+                  f"{fmt(a / 1024 if a is not None else None, '.1f', 13)} "
+                  f"{fmt(r.get('kib_per_conn'), '.2f', 9)} {fmt(r.get('fds_after'), 'd', 9)}")
+    if errors:
+        print()
+        print("Problems:")
+        for e in errors:
+            print(f"  [{e.get('target')}/{e.get('phase')}] {e.get('message')}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs")
+    ap.add_argument("--idle")
+    ap.add_argument("--errors")
+    ap.add_argument("--config", help="JSON with the run configuration")
+    ap.add_argument("--linger-bin")
+    ap.add_argument("--repo")
+    ap.add_argument("--json", required=True)
+    a = ap.parse_args()
+
+    cfg = json.loads(a.config) if a.config else {}
+    runs = load_jsonl(a.runs)
+    idle = load_jsonl(a.idle)
+    errors = load_jsonl(a.errors)
+    summary = summarise(runs, cfg.get("targets", []))
+    report = {
+        "machine": machine_info(a.linger_bin, a.repo),
+        "config": cfg,
+        "summary": summary,
+        "idle": idle,
+        "runs": runs,
+        "problems": errors,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
+    with open(a.json, "w") as f:
+        json.dump(report, f, indent=2)
+        f.write("\n")
+    print_tables(summary, idle, errors, cfg)
+    print()
+    m = report["machine"]
+    print(f"machine: {m['nproc']} cpus, kernel {m['kernel']}; {m['versions'].get('nginx')}; "
+          f"{m['versions'].get('haproxy')}; {m['versions'].get('wrk')}")
+    if "linger_git_rev" in m:
+        print(f"linger: {m['versions'].get('linger', '-')} rev {m['linger_git_rev']}"
+              f"{' (dirty)' if m.get('linger_git_dirty') else ''}")
+    print(f"JSON written to {a.json}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,495 @@
+#!/usr/bin/env bash
+# linger benchmark harness: wrk throughput/latency against linger, nginx and
+# haproxy in front of one tiny nginx origin (plus wrk straight to the origin),
+# and an idle keep-alive connection memory test. See bench/README.md.
+#
+# Usage: bench/run.sh [options]
+#   --threads LIST     proxy worker/thread counts to test, comma separated (default 1,2)
+#   --rounds N         interleaved rounds per thread count (default 3)
+#   --duration D       wrk duration per measurement, e.g. 10s (default $DURATION or 10s)
+#   --targets LIST     subset of direct,linger,nginx,haproxy (default: all four)
+#   --skip-idle        skip the idle keep-alive memory test
+#   --only-idle        run only the idle keep-alive memory test
+#   --idle-conns N     idle connections per proxy (default 10000)
+#   --idle-hold S      seconds to hold the idle connections (default 5)
+#   --json FILE        where to write the JSON report (default bench/results/latest.json)
+#   --no-install       do not apt-get install missing tools
+#   --keep-tmp         keep the temporary directory (configs, logs, raw wrk output)
+#   -h, --help         this help
+# Environment:
+#   LINGER_BIN         use this linger binary instead of `cargo build --release -p linger`
+#   DURATION           default for --duration
+#   WRK_THREADS, WRK_CONNS   wrk -t / -c (default 2 / 64)
+#   WARMUP             wrk warm-up per target before the rounds of each thread count (default 2s, 0 = none)
+set -euo pipefail
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_DIR=$(cd "$BENCH_DIR/.." && pwd)
+LIB="$BENCH_DIR/lib"
+PY=${PYTHON:-python3}
+
+THREADS_LIST="1,2"
+ROUNDS=3
+DURATION=${DURATION:-10s}
+TARGETS="direct,linger,nginx,haproxy"
+SKIP_IDLE=0
+ONLY_IDLE=0
+IDLE_CONNS=10000
+IDLE_HOLD=5
+JSON_OUT="$BENCH_DIR/results/latest.json"
+INSTALL=1
+KEEP_TMP=0
+WRK_THREADS=${WRK_THREADS:-2}
+WRK_CONNS=${WRK_CONNS:-64}
+WARMUP=${WARMUP:-2s}
+
+usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'; }
+die() { echo "run.sh: $*" >&2; exit 2; }
+
+while (($#)); do
+    case "$1" in
+        --threads) THREADS_LIST=${2:?}; shift 2 ;;
+        --threads=*) THREADS_LIST=${1#*=}; shift ;;
+        --rounds) ROUNDS=${2:?}; shift 2 ;;
+        --rounds=*) ROUNDS=${1#*=}; shift ;;
+        --duration) DURATION=${2:?}; shift 2 ;;
+        --duration=*) DURATION=${1#*=}; shift ;;
+        --targets) TARGETS=${2:?}; shift 2 ;;
+        --targets=*) TARGETS=${1#*=}; shift ;;
+        --idle-conns) IDLE_CONNS=${2:?}; shift 2 ;;
+        --idle-conns=*) IDLE_CONNS=${1#*=}; shift ;;
+        --idle-hold) IDLE_HOLD=${2:?}; shift 2 ;;
+        --idle-hold=*) IDLE_HOLD=${1#*=}; shift ;;
+        --json) JSON_OUT=${2:?}; shift 2 ;;
+        --json=*) JSON_OUT=${1#*=}; shift ;;
+        --skip-idle) SKIP_IDLE=1; shift ;;
+        --only-idle) ONLY_IDLE=1; shift ;;
+        --no-install) INSTALL=0; shift ;;
+        --keep-tmp) KEEP_TMP=1; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) die "unknown option: $1 (see --help)" ;;
+    esac
+done
+
+((SKIP_IDLE && ONLY_IDLE)) && die "--skip-idle and --only-idle are mutually exclusive"
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "--rounds must be a positive integer"
+[[ $IDLE_CONNS =~ ^[1-9][0-9]*$ ]] || die "--idle-conns must be a positive integer"
+[[ $DURATION =~ ^[0-9]+[smh]?$ ]] || die "--duration must look like 10s, 1m"
+IFS=, read -r -a THREADS <<<"$THREADS_LIST"
+for t in "${THREADS[@]}"; do [[ $t =~ ^[1-9][0-9]*$ ]] || die "bad --threads entry: '$t'"; done
+IFS=, read -r -a TARGET_LIST <<<"$TARGETS"
+for t in "${TARGET_LIST[@]}"; do
+    case "$t" in direct|linger|nginx|haproxy) ;; *) die "unknown target '$t' (direct,linger,nginx,haproxy)" ;; esac
+done
+((${#TARGET_LIST[@]})) || die "no targets"
+[[ $JSON_OUT = /* ]] || JSON_OUT="$PWD/$JSON_OUT"
+
+has_target() { local x; for x in "${TARGET_LIST[@]}"; do [[ $x == "$1" ]] && return 0; done; return 1; }
+RUN_BENCH=$((ONLY_IDLE ? 0 : 1))
+RUN_IDLE=$((SKIP_IDLE ? 0 : 1))
+IDLE_TARGETS=()
+for t in linger nginx haproxy; do has_target "$t" && IDLE_TARGETS+=("$t"); done
+((${#IDLE_TARGETS[@]})) || RUN_IDLE=0
+
+# ---------------------------------------------------------------- tools ----
+install_tools() {
+    local need=()
+    command -v wrk >/dev/null || need+=(wrk)
+    command -v haproxy >/dev/null || need+=(haproxy)
+    local want_nginx=0
+    command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || want_nginx=1
+    command -v "$PY" >/dev/null || die "python3 is required"
+    ((${#need[@]} || want_nginx)) || return 0
+    ((INSTALL)) || die "missing tools (${need[*]} $( ((want_nginx)) && echo nginx)); rerun without --no-install"
+    [[ $(id -u) == 0 ]] || die "missing tools (${need[*]} nginx?); run as root or install wrk nginx-light haproxy"
+    echo "== installing missing tools" >&2
+    apt-get update -qq
+    if ((want_nginx)); then
+        local policy
+        policy=$(apt-cache policy nginx-light 2>/dev/null || true)
+        if [[ $policy == *"Candidate: "[0-9]* ]]; then
+            need+=(nginx-light)
+        else
+            need+=(nginx)
+        fi
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >&2
+}
+export PATH="$PATH:/usr/sbin:/sbin"
+install_tools
+NGINX=$(command -v nginx)
+HAPROXY=$(command -v haproxy)
+
+NEED_LINGER=0
+if has_target linger; then NEED_LINGER=1; fi
+if ((NEED_LINGER)); then
+    if [[ -n ${LINGER_BIN:-} ]]; then
+        [[ -x $LINGER_BIN ]] || die "LINGER_BIN=$LINGER_BIN is not executable"
+    else
+        echo "== cargo build --release -p linger" >&2
+        (cd "$REPO_DIR" && cargo build --release -p linger)
+        LINGER_BIN="$REPO_DIR/target/release/linger"
+    fi
+    LINGER_BIN=$(cd "$(dirname "$LINGER_BIN")" && pwd)/$(basename "$LINGER_BIN")
+fi
+
+# The proxies need ~10k fds each for the idle test; children inherit this.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+NOFILE=$(ulimit -n)
+[[ $NOFILE == unlimited ]] && NOFILE=1048576
+# Connection limits configured into nginx/haproxy: leave fds for the rest.
+if ((NOFILE > 4000)); then CONN_LIMIT=$((NOFILE - 2000)); else CONN_LIMIT=$((NOFILE / 2)); fi
+if ((RUN_IDLE && IDLE_CONNS > CONN_LIMIT)); then
+    echo "warning: --idle-conns $IDLE_CONNS exceeds what the fd limit ($NOFILE) allows; expect failures" >&2
+fi
+
+# ------------------------------------------------------ process control ----
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/linger-bench.XXXXXX")
+RUNS_JSONL="$WORK/runs.jsonl"
+IDLE_JSONL="$WORK/idle.jsonl"
+ERRORS_JSONL="$WORK/problems.jsonl"
+: >"$RUNS_JSONL"; : >"$IDLE_JSONL"; : >"$ERRORS_JSONL"
+STARTED_PIDS=()
+
+alive() { [[ -e /proc/$1/stat ]] && ! grep -q ') Z ' "/proc/$1/stat" 2>/dev/null; }
+
+descendants() {
+    local kid
+    for kid in $(ps -o pid= --ppid "$1" 2>/dev/null); do
+        echo "$kid"
+        descendants "$kid"
+    done
+}
+
+# Stop a process we started (and its descendants, e.g. nginx workers) by PID.
+stop_tree() {
+    local pid=$1 kids i k
+    kids=$(descendants "$pid")
+    if alive "$pid"; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for ((i = 0; i < 50; i++)); do alive "$pid" || break; sleep 0.1; done
+        alive "$pid" && kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+    for k in $kids; do
+        alive "$k" && kill -KILL "$k" 2>/dev/null || true
+    done
+    local keep=() p
+    for p in "${STARTED_PIDS[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
+    STARTED_PIDS=("${keep[@]}")
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    local i
+    for ((i = ${#STARTED_PIDS[@]} - 1; i >= 0; i--)); do
+        stop_tree "${STARTED_PIDS[i]}"
+    done
+    if ((rc == 130 || rc == 143)); then
+        echo "run.sh: interrupted; all started processes stopped" >&2
+    elif ((rc != 0 && rc != 1)); then
+        echo "run.sh: exiting with status $rc; logs in $WORK:" >&2
+        local f
+        for f in "$WORK"/*/*.log "$WORK"/*.log; do
+            [[ -s $f ]] || continue
+            echo "--- $f (last 10 lines)" >&2
+            tail -n 10 "$f" >&2
+        done
+        KEEP_TMP=1
+    fi
+    ((rc == 1)) && KEEP_TMP=1 # problems were reported: keep the logs they point to
+    if ((KEEP_TMP)); then
+        echo "run.sh: temporary files kept in $WORK" >&2
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+problem() { # target phase message
+    "$PY" -c 'import json,sys; print(json.dumps(dict(target=sys.argv[1], phase=sys.argv[2], message=sys.argv[3])))' \
+        "$1" "$2" "$3" >>"$ERRORS_JSONL"
+    echo "!! [$1/$2] $3" >&2
+}
+
+free_port() { "$PY" "$LIB/ports.py" free 1; }
+
+# wait_ready NAME PID PORT LOG -> 0 if ready; records a problem otherwise
+wait_ready() {
+    local name=$1 pid=$2 port=$3 log=$4 err
+    if err=$("$PY" "$LIB/ports.py" wait "$port" --pid "$pid" --timeout 20 --http 2>&1); then
+        return 0
+    fi
+    local tailtxt=""
+    [[ -s $log ]] && tailtxt=$(tail -n 8 "$log" | sed 's/^/   | /')
+    problem "$name" start "$err; last lines of $log:"$'\n'"${tailtxt:-   | <empty>}"
+    stop_tree "$pid"
+    return 1
+}
+
+# ---------------------------------------------------------------- origin ---
+NGINX_TEMP_PATHS='client_body_temp_path tmp/body; proxy_temp_path tmp/proxy; fastcgi_temp_path tmp/fastcgi; uwsgi_temp_path tmp/uwsgi; scgi_temp_path tmp/scgi;'
+NGINX_USER=""
+[[ $(id -u) == 0 ]] && NGINX_USER="user root root;"
+
+ORIGIN_PORT=$(free_port)
+ORIGIN_DIR="$WORK/origin"
+mkdir -p "$ORIGIN_DIR/tmp"
+cat >"$ORIGIN_DIR/nginx.conf" <<EOF
+$NGINX_USER
+daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile 8192;
+pid $ORIGIN_DIR/nginx.pid;
+error_log $ORIGIN_DIR/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    $NGINX_TEMP_PATHS
+    keepalive_timeout 300s;
+    keepalive_requests 100000000;
+    server {
+        listen 127.0.0.1:$ORIGIN_PORT backlog=4096;
+        location / {
+            default_type text/plain;
+            return 200 "ok\n";
+        }
+    }
+}
+EOF
+"$NGINX" -e "$ORIGIN_DIR/error.log" -p "$ORIGIN_DIR" -c "$ORIGIN_DIR/nginx.conf" >"$ORIGIN_DIR/stdout.log" 2>&1 &
+ORIGIN_PID=$!
+STARTED_PIDS+=("$ORIGIN_PID")
+wait_ready origin "$ORIGIN_PID" "$ORIGIN_PORT" "$ORIGIN_DIR/error.log" || die "origin nginx did not start"
+
+# ---------------------------------------------------------------- proxies --
+declare -A TPID TPORT
+
+start_nginx_proxy() { # threads
+    local T=$1 port dir
+    port=$(free_port)
+    dir="$WORK/nginx-t$T-$port"
+    mkdir -p "$dir/tmp"
+    cat >"$dir/nginx.conf" <<EOF
+$NGINX_USER
+daemon off;
+master_process on;
+worker_processes $T;
+worker_rlimit_nofile $NOFILE;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections $CONN_LIMIT; }
+http {
+    access_log off;
+    $NGINX_TEMP_PATHS
+    keepalive_timeout 300s;
+    keepalive_requests 100000000;
+    upstream origin {
+        server 127.0.0.1:$ORIGIN_PORT;
+        keepalive 64;
+        keepalive_requests 100000000;
+        keepalive_timeout 300s;
+    }
+    server {
+        listen 127.0.0.1:$port backlog=4096;
+        location / {
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+    "$NGINX" -e "$dir/error.log" -p "$dir" -c "$dir/nginx.conf" >"$dir/stdout.log" 2>&1 &
+    local pid=$!
+    STARTED_PIDS+=("$pid")
+    wait_ready nginx "$pid" "$port" "$dir/error.log" || return 1
+    TPID[nginx]=$pid TPORT[nginx]=$port
+}
+
+start_haproxy() { # threads
+    local T=$1 port dir
+    port=$(free_port)
+    dir="$WORK/haproxy-t$T-$port"
+    mkdir -p "$dir"
+    # maxconn must exceed the idle test's connection count; haproxy would
+    # want 2 fds per connection, but idle client connections need only one
+    # (server connections are pooled), so fix ulimit-n at our hard limit.
+    cat >"$dir/haproxy.cfg" <<EOF
+global
+    nbthread $T
+    maxconn $CONN_LIMIT
+    ulimit-n $NOFILE
+    no strict-limits
+    # no 'log' line: no logging at all
+
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    maxconn $CONN_LIMIT
+    timeout connect 5s
+    timeout client 300s
+    timeout server 30s
+    timeout http-request 300s
+    timeout http-keep-alive 300s
+
+frontend fe
+    bind 127.0.0.1:$port
+    default_backend be
+
+backend be
+    server origin 127.0.0.1:$ORIGIN_PORT pool-max-conn 64
+EOF
+    "$HAPROXY" -db -f "$dir/haproxy.cfg" >"$dir/haproxy.log" 2>&1 &
+    local pid=$!
+    STARTED_PIDS+=("$pid")
+    wait_ready haproxy "$pid" "$port" "$dir/haproxy.log" || return 1
+    TPID[haproxy]=$pid TPORT[haproxy]=$port
+}
+
+start_linger() { # threads [config]
+    local T=$1 mode=${2:-flags} port dir
+    port=$(free_port)
+    dir="$WORK/linger-t$T-$mode-$port"
+    mkdir -p "$dir"
+    local cmd
+    if [[ $mode == config ]]; then
+        cat >"$dir/linger.toml" <<EOF
+[admin]
+enabled = false
+
+[runtime]
+workers = $T
+access_log = "off"
+
+[[listener]]
+address = "127.0.0.1:$port"
+idle_timeout = "300s"
+
+[[route]]
+cluster = "origin"
+
+[[cluster]]
+name = "origin"
+endpoints = ["127.0.0.1:$ORIGIN_PORT"]
+EOF
+        cmd=("$LINGER_BIN" serve --config "$dir/linger.toml")
+    else
+        cmd=("$LINGER_BIN" serve --listen "127.0.0.1:$port" --upstream "127.0.0.1:$ORIGIN_PORT"
+            --workers "$T" --access-log off --admin off)
+    fi
+    echo "${cmd[*]}" >"$dir/cmdline"
+    "${cmd[@]}" >"$dir/linger.log" 2>&1 &
+    local pid=$!
+    STARTED_PIDS+=("$pid")
+    wait_ready linger "$pid" "$port" "$dir/linger.log" || return 1
+    TPID[linger]=$pid TPORT[linger]=$port
+}
+
+start_target() { # target threads [mode]
+    case "$1" in
+        direct) TPID[direct]=$ORIGIN_PID TPORT[direct]=$ORIGIN_PORT ;;
+        nginx) start_nginx_proxy "$2" ;;
+        haproxy) start_haproxy "$2" ;;
+        linger) start_linger "$2" "${3:-flags}" ;;
+    esac
+}
+
+stop_target() {
+    [[ $1 == direct ]] || stop_tree "${TPID[$1]}"
+    unset "TPID[$1]" "TPORT[$1]"
+}
+
+# ------------------------------------------------------------------- run ---
+echo "== linger bench: targets=${TARGET_LIST[*]} threads=${THREADS[*]} rounds=$ROUNDS duration=$DURATION" \
+    "wrk -t$WRK_THREADS -c$WRK_CONNS; idle=$( ((RUN_IDLE)) && echo "${IDLE_TARGETS[*]} x $IDLE_CONNS conns" || echo off)"
+echo "   origin nginx pid $ORIGIN_PID on 127.0.0.1:$ORIGIN_PORT; nofile $NOFILE; work dir $WORK"
+[[ -n ${LINGER_BIN:-} ]] && echo "   linger: $LINGER_BIN"
+
+if ((RUN_BENCH)); then
+    for T in "${THREADS[@]}"; do
+        echo "== threads=$T: starting targets"
+        ACTIVE=()
+        for t in "${TARGET_LIST[@]}"; do
+            if start_target "$t" "$T"; then
+                ACTIVE+=("$t")
+                echo "   $t: pid ${TPID[$t]} port ${TPORT[$t]}"
+            fi
+        done
+        if ((${#ACTIVE[@]} == 0)); then continue; fi
+        if [[ $WARMUP != 0 ]]; then
+            for t in "${ACTIVE[@]}"; do
+                wrk "-t$WRK_THREADS" "-c$WRK_CONNS" "-d$WARMUP" "http://127.0.0.1:${TPORT[$t]}/" >/dev/null 2>&1 || true
+            done
+        fi
+        n=${#ACTIVE[@]}
+        for ((r = 1; r <= ROUNDS; r++)); do
+            echo "== threads=$T round $r/$ROUNDS"
+            for ((k = 0; k < n; k++)); do
+                t=${ACTIVE[(k + r - 1) % n]}
+                if ! alive "${TPID[$t]}"; then
+                    problem "$t" "bench-t$T-r$r" "process ${TPID[$t]} is gone"
+                    continue
+                fi
+                args=(--target "$t" --threads "$T" --round "$r" --url "http://127.0.0.1:${TPORT[$t]}/"
+                    --duration "$DURATION" --wrk-threads "$WRK_THREADS" --conns "$WRK_CONNS"
+                    --pid "${TPID[$t]}" --out "$RUNS_JSONL" --raw-dir "$WORK/wrk")
+                [[ $t != direct ]] && args+=(--origin-pid "$ORIGIN_PID")
+                "$PY" "$LIB/measure_wrk.py" "${args[@]}" ||
+                    problem "$t" "bench-t$T-r$r" "measurement failed (see round line above)"
+            done
+        done
+        for t in "${ACTIVE[@]}"; do stop_target "$t"; done
+    done
+fi
+
+if ((RUN_IDLE)); then
+    echo "== idle keep-alive test: $IDLE_CONNS connections, hold ${IDLE_HOLD}s, 1 worker/thread"
+    for t in "${IDLE_TARGETS[@]}"; do
+        if ! start_target "$t" 1 config; then
+            "$PY" -c 'import json,sys; print(json.dumps(dict(target=sys.argv[1], error="failed to start")))' \
+                "$t" >>"$IDLE_JSONL"
+            continue
+        fi
+        echo "   $t: pid ${TPID[$t]} port ${TPORT[$t]}"
+        set +e
+        res=$("$PY" "$BENCH_DIR/idle_conns.py" --port "${TPORT[$t]}" --pid "${TPID[$t]}" \
+            --conns "$IDLE_CONNS" --hold "$IDLE_HOLD")
+        rc=$?
+        set -e
+        if [[ -z $res ]]; then
+            problem "$t" idle "idle_conns.py failed (exit $rc)"
+            res=null
+        elif ((rc != 0)); then
+            problem "$t" idle "not all connections were opened and held (see idle table)"
+        fi
+        alive "${TPID[$t]}" || problem "$t" idle "process ${TPID[$t]} died during the idle test"
+        "$PY" -c 'import json,sys; print(json.dumps(dict(target=sys.argv[1], threads=1, result=json.loads(sys.argv[2]))))' \
+            "$t" "$res" >>"$IDLE_JSONL"
+        stop_target "$t"
+    done
+fi
+
+CONFIG_JSON=$("$PY" -c '
+import json, sys
+a = sys.argv[1:]
+print(json.dumps(dict(
+    targets=a[0].split(","), threads=[int(x) for x in a[1].split(",")], rounds=int(a[2]),
+    duration=a[3], wrk_threads=int(a[4]), wrk_conns=int(a[5]), warmup=a[6],
+    idle_conns=int(a[7]), idle_hold_s=float(a[8]), bench=a[9] == "1", idle=a[10] == "1",
+    nofile=int(a[11]), origin="nginx 1 worker, return 200 \"ok\\n\"")))
+' "$TARGETS" "$THREADS_LIST" "$ROUNDS" "$DURATION" "$WRK_THREADS" "$WRK_CONNS" "$WARMUP" \
+    "$IDLE_CONNS" "$IDLE_HOLD" "$RUN_BENCH" "$RUN_IDLE" "$NOFILE")
+
+"$PY" "$LIB/report.py" --runs "$RUNS_JSONL" --idle "$IDLE_JSONL" --errors "$ERRORS_JSONL" \
+    --config "$CONFIG_JSON" --json "$JSON_OUT" --repo "$REPO_DIR" ${LINGER_BIN:+--linger-bin "$LINGER_BIN"}
+
+if [[ -s $ERRORS_JSONL ]]; then
+    exit 1
+fi

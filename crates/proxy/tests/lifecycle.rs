@@ -563,3 +563,35 @@ async fn r11_reset_mid_content_length_body_reaches_client_short() {
     trace_init();
     mid_body_reset(false).await;
 }
+
+// ---------------------------------------------------------------- R8
+
+#[tokio::test]
+async fn r8_http10_and_close_delimited_responses_close_without_added_wait() {
+    trace_init();
+    // An upstream whose response is delimited by its close.
+    let (addr, _t) = raw_upstream(|mut sock| async move {
+        let _ = read_head(&mut sock).await;
+        sock.write_all(b"HTTP/1.0 200 OK\r\n\r\nbody until close")
+            .await
+            .unwrap();
+    })
+    .await;
+    let linger = InProcess::start(&[addr], |f| {
+        // A long linger time: the client must not wait for any of it.
+        f.listeners[0].linger_time = ConfigDuration::from_secs(5);
+    })
+    .unwrap();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let mut s = send_raw(linger.addr, b"GET / HTTP/1.0\r\n\r\n").await;
+        let (bytes, end) = read_to_close(&mut s).await;
+        let took = started.elapsed();
+        assert_eq!(end, End::Eof);
+        assert!(String::from_utf8_lossy(&bytes).ends_with("body until close"));
+        assert!(
+            took < Duration::from_millis(500),
+            "the close came after {took:?}"
+        );
+    }
+}

@@ -126,6 +126,12 @@ impl ListenerCtx {
             .cloned()
             .collect();
         let name: Name = Arc::new(cfg.name.clone());
+        let policy = DownstreamPolicy {
+            idle_timeout: cfg.idle_timeout,
+            announce_keep_alive: cfg.announce_keep_alive,
+            max_requests: cfg.max_requests_per_connection,
+            max_age: cfg.max_connection_age,
+        };
         let ok = |status: &'static str| {
             metrics
                 .requests
@@ -140,14 +146,10 @@ impl ListenerCtx {
             routes_need_host: routes
                 .iter()
                 .any(|r| r.host != crate::config::HostMatch::Any),
-            // Whole seconds, rounded down: never promise more idle time than linger allows
-            // (R2). Below 1 s there is nothing safe to announce.
-            keep_alive_value: (cfg.announce_keep_alive && cfg.idle_timeout.as_secs() >= 1).then(
-                || {
-                    http::HeaderValue::from_str(&format!("timeout={}", cfg.idle_timeout.as_secs()))
-                        .expect("a number is a valid header value")
-                },
-            ),
+            keep_alive_value: policy.announce().map(|secs| {
+                http::HeaderValue::from_str(&format!("timeout={secs}"))
+                    .expect("a number is a valid header value")
+            }),
             ok_requests: [
                 ok("none"),
                 ok("1xx"),
@@ -163,12 +165,7 @@ impl ListenerCtx {
                 })
                 .clone(),
             name,
-            policy: DownstreamPolicy {
-                idle_timeout: cfg.idle_timeout,
-                announce_keep_alive: cfg.announce_keep_alive,
-                max_requests: cfg.max_requests_per_connection,
-                max_age: cfg.max_connection_age,
-            },
+            policy,
             cfg: cfg.clone(),
             routes,
         }

@@ -110,9 +110,7 @@ impl Drop for Inflight {
                 up.abort(CloseReason::Aborted);
             }
             if let Some((cluster, ep)) = self.endpoint_in_flight.take() {
-                cluster.endpoints[ep]
-                    .in_flight
-                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                cluster.end_try(ep);
             }
             let mut record = record;
             if let Some(v) = self.svc.conn.stats.framing_violation() {
@@ -152,9 +150,7 @@ impl Exchange for Finish {
             return;
         };
         if let Some((cluster, mut conn, reuse)) = self.upstream.take() {
-            cluster.endpoints[conn.endpoint]
-                .in_flight
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            cluster.end_try(conn.endpoint);
             match reuse {
                 Reuse::Keep {
                     idle_for,
@@ -178,9 +174,7 @@ impl Exchange for Finish {
             return;
         };
         if let Some((cluster, conn, _)) = self.upstream.take() {
-            cluster.endpoints[conn.endpoint]
-                .in_flight
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            cluster.end_try(conn.endpoint);
             let reason = match conn.shared.stats.peer() {
                 PeerClose::Rst => CloseReason::UpstreamRst,
                 _ => CloseReason::Aborted,
@@ -209,9 +203,7 @@ impl Exchange for Finish {
             return;
         };
         if let Some((cluster, conn, _)) = self.upstream.take() {
-            cluster.endpoints[conn.endpoint]
-                .in_flight
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            cluster.end_try(conn.endpoint);
             record.upstream_conn_closed = Some(CloseReason::Aborted.as_str());
             conn.abort(CloseReason::Aborted);
         }
@@ -232,15 +224,11 @@ impl Exchange for Finish {
     }
 }
 
+/// Metric label of each `status_index`.
+pub(crate) const STATUS_CLASSES: [&str; 6] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];
+
 fn status_class(status: u16) -> &'static str {
-    match status {
-        0 => "none",
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    }
+    STATUS_CLASSES[status_index(status)]
 }
 
 fn status_index(status: u16) -> usize {
@@ -372,9 +360,7 @@ impl DsService {
             up.abort(CloseReason::Aborted);
         }
         if let Some((cluster, ep)) = inflight.endpoint_in_flight.take() {
-            cluster.endpoints[ep]
-                .in_flight
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            cluster.end_try(ep);
         }
         let body_unread = record
             .bytes_in
@@ -765,9 +751,7 @@ impl DsService {
                 conn.shared.mark_upgrading();
             }
             inflight.upstream = Some(conn.shared.clone());
-            cluster.endpoints[ep_idx]
-                .in_flight
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            cluster.begin_try(ep_idx);
             inflight.endpoint_in_flight = Some((cluster.clone(), ep_idx));
             let written_before = conn.shared.stats.bytes_written();
             let sent_at = Instant::now();
@@ -782,9 +766,7 @@ impl DsService {
                     break Ok((conn, resp, ep_idx));
                 }
                 Ok(Err(mut e)) => {
-                    cluster.endpoints[ep_idx]
-                        .in_flight
-                        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                    cluster.end_try(ep_idx);
                     inflight.upstream = None;
                     let returned = e.take_message();
                     let peer = conn.shared.stats.peer();
@@ -848,9 +830,7 @@ impl DsService {
                     }
                 }
                 Err(_elapsed) => {
-                    cluster.endpoints[ep_idx]
-                        .in_flight
-                        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                    cluster.end_try(ep_idx);
                     inflight.upstream = None;
                     conn.abort(CloseReason::Aborted);
                     let detail = format!(
@@ -1036,8 +1016,14 @@ impl DsService {
             retries_done,
             cluster.cfg.retry.max_retries,
         );
+        // The budget guards a struggling upstream against retry storms. A failure on a
+        // reused connection before any response (the idle-close race, R1) says nothing
+        // about the upstream's health, and the retry goes to a fresh connection whose
+        // failures do count: it is bounded by max_retries, not by the budget.
+        let stale_connection = reason.starts_with("reused_connection");
         if d == Decision::Retry
             && failure == TryFailure::MaybeSent
+            && !stale_connection
             && !cluster.budget.try_withdraw()
         {
             d = Decision::RefuseBudget;

@@ -43,6 +43,13 @@ pub enum ConnDecision {
 // === impl DownstreamPolicy ===
 
 impl DownstreamPolicy {
+    /// The `Keep-Alive: timeout=N` to announce: whole seconds, rounded down, so linger never
+    /// promises more idle time than it allows (R2); below 1 s there is nothing safe to say.
+    pub fn announce(&self) -> Option<u64> {
+        let secs = self.idle_timeout.as_secs();
+        (self.announce_keep_alive && secs >= 1).then_some(secs)
+    }
+
     pub fn decide(&self, f: ResponseFacts) -> ConnDecision {
         let close = if f.fatal_error {
             Some(CloseReason::ErrorResponse)
@@ -62,9 +69,7 @@ impl DownstreamPolicy {
         match close {
             Some(reason) => ConnDecision::Close(reason),
             None => ConnDecision::KeepAlive {
-                announce: self
-                    .announce_keep_alive
-                    .then(|| self.idle_timeout.as_secs().max(1)),
+                announce: self.announce(),
             },
         }
     }

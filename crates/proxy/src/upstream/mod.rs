@@ -236,6 +236,20 @@ impl Cluster {
         }
     }
 
+    /// A try on `endpoint` starts (least-request balancing counts these).
+    pub fn begin_try(&self, endpoint: usize) {
+        self.endpoints[endpoint]
+            .in_flight
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A try on `endpoint` is over.
+    pub fn end_try(&self, endpoint: usize) {
+        self.endpoints[endpoint]
+            .in_flight
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+
     /// The most recently used live idle connection, if any.
     pub fn checkout(&self, endpoint: usize) -> Option<UpstreamConn> {
         self.endpoints[endpoint]

@@ -639,7 +639,7 @@ impl DsService {
         let mut avoid: Vec<usize> = Vec::new();
         let mut stream = stream;
         let m = self.worker.metrics.clone();
-        let result = loop {
+        let result = 'tries: loop {
             let ep_idx = cluster.pick(&avoid);
             let endpoint_label = cluster.endpoints[ep_idx].label.as_str();
             if logging {
@@ -647,220 +647,202 @@ impl DsService {
                     r.endpoint = Some(endpoint_label.to_owned());
                 }
             }
-            let conn = match cluster.checkout(ep_idx) {
-                Some(mut c) => {
-                    c.reused = true;
-                    c
-                }
-                None => {
-                    let t0 = Instant::now();
-                    match cluster.connect(ep_idx).await {
-                        Ok(c) => {
-                            if let Some(r) = inflight.record.as_mut() {
-                                r.connect_ms = Some(t0.elapsed().as_secs_f64() * 1000.0);
+            let failed: FailedTry = 'attempt: {
+                let conn = match cluster.checkout(ep_idx) {
+                    Some(mut c) => {
+                        c.reused = true;
+                        c
+                    }
+                    None => {
+                        let t0 = Instant::now();
+                        match cluster.connect(ep_idx).await {
+                            Ok(c) => {
+                                if let Some(r) = inflight.record.as_mut() {
+                                    r.connect_ms = Some(t0.elapsed().as_secs_f64() * 1000.0);
+                                }
+                                c
                             }
-                            c
-                        }
-                        Err(e) => {
-                            let (term, reason) = match e {
-                                ConnectError::Timeout(_) => {
-                                    (Termination::ConnectTimeout, "connect_timeout")
-                                }
-                                _ => (Termination::ConnectFailed, "connect_failed"),
-                            };
-                            let detail = format!("upstream {endpoint_label}: {e}");
-                            avoid.push(ep_idx);
-                            match self.retry_decision(
-                                &cluster,
-                                &mut inflight,
-                                TryFailure::Unsent,
-                                idempotent,
-                                replayable,
-                                retries_done,
-                                reason,
-                            ) {
-                                Decision::Retry => {
-                                    retries_done += 1;
-                                    self.backoff(&cluster, retries_done).await;
-                                    continue;
-                                }
-                                d => {
-                                    break Err((
-                                        StatusCode::BAD_GATEWAY,
-                                        refusal_term(d, term),
-                                        detail,
-                                    ))
-                                }
+                            Err(e) => {
+                                let (term, reason) = match e {
+                                    ConnectError::Timeout(_) => {
+                                        (Termination::ConnectTimeout, "connect_timeout")
+                                    }
+                                    _ => (Termination::ConnectFailed, "connect_failed"),
+                                };
+                                break 'attempt FailedTry {
+                                    failure: TryFailure::Unsent,
+                                    replayable,
+                                    reason,
+                                    status: StatusCode::BAD_GATEWAY,
+                                    term,
+                                    detail: format!("upstream {endpoint_label}: {e}"),
+                                    upstream_health: true,
+                                };
                             }
                         }
                     }
-                }
-            };
-            let mut conn = conn;
-            if conn.sender.ready().await.is_err() {
-                // Closed between checkout and use: nothing was sent.
-                m.race("R9", "closed_after_checkout");
-                stale_skips += 1;
-                if stale_skips > MAX_STALE_SKIPS {
-                    break Err((
-                        StatusCode::BAD_GATEWAY,
-                        Termination::RetriesExhausted,
-                        format!("upstream {endpoint_label}: every pooled connection was closed"),
-                    ));
-                }
-                continue;
-            }
-            conn.requests += 1;
-            if conn.reused {
-                cluster.reused_requests.inc();
-            } else {
-                cluster.fresh_requests.inc();
-            }
-            if let Some(r) = inflight.record.as_mut() {
-                r.upstream_conn = Some(conn.id());
-                r.upstream_reused = Some(conn.reused);
-                r.upstream_conn_requests = Some(conn.requests);
-                r.upstream_conn_age_ms = Some(conn.created.elapsed().as_secs_f64() * 1000.0);
-            }
-            let body = if let Some(b) = &replay {
-                UpBody::Full(Some(b.clone()))
-            } else if let Some(s) = stream.take() {
-                UpBody::Stream(s)
-            } else {
-                UpBody::Empty
-            };
-            let mut up_req = Request::new(body);
-            *up_req.method_mut() = method.clone();
-            *up_req.uri_mut() = uri.clone();
-            *up_req.version_mut() = Version::HTTP_11;
-            *up_req.headers_mut() = headers.clone();
-            if !self.listener.cfg.headers.preserve_host || original_host.is_none() {
-                if let Ok(v) = HeaderValue::from_str(endpoint_label) {
-                    up_req.headers_mut().insert(header::HOST, v);
-                }
-            }
-            if let Some(g) = &gate {
-                let g = g.clone();
-                hyper::ext::on_informational(&mut up_req, move |res| {
-                    if res.status() == StatusCode::CONTINUE {
-                        g.open();
-                    }
-                });
-            }
-            if upgrade.is_some() {
-                conn.shared.mark_upgrading();
-            }
-            inflight.upstream = Some(conn.shared.clone());
-            cluster.begin_try(ep_idx);
-            inflight.endpoint_in_flight = Some((cluster.clone(), ep_idx));
-            let written_before = conn.shared.stats.bytes_written();
-            let sent_at = Instant::now();
-            let fut = conn.sender.try_send_request(up_req);
-            let outcome = tokio::time::timeout(cluster.cfg.response_timeout, fut).await;
-            inflight.endpoint_in_flight = None;
-            match outcome {
-                Ok(Ok(resp)) => {
-                    if let Some(r) = inflight.record.as_mut() {
-                        r.first_byte_ms = Some(sent_at.elapsed().as_secs_f64() * 1000.0);
-                    }
-                    break Ok((conn, resp, ep_idx));
-                }
-                Ok(Err(mut e)) => {
-                    cluster.end_try(ep_idx);
-                    inflight.upstream = None;
-                    let returned = e.take_message();
-                    let peer = conn.shared.stats.peer();
-                    let nothing_written = conn.shared.stats.bytes_written() == written_before;
-                    let err = e.into_error();
-                    let (term, reason) = classify(&err, peer, conn.reused);
-                    let detail = format!(
-                        "upstream {endpoint_label} (conn {}, {}): {err}",
-                        conn.id(),
-                        if conn.reused { "reused" } else { "new" }
-                    );
-                    let close = if peer == PeerClose::Rst {
-                        CloseReason::UpstreamRst
-                    } else {
-                        CloseReason::Aborted
-                    };
-                    let reused = conn.reused;
-                    conn.abort(close);
-                    if progress.failed() {
-                        break Err((
-                            StatusCode::BAD_REQUEST,
-                            Termination::DownstreamBodyError,
-                            "the request body failed while it was forwarded".into(),
+                };
+                let mut conn = conn;
+                if conn.sender.ready().await.is_err() {
+                    // Closed between checkout and use: nothing was sent.
+                    m.race("R9", "closed_after_checkout");
+                    stale_skips += 1;
+                    if stale_skips > MAX_STALE_SKIPS {
+                        break 'tries Err((
+                            StatusCode::BAD_GATEWAY,
+                            Termination::RetriesExhausted,
+                            format!(
+                                "upstream {endpoint_label}: every pooled connection was closed"
+                            ),
                         ));
                     }
-                    let failure = if returned.is_some() || nothing_written {
-                        TryFailure::Unsent
-                    } else {
-                        TryFailure::MaybeSent
-                    };
-                    // A body handed back unsent can be sent again as it is.
-                    if let Some(req) = returned {
-                        if let UpBody::Stream(s) = req.into_body() {
-                            stream = Some(s);
+                    continue 'tries;
+                }
+                conn.requests += 1;
+                if conn.reused {
+                    cluster.reused_requests.inc();
+                } else {
+                    cluster.fresh_requests.inc();
+                }
+                if let Some(r) = inflight.record.as_mut() {
+                    r.upstream_conn = Some(conn.id());
+                    r.upstream_reused = Some(conn.reused);
+                    r.upstream_conn_requests = Some(conn.requests);
+                    r.upstream_conn_age_ms = Some(conn.created.elapsed().as_secs_f64() * 1000.0);
+                }
+                let body = if let Some(b) = &replay {
+                    UpBody::Full(Some(b.clone()))
+                } else if let Some(s) = stream.take() {
+                    UpBody::Stream(s)
+                } else {
+                    UpBody::Empty
+                };
+                let mut up_req = Request::new(body);
+                *up_req.method_mut() = method.clone();
+                *up_req.uri_mut() = uri.clone();
+                *up_req.version_mut() = Version::HTTP_11;
+                *up_req.headers_mut() = headers.clone();
+                if !self.listener.cfg.headers.preserve_host || original_host.is_none() {
+                    if let Ok(v) = HeaderValue::from_str(endpoint_label) {
+                        up_req.headers_mut().insert(header::HOST, v);
+                    }
+                }
+                if let Some(g) = &gate {
+                    let g = g.clone();
+                    hyper::ext::on_informational(&mut up_req, move |res| {
+                        if res.status() == StatusCode::CONTINUE {
+                            g.open();
                         }
+                    });
+                }
+                if upgrade.is_some() {
+                    conn.shared.mark_upgrading();
+                }
+                inflight.upstream = Some(conn.shared.clone());
+                cluster.begin_try(ep_idx);
+                inflight.endpoint_in_flight = Some((cluster.clone(), ep_idx));
+                let written_before = conn.shared.stats.bytes_written();
+                let sent_at = Instant::now();
+                let fut = conn.sender.try_send_request(up_req);
+                let outcome = tokio::time::timeout(cluster.cfg.response_timeout, fut).await;
+                inflight.endpoint_in_flight = None;
+                match outcome {
+                    Ok(Ok(resp)) => {
+                        if let Some(r) = inflight.record.as_mut() {
+                            r.first_byte_ms = Some(sent_at.elapsed().as_secs_f64() * 1000.0);
+                        }
+                        break 'tries Ok((conn, resp, ep_idx));
                     }
-                    let can_replay = replayable || stream.is_some();
-                    if reused {
-                        m.race("R1", "reused_connection_failed");
-                    }
-                    match self.retry_decision(
-                        &cluster,
-                        &mut inflight,
-                        failure,
-                        idempotent,
-                        can_replay,
-                        retries_done,
-                        reason,
-                    ) {
-                        Decision::Retry => {
-                            retries_done += 1;
-                            // A stale pooled connection says nothing about the upstream's
-                            // health: retry at once. Otherwise back off.
-                            if !reused {
-                                avoid.push(ep_idx);
-                                self.backoff(&cluster, retries_done).await;
+                    Ok(Err(mut e)) => {
+                        cluster.end_try(ep_idx);
+                        inflight.upstream = None;
+                        let returned = e.take_message();
+                        let peer = conn.shared.stats.peer();
+                        let nothing_written = conn.shared.stats.bytes_written() == written_before;
+                        let err = e.into_error();
+                        let (term, reason) = classify(&err, peer, conn.reused);
+                        let detail = format!(
+                            "upstream {endpoint_label} (conn {}, {}): {err}",
+                            conn.id(),
+                            if conn.reused { "reused" } else { "new" }
+                        );
+                        let close = if peer == PeerClose::Rst {
+                            CloseReason::UpstreamRst
+                        } else {
+                            CloseReason::Aborted
+                        };
+                        let reused = conn.reused;
+                        conn.abort(close);
+                        if progress.failed() {
+                            break 'tries Err((
+                                StatusCode::BAD_REQUEST,
+                                Termination::DownstreamBodyError,
+                                "the request body failed while it was forwarded".into(),
+                            ));
+                        }
+                        let failure = if returned.is_some() || nothing_written {
+                            TryFailure::Unsent
+                        } else {
+                            TryFailure::MaybeSent
+                        };
+                        // A body handed back unsent can be sent again as it is.
+                        if let Some(req) = returned {
+                            if let UpBody::Stream(s) = req.into_body() {
+                                stream = Some(s);
                             }
-                            continue;
                         }
-                        d => break Err((StatusCode::BAD_GATEWAY, refusal_term(d, term), detail)),
+                        if reused {
+                            m.race("R1", "reused_connection_failed");
+                        }
+                        FailedTry {
+                            failure,
+                            replayable: replayable || stream.is_some(),
+                            reason,
+                            status: StatusCode::BAD_GATEWAY,
+                            term,
+                            detail,
+                            // A stale pooled connection says nothing about the upstream's health.
+                            upstream_health: !reused,
+                        }
                     }
-                }
-                Err(_elapsed) => {
-                    cluster.end_try(ep_idx);
-                    inflight.upstream = None;
-                    conn.abort(CloseReason::Aborted);
-                    let detail = format!(
-                        "upstream {endpoint_label}: no response head within {:?}",
-                        cluster.cfg.response_timeout
-                    );
-                    avoid.push(ep_idx);
-                    match self.retry_decision(
-                        &cluster,
-                        &mut inflight,
-                        TryFailure::MaybeSent,
-                        idempotent,
-                        replayable,
-                        retries_done,
-                        "per_try_timeout",
-                    ) {
-                        Decision::Retry => {
-                            retries_done += 1;
-                            self.backoff(&cluster, retries_done).await;
-                            continue;
-                        }
-                        d => {
-                            break Err((
-                                StatusCode::GATEWAY_TIMEOUT,
-                                refusal_term(d, Termination::ResponseTimeout),
-                                detail,
-                            ))
+                    Err(_elapsed) => {
+                        cluster.end_try(ep_idx);
+                        inflight.upstream = None;
+                        conn.abort(CloseReason::Aborted);
+                        FailedTry {
+                            failure: TryFailure::MaybeSent,
+                            replayable,
+                            reason: "per_try_timeout",
+                            status: StatusCode::GATEWAY_TIMEOUT,
+                            term: Termination::ResponseTimeout,
+                            detail: format!(
+                                "upstream {endpoint_label}: no response head within {:?}",
+                                cluster.cfg.response_timeout
+                            ),
+                            upstream_health: true,
                         }
                     }
                 }
+            };
+            // One step for every failed try: retry (after a backoff, on another endpoint
+            // when the failure says something about this one), or answer the refusal.
+            match self.retry_decision(
+                &cluster,
+                &mut inflight,
+                failed.failure,
+                idempotent,
+                failed.replayable,
+                retries_done,
+                failed.reason,
+            ) {
+                Decision::Retry => {
+                    retries_done += 1;
+                    if failed.upstream_health {
+                        avoid.push(ep_idx);
+                        self.backoff(&cluster, retries_done).await;
+                    }
+                }
+                d => break Err((failed.status, refusal_term(d, failed.term), failed.detail)),
             }
         };
 
@@ -1062,6 +1044,22 @@ fn refusal_term(d: Decision, failed: Termination) -> Termination {
         Decision::RefuseBudget => Termination::RetryBudgetExhausted,
         _ => failed,
     }
+}
+
+/// A try that failed, and what the retry decision needs to know about it.
+struct FailedTry {
+    failure: TryFailure,
+    /// Can the request body be sent again?
+    replayable: bool,
+    /// The retry reason logged with the decision.
+    reason: &'static str,
+    /// The answer, and its termination code, if no retry follows.
+    status: StatusCode,
+    term: Termination,
+    detail: String,
+    /// Does the failure say something about the endpoint's health? Then the retry backs
+    /// off and prefers another endpoint.
+    upstream_health: bool,
 }
 
 /// Names a failed try: its termination code and the retry reason.

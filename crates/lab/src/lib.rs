@@ -3,4 +3,5 @@
 
 pub mod demo;
 pub mod inproc;
+pub mod netns;
 pub mod peers;

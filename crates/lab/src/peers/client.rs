@@ -101,6 +101,11 @@ impl KeepAliveClient {
         }
     }
 
+    /// The local address of the open connection, if one is open.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.conn.as_ref().and_then(|c| c.local_addr().ok())
+    }
+
     /// Sends one request and reads the response, without any retry.
     pub async fn request(
         &mut self,

@@ -72,6 +72,8 @@ pub struct OriginStats {
     copies: Mutex<HashMap<String, u32>>,
     /// Connections whose peer closed or reset them, and when (since the origin started).
     peer_closes: Mutex<Vec<Duration>>,
+    /// The peer address of every accepted connection, in order.
+    peer_addrs: Mutex<Vec<SocketAddr>>,
     started: Mutex<Option<Instant>>,
 }
 
@@ -108,6 +110,12 @@ impl OriginStats {
 
     pub fn peer_closes(&self) -> usize {
         self.peer_closes.lock().expect("closes lock").len()
+    }
+
+    /// The peer address of every accepted connection, in accept order: a test finds the
+    /// pooled connection whose packets it then drops (R6).
+    pub fn peer_addrs(&self) -> Vec<SocketAddr> {
+        self.peer_addrs.lock().expect("peers lock").clone()
     }
 
     fn record_peer_close(&self) {
@@ -159,10 +167,11 @@ impl Origin {
         let st = stats.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((sock, _)) = listener.accept().await else {
+                let Ok((sock, peer)) = listener.accept().await else {
                     continue;
                 };
                 let _ = sock.set_nodelay(true);
+                st.peer_addrs.lock().expect("peers lock").push(peer);
                 st.connections.fetch_add(1, Ordering::Relaxed);
                 let cfg = cfg.clone();
                 let st = st.clone();

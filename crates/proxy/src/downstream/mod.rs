@@ -413,6 +413,7 @@ pub async fn serve_connection(
         let busy = conn.state.lock().expect("conn state lock").in_flight;
         match stats.peer() {
             PeerClose::Rst => CloseReason::PeerRst,
+            PeerClose::TimedOut => CloseReason::DownstreamDeadPeer,
             PeerClose::Error => CloseReason::SocketError,
             PeerClose::Fin if busy => CloseReason::PeerFinBusy,
             _ => CloseReason::PeerFinIdle,

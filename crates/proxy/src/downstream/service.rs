@@ -175,10 +175,7 @@ impl Exchange for Finish {
         };
         if let Some((cluster, conn, _)) = self.upstream.take() {
             cluster.end_try(conn.endpoint);
-            let reason = match conn.shared.stats.peer() {
-                PeerClose::Rst => CloseReason::UpstreamRst,
-                _ => CloseReason::Aborted,
-            };
+            let reason = upstream_close_reason(conn.shared.stats.peer());
             record.upstream_conn_closed = Some(reason.as_str());
             conn.abort(reason);
         }
@@ -766,11 +763,7 @@ impl DsService {
                             conn.id(),
                             if conn.reused { "reused" } else { "new" }
                         );
-                        let close = if peer == PeerClose::Rst {
-                            CloseReason::UpstreamRst
-                        } else {
-                            CloseReason::Aborted
-                        };
+                        let close = upstream_close_reason(peer);
                         let reused = conn.reused;
                         conn.abort(close);
                         if progress.failed() {
@@ -1062,6 +1055,15 @@ struct FailedTry {
     upstream_health: bool,
 }
 
+/// Why an upstream connection that failed during an exchange is closed.
+fn upstream_close_reason(peer: PeerClose) -> CloseReason {
+    match peer {
+        PeerClose::Rst => CloseReason::UpstreamRst,
+        PeerClose::TimedOut => CloseReason::UpstreamDeadPeer,
+        _ => CloseReason::Aborted,
+    }
+}
+
 /// Names a failed try: its termination code and the retry reason.
 fn classify(err: &hyper::Error, peer: PeerClose, reused: bool) -> (Termination, &'static str) {
     if err.is_parse() {
@@ -1071,6 +1073,13 @@ fn classify(err: &hyper::Error, peer: PeerClose, reused: bool) -> (Termination, 
         );
     }
     match (peer, reused) {
+        (PeerClose::TimedOut, true) => (
+            Termination::UpstreamDeadBeforeResponse,
+            "reused_connection_dead",
+        ),
+        (PeerClose::TimedOut, false) => {
+            (Termination::UpstreamDeadBeforeResponse, "connection_dead")
+        }
         (PeerClose::Rst, true) => (
             Termination::UpstreamResetBeforeResponse,
             "reused_connection_reset",

@@ -37,8 +37,11 @@ pub enum PeerClose {
     Fin = 1,
     /// The peer reset the connection (ECONNRESET / EPIPE).
     Rst = 2,
-    /// Another socket error (timeout from keepalive or `TCP_USER_TIMEOUT`, unreachable...).
+    /// Another socket error (unreachable, ...).
     Error = 3,
+    /// The kernel gave up on the peer (ETIMEDOUT): TCP keepalive probes went unanswered or
+    /// data stayed unacknowledged past `TCP_USER_TIMEOUT` (R6).
+    TimedOut = 4,
 }
 
 impl PeerClose {
@@ -47,6 +50,7 @@ impl PeerClose {
             1 => Self::Fin,
             2 => Self::Rst,
             3 => Self::Error,
+            4 => Self::TimedOut,
             _ => Self::Open,
         }
     }
@@ -57,6 +61,7 @@ impl PeerClose {
             Self::Fin => "fin",
             Self::Rst => "rst",
             Self::Error => "error",
+            Self::TimedOut => "timed_out",
         }
     }
 }
@@ -157,6 +162,7 @@ impl IoStats {
             io::ErrorKind::ConnectionReset
             | io::ErrorKind::BrokenPipe
             | io::ErrorKind::ConnectionAborted => PeerClose::Rst,
+            io::ErrorKind::TimedOut => PeerClose::TimedOut,
             _ => PeerClose::Error,
         };
         self.record_peer(kind);
@@ -315,7 +321,7 @@ pub enum LingerOutcome {
 pub async fn linger_close(stream: &TcpStream, stats: &IoStats, linger: Duration) -> LingerOutcome {
     send_fin(stream, stats);
     match stats.peer() {
-        PeerClose::Fin | PeerClose::Rst | PeerClose::Error => {
+        PeerClose::Fin | PeerClose::Rst | PeerClose::Error | PeerClose::TimedOut => {
             return LingerOutcome::PeerAlreadyClosed
         }
         PeerClose::Open => {}

@@ -38,6 +38,9 @@ pub enum Termination {
     UpstreamResetBeforeResponse,
     /// The upstream closed (FIN) before a response head: 502.
     UpstreamClosedBeforeResponse,
+    /// The upstream path died before a response head: TCP keepalive or `TCP_USER_TIMEOUT`
+    /// gave up on a connection whose packets went unanswered (R6): 502.
+    UpstreamDeadBeforeResponse,
     /// The upstream sent something that is not HTTP: 502.
     UpstreamProtocolError,
     /// The upstream failed in the middle of the response body; the downstream response was
@@ -72,6 +75,7 @@ impl Termination {
             Self::ResponseTimeout => "linger.waiting.response_timeout",
             Self::UpstreamResetBeforeResponse => "upstream.waiting.rst",
             Self::UpstreamClosedBeforeResponse => "upstream.waiting.fin",
+            Self::UpstreamDeadBeforeResponse => "upstream.waiting.dead_peer",
             Self::UpstreamProtocolError => "upstream.waiting.protocol_error",
             Self::UpstreamResetMidBody => "upstream.response_body.reset",
             Self::RetryRefusedNotIdempotent => "linger.retry.refused_not_idempotent",
@@ -97,6 +101,7 @@ impl Termination {
             | Self::ConnectTimeout
             | Self::UpstreamResetBeforeResponse
             | Self::UpstreamClosedBeforeResponse
+            | Self::UpstreamDeadBeforeResponse
             | Self::UpstreamProtocolError
             | Self::UpstreamResetMidBody => Actor::Upstream,
             Self::DownstreamClosedWaiting
@@ -140,7 +145,10 @@ pub enum CloseReason {
     BadRequest,
     /// An error response after which the connection cannot be reused.
     ErrorResponse,
-    /// A socket error (keepalive or user timeout, unreachable).
+    /// The kernel gave up on the downstream peer: TCP keepalive probes or data went
+    /// unanswered (R6: the client vanished).
+    DownstreamDeadPeer,
+    /// Another socket error.
     SocketError,
     /// The connection was upgraded (WebSocket) and the tunnel ended.
     UpgradeEnded,
@@ -163,6 +171,9 @@ pub enum CloseReason {
     HintNoReuse,
     /// The upstream reset the connection.
     UpstreamRst,
+    /// The kernel gave up on the upstream peer: keepalive probes or data went unanswered
+    /// (R6: a silent drop on the path).
+    UpstreamDeadPeer,
     /// The response came before the request body was fully sent (R12).
     UnknownState,
 }
@@ -184,6 +195,7 @@ impl CloseReason {
             Self::EarlyResponse => "early_response",
             Self::BadRequest => "bad_request",
             Self::ErrorResponse => "error_response",
+            Self::DownstreamDeadPeer => "downstream_dead_peer",
             Self::SocketError => "socket_error",
             Self::UpgradeEnded => "upgrade_ended",
             Self::UpstreamFinIdle => "upstream_fin_idle",
@@ -195,6 +207,7 @@ impl CloseReason {
             Self::Aborted => "aborted",
             Self::HintNoReuse => "keep_alive_hint_no_reuse",
             Self::UpstreamRst => "upstream_rst",
+            Self::UpstreamDeadPeer => "upstream_dead_peer",
             Self::UnknownState => "unknown_state",
         }
     }

@@ -339,6 +339,7 @@ impl Cluster {
                     CloseReason::UpstreamUnexpectedData
                 }
                 (PeerClose::Fin, _) => CloseReason::UpstreamFinIdle,
+                (PeerClose::TimedOut, _) => CloseReason::UpstreamDeadPeer,
                 (PeerClose::Error, _) => CloseReason::SocketError,
                 (PeerClose::Open, _) => CloseReason::Aborted,
             });

@@ -3,8 +3,11 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use linger_proxy::config::ConfigDuration;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -250,6 +253,80 @@ async fn expect_100_continue_is_answered_and_the_body_forwarded() {
     let (head, body) = read_response(&mut s).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(body, b"data");
+}
+
+/// R12: an upstream that answers `Expect: 100-continue` with a final status and keeps the
+/// connection open has an unknown state (will it read the body or the next request?): linger
+/// does not reuse it, and the next request goes to a fresh connection.
+#[tokio::test]
+async fn expect_answered_with_a_final_status_is_never_reused() {
+    trace_init();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let after_final = Arc::new(AtomicUsize::new(0));
+    let (c, a) = (conns.clone(), after_final.clone());
+    let (addr, _t) = raw_upstream(move |mut sock| {
+        let (c, a) = (c.clone(), a.clone());
+        async move {
+            c.fetch_add(1, Ordering::SeqCst);
+            let head = read_head(&mut sock).await.to_ascii_lowercase();
+            if head.contains("expect: 100-continue") {
+                // A final status instead of 100, keep-alive, body never read.
+                sock.write_all(b"HTTP/1.1 417 Expectation Failed\r\ncontent-length: 0\r\n\r\n")
+                    .await
+                    .unwrap();
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = sock.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    a.fetch_add(n, Ordering::SeqCst);
+                }
+            } else {
+                sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n")
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    })
+    .await;
+    let linger = InProcess::start(&[addr], |f| {
+        f.clusters[0].idle_timeout = ConfigDuration::from_secs(60);
+    })
+    .unwrap();
+    let mut s = send_raw(
+        linger.addr,
+        b"PUT /x HTTP/1.1\r\nhost: a\r\ncontent-length: 4\r\nexpect: 100-continue\r\n\r\n",
+    )
+    .await;
+    let (head, _) = tokio::time::timeout(OUTER, read_response(&mut s))
+        .await
+        .unwrap();
+    assert!(head.starts_with("HTTP/1.1 417"), "{head}");
+    // The client sends its body anyway (clients may): linger must not forward it.
+    let _ = s.write_all(b"data").await;
+
+    let mut s2 = send_raw(linger.addr, b"GET /next HTTP/1.1\r\nhost: a\r\n\r\n").await;
+    let (head, body) = tokio::time::timeout(OUTER, read_response(&mut s2))
+        .await
+        .unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, b"ok\n");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(conns.load(Ordering::SeqCst), 2, "a fresh connection");
+    assert_eq!(
+        after_final.load(Ordering::SeqCst),
+        0,
+        "nothing more was written on the connection in an unknown state"
+    );
+    let m = linger.server.metrics.encode();
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("linger_connection_closes_total")
+                && l.contains("reason=\"unknown_state\"")
+                && l.ends_with(" 1")),
+        "{m}"
+    );
 }
 
 #[tokio::test]

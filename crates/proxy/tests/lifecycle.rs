@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use linger_lab::peers::client::gaps;
 use linger_lab::peers::{KeepAliveClient, Origin, OriginConfig, Outcome};
-use linger_proxy::config::{ConfigDuration, EarlyResponsePolicy};
+use linger_proxy::config::{ConfigDuration, EarlyResponsePolicy, HalfClosePolicy};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
@@ -33,6 +33,16 @@ async fn sequential(
         tokio::time::sleep(*gap).await;
     }
     out
+}
+
+/// An origin with `cfg`, and linger in front of it with `tweak` applied.
+async fn origin_and_linger(
+    cfg: OriginConfig,
+    tweak: impl FnOnce(&mut linger_proxy::config::File),
+) -> (Origin, InProcess) {
+    let origin = Origin::start(cfg).await.unwrap();
+    let linger = InProcess::start(&[origin.addr], tweak).unwrap();
+    (origin, linger)
 }
 
 fn failures(outcomes: &[Outcome]) -> Vec<(usize, &Outcome)> {
@@ -74,18 +84,18 @@ async fn r1_posts_to_an_origin_with_a_keep_alive_hint_never_fail() {
     trace_init();
     // The origin says `Keep-Alive: timeout=2` and closes idle connections at 2 s; linger
     // must not reuse a connection idle for more than 1 s (2 s minus the 1 s margin).
-    let origin = Origin::start(OriginConfig {
-        idle_close: Some(Duration::from_secs(2)),
-        keep_alive_hint: Some(2),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let linger = InProcess::start(&[origin.addr], |f| {
-        // A pool idle timeout far above the origin's: only the learned hint protects reuse.
-        f.clusters[0].idle_timeout = ConfigDuration::from_secs(60);
-    })
-    .unwrap();
+    let (origin, linger) = origin_and_linger(
+        OriginConfig {
+            idle_close: Some(Duration::from_secs(2)),
+            keep_alive_hint: Some(2),
+            ..Default::default()
+        },
+        |f| {
+            // A pool idle timeout far above the origin's: only the learned hint protects reuse.
+            f.clusters[0].idle_timeout = ConfigDuration::from_secs(60);
+        },
+    )
+    .await;
     // 1,000 POSTs: mostly back to back, with 12 pauses around the learned cutoff and the
     // origin's own close.
     let mut schedule = vec![Duration::from_millis(1); 1000];
@@ -109,16 +119,16 @@ async fn r1_reset_on_reuse_retries_gets_and_never_duplicates_posts() {
     trace_init();
     // The origin keeps idle connections open but resets one when a request arrives on it
     // after 40 ms of idleness: linger cannot see it coming.
-    let origin = Origin::start(OriginConfig {
-        late_request_reset: Some(Duration::from_millis(40)),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let linger = InProcess::start(&[origin.addr], |f| {
-        f.clusters[0].idle_timeout = ConfigDuration::from_secs(60);
-    })
-    .unwrap();
+    let (origin, linger) = origin_and_linger(
+        OriginConfig {
+            late_request_reset: Some(Duration::from_millis(40)),
+            ..Default::default()
+        },
+        |f| {
+            f.clusters[0].idle_timeout = ConfigDuration::from_secs(60);
+        },
+    )
+    .await;
     let schedule: Vec<Duration> = (0..40)
         .map(|i| Duration::from_millis(if i % 2 == 0 { 60 } else { 1 }))
         .collect();
@@ -259,16 +269,16 @@ async fn r3_max_age_close_says_connection_close() {
     trace_init();
     // The origin thinks 300 ms; the connection's age limit passes while the request is in
     // flight, so that response must announce the close.
-    let origin = Origin::start(OriginConfig {
-        think: Some(Duration::from_millis(300)),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let linger = InProcess::start(&[origin.addr], |f| {
-        f.listeners[0].max_connection_age = ConfigDuration::from_millis(200);
-    })
-    .unwrap();
+    let (_origin, linger) = origin_and_linger(
+        OriginConfig {
+            think: Some(Duration::from_millis(300)),
+            ..Default::default()
+        },
+        |f| {
+            f.listeners[0].max_connection_age = ConfigDuration::from_millis(200);
+        },
+    )
+    .await;
     let mut s = send_raw(linger.addr, b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").await;
     let (head, body) = read_response(&mut s).await;
     assert_eq!(body, b"ok\n");
@@ -386,17 +396,17 @@ async fn r4_early_413_is_read_whole_then_eof_never_reset() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r4_hold_policy_sends_the_early_response_after_the_body() {
     trace_init();
-    let origin = Origin::start(OriginConfig {
-        early_status: Some(413),
-        early_drain: true,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let linger = InProcess::start(&[origin.addr], |f| {
-        f.listeners[0].early_response = EarlyResponsePolicy::Hold;
-    })
-    .unwrap();
+    let (_origin, linger) = origin_and_linger(
+        OriginConfig {
+            early_status: Some(413),
+            early_drain: true,
+            ..Default::default()
+        },
+        |f| {
+            f.listeners[0].early_response = EarlyResponsePolicy::Hold;
+        },
+    )
+    .await;
     let mut s = send_raw(
         linger.addr,
         b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 40\r\n\r\n",
@@ -491,6 +501,35 @@ async fn r7_half_close_while_the_origin_thinks_closes_the_origin_within_1s() {
     let line = log.last().expect("an access-log line");
     assert!(line.contains("downstream.waiting.closed"), "{line}");
     assert!(line.contains("client aborted while waiting"), "{line}");
+}
+
+/// With `half_close = "allow"`, a client that half-closes after its request (a valid
+/// HTTP/1.1 pattern some clients use) still gets the whole response, then EOF.
+#[tokio::test]
+async fn r7_half_close_allowed_still_gets_the_response() {
+    trace_init();
+    let (origin, linger) = origin_and_linger(
+        OriginConfig {
+            think: Some(Duration::from_millis(300)),
+            ..Default::default()
+        },
+        |f| {
+            f.listeners[0].half_close = HalfClosePolicy::Allow;
+        },
+    )
+    .await;
+    let mut s = send_raw(linger.addr, b"GET /slow HTTP/1.1\r\nhost: a\r\n\r\n").await;
+    s.shutdown().await.unwrap();
+    let (bytes, end) = read_to_close(&mut s).await;
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with("ok\n"), "the whole body arrives: {text}");
+    assert!(matches!(end, End::Eof), "then a clean EOF");
+    assert_eq!(origin.stats.requests(), 1);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let log = linger.log_lines();
+    let line = log.last().expect("an access-log line");
+    assert!(line.contains("\"termination\":\"ok\""), "{line}");
 }
 
 // ---------------------------------------------------------------- R9, R11

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::downstream::{self, ConnCounter, Drain, ListenerCtx, WorkerCtx};
-use crate::observe::{AccessLog, Metrics};
+use crate::observe::{AccessLog, Metrics, Registry};
 use crate::upstream::Cluster;
 
 /// How often each worker sweeps its pools for expired idle connections.
@@ -23,6 +23,8 @@ pub struct Server {
     pub metrics: Arc<Metrics>,
     pub access_log: AccessLog,
     pub conns: Arc<ConnCounter>,
+    /// Every open connection and the last closed ones, with their journals.
+    pub registry: Arc<Registry>,
     listeners: Vec<Arc<ListenerCtx>>,
     drain_tx: watch::Sender<Drain>,
     ready_tx: watch::Sender<bool>,
@@ -38,6 +40,7 @@ impl Server {
             .iter()
             .map(|l| Arc::new(ListenerCtx::new(l, &config.routes, &metrics)))
             .collect();
+        let registry = Arc::new(Registry::new(config.closed_connections));
         let (drain_tx, _) = watch::channel(Drain::Running);
         let (ready_tx, _) = watch::channel(true);
         Arc::new(Self {
@@ -45,6 +48,7 @@ impl Server {
             metrics,
             access_log,
             conns: Arc::new(ConnCounter::default()),
+            registry,
             listeners,
             drain_tx,
             ready_tx,
@@ -74,7 +78,7 @@ impl Server {
             .config
             .clusters
             .iter()
-            .map(|c| Arc::new(Cluster::new(c, self.metrics.clone())))
+            .map(|c| Arc::new(Cluster::new(c, self.metrics.clone(), self.registry.clone())))
             .collect();
         let worker = Arc::new(WorkerCtx {
             metrics: self.metrics.clone(),
@@ -82,6 +86,7 @@ impl Server {
             clusters: clusters.clone(),
             drain: self.drain_tx.subscribe(),
             conns: self.conns.clone(),
+            registry: self.registry.clone(),
         });
         let reaper = tokio::spawn(async move {
             let mut tick = tokio::time::interval(REAP_INTERVAL);

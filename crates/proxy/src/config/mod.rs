@@ -20,6 +20,9 @@ pub use self::duration::ConfigDuration;
 
 /// Admin listener: loopback only, so metrics and journals are never exposed by accident.
 pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9901";
+/// Closed connections whose journals the admin listener keeps: a few minutes of history on
+/// a quiet proxy, about 1.5 KiB each at most.
+pub const DEFAULT_CLOSED_CONNECTIONS: usize = 256;
 /// Downstream idle timeout: above the 60 s of AWS ELB/ALB and equal to nginx's 75 s, so the
 /// load balancer in front closes first (R2).
 pub const DEFAULT_DOWNSTREAM_IDLE_TIMEOUT: ConfigDuration = ConfigDuration::from_secs(75);
@@ -116,6 +119,9 @@ pub struct FileAdmin {
     pub enabled: bool,
     #[serde(default = "default_admin_address")]
     pub address: String,
+    /// Closed connections whose journals are kept for `/connections`.
+    #[serde(default = "default_closed_connections")]
+    pub closed_connections: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -288,6 +294,10 @@ pub struct FileCluster {
     pub learn_keep_alive: bool,
     #[serde(default = "default_hint_margin")]
     pub keep_alive_margin: ConfigDuration,
+    /// The idle close the endpoints themselves apply, when known (nginx `keepalive_timeout`,
+    /// Node `server.keepAliveTimeout`, ...). Only `linger check` reads it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_idle_timeout: Option<ConfigDuration>,
     #[serde(default)]
     pub retry: FileRetry,
     #[serde(default)]
@@ -296,6 +306,9 @@ pub struct FileCluster {
 
 fn yes() -> bool {
     true
+}
+fn default_closed_connections() -> usize {
+    DEFAULT_CLOSED_CONNECTIONS
 }
 fn default_admin_address() -> String {
     DEFAULT_ADMIN_ADDRESS.to_string()
@@ -409,6 +422,8 @@ default_from_serde!(FileAdmin, FileRuntime, FileTcp, FileHeaders, FileRetry);
 pub struct Config {
     pub source: String,
     pub admin: Option<SocketAddr>,
+    /// Closed connections whose journals are kept.
+    pub closed_connections: usize,
     pub workers: usize,
     pub access_log: AccessLogTarget,
     pub drain_timeout: Duration,
@@ -506,6 +521,8 @@ pub struct ClusterConfig {
     pub max_requests_per_connection: Option<u64>,
     pub learn_keep_alive: bool,
     pub keep_alive_margin: Duration,
+    /// What the endpoints' own idle close is said to be (for `linger check`).
+    pub upstream_idle_timeout: Option<Duration>,
     pub retry: RetryConfig,
     pub tcp: TcpConfig,
 }
@@ -685,6 +702,14 @@ impl File {
                     ),
                 ));
             }
+            if c.upstream_idle_timeout.is_some_and(|d| d.0.is_zero()) {
+                return Err(err(
+                    k("upstream_idle_timeout"),
+                    "\"0s\" is not an idle close (expected a duration above 0, or no key when \
+                     unknown)"
+                        .into(),
+                ));
+            }
             check_tcp(&c.tcp).map_err(|(f, m)| err(k(&format!("tcp.{f}")), m))?;
             if c.retry.backoff_base > c.retry.backoff_max {
                 return Err(err(
@@ -706,6 +731,7 @@ impl File {
                 max_requests_per_connection: nonzero(c.max_requests_per_connection),
                 learn_keep_alive: c.learn_keep_alive,
                 keep_alive_margin: c.keep_alive_margin.0,
+                upstream_idle_timeout: c.upstream_idle_timeout.map(|d| d.0),
                 retry: RetryConfig {
                     max_retries: c.retry.max_retries,
                     buffer_bytes: c.retry.buffer_bytes,
@@ -792,6 +818,7 @@ impl File {
         Ok(Config {
             source: source.to_string(),
             admin,
+            closed_connections: self.admin.closed_connections,
             workers,
             access_log,
             drain_timeout: self.runtime.drain_timeout.0,

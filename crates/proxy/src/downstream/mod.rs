@@ -27,7 +27,7 @@ use crate::config::{HalfClosePolicy, ListenerConfig, RouteConfig};
 use crate::io::{self, linger_close, IoStats, LingerOutcome, PeerClose, SensorIo};
 use crate::lifecycle::downstream::DownstreamPolicy;
 use crate::observe::metrics::{CloseLabels, ListenerLabels, Name};
-use crate::observe::{AccessLog, CloseReason, Metrics};
+use crate::observe::{AccessLog, CloseReason, ConnEntry, ConnState, Metrics, Registry, Side};
 use crate::upstream::Cluster;
 
 use self::service::DsService;
@@ -89,6 +89,7 @@ pub struct WorkerCtx {
     pub clusters: Vec<Arc<Cluster>>,
     pub drain: watch::Receiver<Drain>,
     pub conns: Arc<ConnCounter>,
+    pub registry: Arc<Registry>,
 }
 
 // === impl WorkerCtx ===
@@ -189,7 +190,8 @@ pub struct DsConn {
     pub peer_ip_value: http::HeaderValue,
     pub started: Instant,
     pub stats: Arc<IoStats>,
-    requests: AtomicU64,
+    /// Its entry in the registry (journal, request count).
+    pub entry: Arc<ConnEntry>,
     state: Mutex<DsState>,
     close_reason: Mutex<Option<CloseReason>>,
 }
@@ -201,7 +203,8 @@ impl DsConn {
     pub fn begin_request(&self) -> u64 {
         let mut s = self.state.lock().expect("conn state lock");
         s.in_flight = true;
-        self.requests.fetch_add(1, Ordering::Relaxed) + 1
+        self.stats.journal().set_state(ConnState::Waiting);
+        self.entry.add_request()
     }
 
     /// The response is done (sent, failed or abandoned).
@@ -212,6 +215,7 @@ impl DsConn {
             s.idle_since = Instant::now();
             s.written_at_idle = self.stats.bytes_written();
         }
+        self.stats.journal().set_state(ConnState::Idle);
         self.stats.arm_first_read();
     }
 
@@ -225,7 +229,7 @@ impl DsConn {
     }
 
     pub fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
+        self.entry.requests()
     }
 
     /// Records why linger is closing this connection (the first reason wins).
@@ -233,6 +237,7 @@ impl DsConn {
         let mut r = self.close_reason.lock().expect("close reason lock");
         if r.is_none() {
             *r = Some(reason);
+            self.stats.journal().record_with("closing", reason.as_str());
         }
     }
 
@@ -320,18 +325,29 @@ pub async fn serve_connection(
         .inc();
     worker.metrics.downstream_open.get_or_create(&labels).inc();
 
+    let local = stream.local_addr().ok();
     let io = SensorIo::with_framing_guard(stream, cfg.max_header_bytes);
     let stats = io.stats();
     stats.arm_first_read();
     let now = Instant::now();
+    let id = DOWNSTREAM_CONN_IDS.fetch_add(1, Ordering::Relaxed);
+    let entry = worker.registry.open(ConnEntry::new(
+        id,
+        Side::Downstream,
+        listener.name.clone(),
+        peer,
+        local,
+        stats.clone(),
+    ));
+    stats.journal().record_with("accepted", peer.to_string());
     let conn = Arc::new(DsConn {
-        id: DOWNSTREAM_CONN_IDS.fetch_add(1, Ordering::Relaxed),
+        id,
         peer,
         peer_ip_value: http::HeaderValue::from_str(&peer.ip().to_string())
             .expect("an IP address is a valid header value"),
         started: now,
         stats: stats.clone(),
-        requests: AtomicU64::new(0),
+        entry,
         state: Mutex::new(DsState {
             in_flight: false,
             idle_since: now,
@@ -399,6 +415,7 @@ pub async fn serve_connection(
             }
         }
     }
+    stats.journal().set_state(ConnState::Closing);
     let outcome = match &stream {
         Some(stream) => linger_close(stream, &stats, cfg.linger_time).await,
         // Upgraded: the socket belongs to the tunnel now; it closes when the tunnel ends.
@@ -419,8 +436,25 @@ pub async fn serve_connection(
             _ => CloseReason::PeerFinIdle,
         }
     };
-    if let LingerOutcome::TimedOut { discarded } = outcome {
-        tracing::debug!(downstream_conn = conn.id, discarded, "linger time ran out");
+    match outcome {
+        LingerOutcome::TimedOut { discarded } => {
+            stats
+                .journal()
+                .record_with("linger_timeout", format!("{discarded} bytes discarded"));
+            tracing::debug!(downstream_conn = conn.id, discarded, "linger time ran out");
+        }
+        LingerOutcome::PeerClosed { discarded } | LingerOutcome::PeerReset { discarded }
+            if discarded > 0 =>
+        {
+            stats
+                .journal()
+                .record_with("lingered", format!("{discarded} bytes discarded"));
+        }
+        _ => {}
+    }
+    worker.registry.close(&conn.entry, reason.as_str());
+    if reason.is_abnormal() {
+        log_journal(&conn.entry, reason);
     }
     let close = CloseLabels {
         side: "downstream",
@@ -444,6 +478,22 @@ pub async fn serve_connection(
         requests = conn.requests(),
         linger = ?outcome,
         "downstream connection closed"
+    );
+}
+
+/// Writes the journal of a connection that ended abnormally to the log.
+pub(crate) fn log_journal(entry: &ConnEntry, reason: CloseReason) {
+    let (events, dropped) = entry.journal().events();
+    let journal = serde_json::to_string(&events).unwrap_or_default();
+    tracing::info!(
+        target: "linger::journal",
+        conn = %entry.key(),
+        side = entry.side.as_str(),
+        peer = %entry.peer,
+        reason = reason.as_str(),
+        dropped,
+        %journal,
+        "connection ended abnormally"
     );
 }
 

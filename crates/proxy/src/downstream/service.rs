@@ -28,7 +28,7 @@ use crate::lifecycle::downstream::{ConnDecision, ResponseFacts};
 use crate::lifecycle::upstream::{connection_has, Exchange as UpExchange, Reuse};
 use crate::observe::access_log::unix_now;
 use crate::observe::metrics::{RequestLabels, RetryLabels};
-use crate::observe::{AccessRecord, CloseReason, RetryEntry, Termination};
+use crate::observe::{AccessRecord, CloseReason, ConnState, RetryEntry, Termination};
 use crate::retry::{self, Decision, TryFailure};
 use crate::upstream::{Cluster, ConnShared, ConnectError, UpstreamConn};
 
@@ -151,6 +151,7 @@ impl Exchange for Finish {
         };
         if let Some((cluster, mut conn, reuse)) = self.upstream.take() {
             cluster.end_try(conn.endpoint);
+            conn.shared.stats.journal().record("response_end");
             match reuse {
                 Reuse::Keep {
                     idle_for,
@@ -283,7 +284,22 @@ async fn collect_bounded(body: Incoming, limit: usize) -> Result<Bytes, String> 
 // === impl DsService ===
 
 impl DsService {
+    fn journal(&self) -> &crate::observe::Journal {
+        self.conn.stats.journal()
+    }
+
+    /// A response head is handed to hyper.
+    fn responding(&self, status: u16) {
+        let j = self.journal();
+        j.set_state(ConnState::Responding);
+        j.record_with("response_head", status.to_string());
+    }
+
     fn finish(&self, record: Record, status: u16, bytes_out: u64, term: Termination) {
+        self.journal().record_with(
+            "response_end",
+            format!("{status} {term}, {bytes_out} bytes"),
+        );
         let m = &self.worker.metrics;
         let elapsed = record.started.elapsed();
         if term == Termination::Ok {
@@ -389,6 +405,7 @@ impl DsService {
             (None, d) => d,
         };
         self.apply_decision(&mut headers, decision, &mut record);
+        self.responding(status.as_u16());
         let body = format!(
             "{} {}: {}\n",
             status.as_u16(),
@@ -429,6 +446,14 @@ impl DsService {
 
     async fn handle(self, mut req: Request<Incoming>) -> Response<DownBody> {
         let index = self.conn.begin_request();
+        self.journal().record_with(
+            "request_head",
+            format!(
+                "{} {} #{index}",
+                req.method(),
+                truncated(req.uri().path(), JOURNAL_PATH_CHARS)
+            ),
+        );
         let logging = self.worker.access_log.enabled();
         let record = Record {
             started: Instant::now(),
@@ -701,6 +726,18 @@ impl DsService {
                 } else {
                     cluster.fresh_requests.inc();
                 }
+                self.journal().record_with(
+                    "upstream",
+                    format!(
+                        "u{} {} ({endpoint_label})",
+                        conn.id(),
+                        if conn.reused { "reused" } else { "new" }
+                    ),
+                );
+                conn.shared
+                    .stats
+                    .journal()
+                    .record_with("request_head", format!("{method} for d{}", self.conn.id));
                 if let Some(r) = inflight.record.as_mut() {
                     r.upstream_conn = Some(conn.id());
                     r.upstream_reused = Some(conn.reused);
@@ -745,6 +782,10 @@ impl DsService {
                 inflight.endpoint_in_flight = None;
                 match outcome {
                     Ok(Ok(resp)) => {
+                        conn.shared
+                            .stats
+                            .journal()
+                            .record_with("response_head", resp.status().as_str().to_owned());
                         if let Some(r) = inflight.record.as_mut() {
                             r.first_byte_ms = Some(sent_at.elapsed().as_secs_f64() * 1000.0);
                         }
@@ -765,6 +806,7 @@ impl DsService {
                         );
                         let close = upstream_close_reason(peer);
                         let reused = conn.reused;
+                        conn.shared.stats.journal().record_with("failed", reason);
                         conn.abort(close);
                         if progress.failed() {
                             break 'tries Err((
@@ -801,6 +843,10 @@ impl DsService {
                     Err(_elapsed) => {
                         cluster.end_try(ep_idx);
                         inflight.upstream = None;
+                        conn.shared
+                            .stats
+                            .journal()
+                            .record_with("failed", "per_try_timeout");
                         conn.abort(CloseReason::Aborted);
                         FailedTry {
                             failure: TryFailure::MaybeSent,
@@ -897,6 +943,7 @@ impl DsService {
         parts.version = Version::HTTP_11;
         let status = parts.status.as_u16();
         let _ = ep_idx;
+        self.responding(status);
         let finish = Finish {
             svc: self.clone(),
             record: Some(record),
@@ -1012,6 +1059,10 @@ impl DsService {
                 outcome: d.as_str(),
             })
             .inc();
+        self.journal().record_with(
+            "retry",
+            format!("try {} failed: {reason}; {}", retries_done + 1, d.as_str()),
+        );
         if let Some(r) = inflight.record.as_mut() {
             r.retries.push(RetryEntry {
                 attempt: retries_done + 1,
@@ -1061,6 +1112,16 @@ fn upstream_close_reason(peer: PeerClose) -> CloseReason {
         PeerClose::Rst => CloseReason::UpstreamRst,
         PeerClose::TimedOut => CloseReason::UpstreamDeadPeer,
         _ => CloseReason::Aborted,
+    }
+}
+
+/// Path characters kept in a journal event.
+const JOURNAL_PATH_CHARS: usize = 64;
+
+fn truncated(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
     }
 }
 

@@ -26,6 +26,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use self::framing::{FramingGuard, FramingViolation};
+use crate::observe::journal::{ConnState, Journal};
 
 /// What linger saw the peer do to the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +82,8 @@ pub struct IoStats {
     first_read_at: std::sync::Mutex<Option<Instant>>,
     /// What the framing guard refused, if it did.
     violation: std::sync::Mutex<Option<FramingViolation>>,
+    /// What happened to this connection, in order (bounded).
+    journal: Journal,
 }
 
 // === impl IoStats ===
@@ -106,7 +109,13 @@ impl IoStats {
             && self.first_read_armed.swap(false, Ordering::AcqRel)
         {
             *self.first_read_at.lock().expect("first read lock") = Some(Instant::now());
+            // Only the downstream side arms: the first byte of a request head.
+            self.journal.set_state(ConnState::Reading);
         }
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.journal
     }
 
     pub fn bytes_read(&self) -> u64 {
@@ -134,9 +143,26 @@ impl IoStats {
 
     fn record_peer(&self, p: PeerClose) {
         // The first observation wins: a FIN followed by a failed write is still a FIN.
-        let _ = self
+        if self
             .peer
-            .compare_exchange(0, p as u8, Ordering::Relaxed, Ordering::Relaxed);
+            .compare_exchange(0, p as u8, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            match p {
+                PeerClose::Fin => self.journal.record("fin_received"),
+                PeerClose::Rst => self.journal.record("rst_received"),
+                PeerClose::TimedOut => self
+                    .journal
+                    .record_with("dead_peer", "ETIMEDOUT: keepalive or user timeout"),
+                PeerClose::Error => self.journal.record_with(
+                    "socket_error",
+                    self.errno().map_or_else(String::new, |e| {
+                        std::io::Error::from_raw_os_error(e).to_string()
+                    }),
+                ),
+                PeerClose::Open => {}
+            }
+        }
     }
 
     fn written(&self, r: io::Result<usize>) -> io::Result<usize> {
@@ -296,6 +322,7 @@ pub fn send_fin(stream: &TcpStream, stats: &IoStats) {
     if stats.fin_sent.swap(true, Ordering::Relaxed) {
         return;
     }
+    stats.journal.record("fin_sent");
     if let Err(e) = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write) {
         if e.kind() != io::ErrorKind::NotConnected {
             stats.record_error(&e);

@@ -1,9 +1,14 @@
-//! Observability: termination codes, metrics and the access log.
+//! Observability: termination codes, metrics, the access log, and the connection registry
+//! with each connection's journal.
 
 pub mod access_log;
+pub mod connections;
+pub mod journal;
 pub mod metrics;
 pub mod termination;
 
 pub use self::access_log::{AccessLog, AccessRecord, RetryEntry};
+pub use self::connections::{ConnEntry, Registry, Side};
+pub use self::journal::{ConnState, Journal};
 pub use self::metrics::Metrics;
 pub use self::termination::{CloseReason, Termination};

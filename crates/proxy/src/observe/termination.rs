@@ -181,6 +181,26 @@ pub enum CloseReason {
 // === impl CloseReason ===
 
 impl CloseReason {
+    /// Did the connection end in a way worth a look (its journal goes to the log)? Timeouts,
+    /// limits, drains and orderly closes by either peer are normal.
+    pub fn is_abnormal(self) -> bool {
+        matches!(
+            self,
+            Self::PeerRst
+                | Self::PeerFinBusy
+                | Self::BadRequest
+                | Self::HeaderReadTimeout
+                | Self::ErrorResponse
+                | Self::DownstreamDeadPeer
+                | Self::SocketError
+                | Self::UpstreamUnexpectedData
+                | Self::Aborted
+                | Self::UpstreamRst
+                | Self::UpstreamDeadPeer
+                | Self::UnknownState
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::PeerFinIdle => "downstream_fin_idle",

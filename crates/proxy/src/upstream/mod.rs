@@ -24,7 +24,7 @@ use crate::config::{Balance, ClusterConfig};
 use crate::io::{self, IoStats, PeerClose, SensorIo};
 use crate::lifecycle::upstream::ReusePolicy;
 use crate::observe::metrics::{CloseLabels, ClusterLabels, Name};
-use crate::observe::{CloseReason, Metrics};
+use crate::observe::{CloseReason, ConnEntry, ConnState, Metrics, Registry, Side};
 
 pub use self::pool::Pool;
 
@@ -35,6 +35,8 @@ static UPSTREAM_CONN_IDS: AtomicU64 = AtomicU64::new(1);
 pub struct ConnShared {
     pub id: u64,
     pub stats: Arc<IoStats>,
+    /// Its entry in the registry (journal).
+    pub entry: Arc<ConnEntry>,
     abort: Mutex<Option<oneshot::Sender<()>>>,
     reason: Mutex<Option<CloseReason>>,
     /// Set before an upgrade request is sent: when hyper hands the socket over after a
@@ -133,12 +135,13 @@ pub struct Cluster {
     pool_idle: prometheus_client::metrics::gauge::Gauge,
     rr: AtomicUsize,
     metrics: Arc<Metrics>,
+    registry: Arc<Registry>,
 }
 
 // === impl Cluster ===
 
 impl Cluster {
-    pub fn new(cfg: &ClusterConfig, metrics: Arc<Metrics>) -> Self {
+    pub fn new(cfg: &ClusterConfig, metrics: Arc<Metrics>, registry: Arc<Registry>) -> Self {
         let name: Name = Arc::new(cfg.name.clone());
         let endpoints = cfg
             .endpoints
@@ -186,6 +189,7 @@ impl Cluster {
             endpoints,
             rr: AtomicUsize::new(fastrand::usize(..1024)),
             metrics,
+            registry,
         }
     }
 
@@ -252,13 +256,22 @@ impl Cluster {
 
     /// The most recently used live idle connection, if any.
     pub fn checkout(&self, endpoint: usize) -> Option<UpstreamConn> {
-        self.endpoints[endpoint]
-            .pool
-            .checkout(Instant::now(), &self.metrics, &self.pool_idle)
+        let conn = self.endpoints[endpoint].pool.checkout(
+            Instant::now(),
+            &self.metrics,
+            &self.pool_idle,
+        )?;
+        let journal = conn.shared.stats.journal();
+        journal.set_state(ConnState::Active);
+        journal.record("reused");
+        Some(conn)
     }
 
     /// Returns a connection after a complete exchange, or closes it.
     pub fn checkin(&self, conn: UpstreamConn, idle_for: Duration) {
+        let journal = conn.shared.stats.journal();
+        journal.set_state(ConnState::Pooled);
+        journal.record_with("pooled", format!("reusable for {idle_for:?}"));
         let ep = &self.endpoints[conn.endpoint];
         ep.pool
             .checkin(conn, Instant::now() + idle_for, &self.pool_idle);
@@ -276,6 +289,7 @@ impl Cluster {
     pub async fn connect(&self, endpoint: usize) -> Result<UpstreamConn, ConnectError> {
         let ep = &self.endpoints[endpoint];
         let labels = self.labels();
+        let started = Instant::now();
         let stream =
             match tokio::time::timeout(self.cfg.connect_timeout, TcpStream::connect(ep.addr)).await
             {
@@ -298,11 +312,29 @@ impl Cluster {
         if let Err(e) = io::socket::apply(&stream, &self.cfg.tcp) {
             tracing::warn!(error = %e, "setting upstream socket options failed");
         }
+        let local = stream.local_addr().ok();
         let io = SensorIo::new(stream);
         let (abort_tx, abort_rx) = oneshot::channel::<()>();
+        let id = UPSTREAM_CONN_IDS.fetch_add(1, Ordering::Relaxed);
+        let entry = self.registry.open(ConnEntry::new(
+            id,
+            Side::Upstream,
+            self.name.clone(),
+            ep.addr,
+            local,
+            io.stats(),
+        ));
+        let journal = io.stats();
+        let journal = journal.journal();
+        journal.set_state(ConnState::Active);
+        journal.record_with(
+            "connected",
+            format!("{} in {:?}", ep.label, started.elapsed()),
+        );
         let shared = Arc::new(ConnShared {
-            id: UPSTREAM_CONN_IDS.fetch_add(1, Ordering::Relaxed),
+            id,
             stats: io.stats(),
+            entry,
             abort: Mutex::new(Some(abort_tx)),
             reason: Mutex::new(None),
             upgrading: std::sync::atomic::AtomicBool::new(false),
@@ -317,6 +349,7 @@ impl Cluster {
         let created = Instant::now();
         let task_shared = shared.clone();
         let metrics = self.metrics.clone();
+        let registry = self.registry.clone();
         tokio::spawn(async move {
             let conn = conn.with_upgrades();
             let (result, aborted) = tokio::select! {
@@ -327,6 +360,7 @@ impl Cluster {
             if !aborted && result.is_none() && task_shared.upgrading.load(Ordering::Acquire) {
                 // hyper handed the socket to the upgraded tunnel; the tunnel owns it now.
                 metrics.upstream_open.get_or_create(&labels).dec();
+                registry.close(&task_shared.entry, "upgraded");
                 return;
             }
             let reason = {
@@ -355,6 +389,10 @@ impl Cluster {
                 .get_or_create(&close)
                 .observe(created.elapsed().as_secs_f64());
             metrics.upstream_open.get_or_create(&labels).dec();
+            registry.close(&task_shared.entry, reason.as_str());
+            if reason.is_abnormal() {
+                crate::downstream::log_journal(&task_shared.entry, reason);
+            }
             tracing::debug!(
                 upstream_conn = task_shared.id,
                 reason = reason.as_str(),

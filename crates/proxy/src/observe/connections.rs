@@ -1,0 +1,360 @@
+//! The registry of connections on both sides: every open one, and the last N closed ones
+//! with their journals, for the admin listener's `/connections` and `/stats`.
+//!
+//! The registry is process-wide (one lock) and touched once when a connection opens and
+//! once when it closes, never per request; a connection's own events go to its journal.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::io::IoStats;
+use crate::observe::journal::{wall_ms, ConnState, EventView, Journal};
+use crate::observe::metrics::Name;
+
+/// Which side of linger a connection is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Side {
+    Downstream,
+    Upstream,
+}
+
+impl Side {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Downstream => "downstream",
+            Self::Upstream => "upstream",
+        }
+    }
+
+    fn prefix(self) -> char {
+        match self {
+            Self::Downstream => 'd',
+            Self::Upstream => 'u',
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Closed {
+    reason: &'static str,
+    at: SystemTime,
+}
+
+/// One connection as the registry knows it.
+#[derive(Debug)]
+pub struct ConnEntry {
+    pub id: u64,
+    pub side: Side,
+    /// The listener (downstream) or cluster (upstream) name.
+    pub scope: Name,
+    pub peer: SocketAddr,
+    pub local: Option<SocketAddr>,
+    pub stats: Arc<IoStats>,
+    requests: AtomicU64,
+    closed: Mutex<Option<Closed>>,
+}
+
+// === impl ConnEntry ===
+
+impl ConnEntry {
+    pub fn new(
+        id: u64,
+        side: Side,
+        scope: Name,
+        peer: SocketAddr,
+        local: Option<SocketAddr>,
+        stats: Arc<IoStats>,
+    ) -> Self {
+        Self {
+            id,
+            side,
+            scope,
+            peer,
+            local,
+            stats,
+            requests: AtomicU64::new(0),
+            closed: Mutex::new(None),
+        }
+    }
+
+    /// `d17`, `u4`: the id the admin listener uses.
+    pub fn key(&self) -> String {
+        format!("{}{}", self.side.prefix(), self.id)
+    }
+
+    pub fn journal(&self) -> &Journal {
+        self.stats.journal()
+    }
+
+    /// Counts a request on this connection; returns its index (1 = the first).
+    pub fn add_request(&self) -> u64 {
+        self.requests.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    fn view(&self) -> ConnView {
+        let closed = *self.closed.lock().expect("closed lock");
+        let journal = self.journal();
+        ConnView {
+            id: self.key(),
+            side: self.side.as_str(),
+            state: if closed.is_some() {
+                "closed"
+            } else {
+                journal.state().as_str()
+            },
+            peer: self.peer.to_string(),
+            local: self.local.map(|a| a.to_string()),
+            scope: self.scope.to_string(),
+            opened_ms: journal.opened_ms(),
+            closed_ms: closed.map(|c| wall_ms(c.at)),
+            requests: self.requests(),
+            bytes_in: self.stats.bytes_read(),
+            bytes_out: self.stats.bytes_written(),
+            close_reason: closed.map(|c| c.reason),
+            events: journal.len(),
+        }
+    }
+}
+
+/// One connection, as `/connections` shows it.
+#[derive(Debug, Serialize)]
+pub struct ConnView {
+    pub id: String,
+    pub side: &'static str,
+    pub state: &'static str,
+    pub peer: String,
+    pub local: Option<String>,
+    pub scope: String,
+    pub opened_ms: f64,
+    pub closed_ms: Option<f64>,
+    pub requests: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub close_reason: Option<&'static str>,
+    pub events: usize,
+}
+
+/// One connection with its journal, as `/connections/{id}` shows it.
+#[derive(Debug, Serialize)]
+pub struct ConnDetail {
+    #[serde(flatten)]
+    pub conn: ConnView,
+    pub journal: Vec<EventView>,
+    pub journal_dropped: u32,
+}
+
+#[derive(Debug, Serialize)]
+struct ConnList {
+    now_ms: f64,
+    open: Vec<ConnView>,
+    closed: Vec<ConnView>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    open: HashMap<(Side, u64), Arc<ConnEntry>>,
+    closed: VecDeque<Arc<ConnEntry>>,
+    /// Closes by side and reason since start.
+    closes: BTreeMap<(Side, &'static str), u64>,
+}
+
+/// Every open connection and the last closed ones.
+#[derive(Debug)]
+pub struct Registry {
+    keep_closed: usize,
+    inner: Mutex<Inner>,
+}
+
+// === impl Registry ===
+
+impl Registry {
+    /// Keeps the journals of the last `keep_closed` closed connections.
+    pub fn new(keep_closed: usize) -> Self {
+        Self {
+            keep_closed,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    pub fn open(&self, entry: ConnEntry) -> Arc<ConnEntry> {
+        let entry = Arc::new(entry);
+        self.inner
+            .lock()
+            .expect("registry lock")
+            .open
+            .insert((entry.side, entry.id), entry.clone());
+        entry
+    }
+
+    /// Records the close and its reason, and moves the entry to the closed list.
+    pub fn close(&self, entry: &Arc<ConnEntry>, reason: &'static str) {
+        {
+            let mut c = entry.closed.lock().expect("closed lock");
+            if c.is_some() {
+                return;
+            }
+            *c = Some(Closed {
+                reason,
+                at: SystemTime::now(),
+            });
+        }
+        let journal = entry.journal();
+        journal.set_state(ConnState::Closed);
+        journal.record_with("closed", reason);
+        let mut inner = self.inner.lock().expect("registry lock");
+        inner.open.remove(&(entry.side, entry.id));
+        *inner.closes.entry((entry.side, reason)).or_insert(0) += 1;
+        if self.keep_closed > 0 {
+            if inner.closed.len() >= self.keep_closed {
+                inner.closed.pop_front();
+            }
+            inner.closed.push_back(entry.clone());
+        }
+    }
+
+    /// `/connections`: open connections (oldest first) and closed ones (latest first).
+    pub fn list_json(&self) -> String {
+        let (open, closed) = {
+            let inner = self.inner.lock().expect("registry lock");
+            let open: Vec<_> = inner.open.values().cloned().collect();
+            let closed: Vec<_> = inner.closed.iter().rev().cloned().collect();
+            (open, closed)
+        };
+        let mut open: Vec<ConnView> = open.iter().map(|e| e.view()).collect();
+        open.sort_by(|a, b| a.opened_ms.total_cmp(&b.opened_ms));
+        let list = ConnList {
+            now_ms: wall_ms(SystemTime::now()),
+            open,
+            closed: closed.iter().map(|e| e.view()).collect(),
+        };
+        serde_json::to_string(&list).expect("connection list serializes")
+    }
+
+    /// `/connections/{id}`: one connection, open or recently closed, with its journal.
+    pub fn detail_json(&self, key: &str) -> Option<String> {
+        let entry = self.find(key)?;
+        let (journal, journal_dropped) = entry.journal().events();
+        let detail = ConnDetail {
+            conn: entry.view(),
+            journal,
+            journal_dropped,
+        };
+        Some(serde_json::to_string(&detail).expect("connection detail serializes"))
+    }
+
+    pub fn find(&self, key: &str) -> Option<Arc<ConnEntry>> {
+        let side = match key.chars().next()? {
+            'd' => Side::Downstream,
+            'u' => Side::Upstream,
+            _ => return None,
+        };
+        let id: u64 = key[1..].parse().ok()?;
+        let inner = self.inner.lock().expect("registry lock");
+        inner.open.get(&(side, id)).cloned().or_else(|| {
+            inner
+                .closed
+                .iter()
+                .rev()
+                .find(|e| e.side == side && e.id == id)
+                .cloned()
+        })
+    }
+
+    /// Open connections by side and state.
+    pub fn open_by_state(&self) -> BTreeMap<&'static str, BTreeMap<&'static str, u64>> {
+        let open: Vec<_> = {
+            let inner = self.inner.lock().expect("registry lock");
+            inner.open.values().cloned().collect()
+        };
+        let mut out: BTreeMap<&'static str, BTreeMap<&'static str, u64>> = BTreeMap::new();
+        out.insert("downstream", BTreeMap::new());
+        out.insert("upstream", BTreeMap::new());
+        for e in open {
+            *out.entry(e.side.as_str())
+                .or_default()
+                .entry(e.journal().state().as_str())
+                .or_insert(0) += 1;
+        }
+        out
+    }
+
+    /// Closes since start, by side and reason.
+    pub fn closes(&self) -> BTreeMap<&'static str, BTreeMap<&'static str, u64>> {
+        let inner = self.inner.lock().expect("registry lock");
+        let mut out: BTreeMap<&'static str, BTreeMap<&'static str, u64>> = BTreeMap::new();
+        out.insert("downstream", BTreeMap::new());
+        out.insert("upstream", BTreeMap::new());
+        for ((side, reason), n) in &inner.closes {
+            out.entry(side.as_str()).or_default().insert(reason, *n);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(reg: &Registry, side: Side, id: u64) -> Arc<ConnEntry> {
+        reg.open(ConnEntry::new(
+            id,
+            side,
+            Arc::new("l".into()),
+            "127.0.0.1:1".parse().unwrap(),
+            None,
+            Arc::new(IoStats::default()),
+        ))
+    }
+
+    #[test]
+    fn closed_connections_are_kept_up_to_the_bound_latest_first() {
+        let reg = Registry::new(2);
+        let a = entry(&reg, Side::Downstream, 1);
+        let b = entry(&reg, Side::Upstream, 1);
+        let c = entry(&reg, Side::Downstream, 2);
+        a.journal().record("accepted");
+        reg.close(&a, "idle_timeout");
+        reg.close(&b, "upstream_fin_idle");
+        reg.close(&c, "idle_timeout");
+        reg.close(&c, "drain"); // a second close is ignored
+        assert!(reg.find("d1").is_none(), "evicted: only 2 kept");
+        let list: serde_json::Value = serde_json::from_str(&reg.list_json()).unwrap();
+        let ids: Vec<_> = list["closed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["id"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(ids, ["d2", "u1"]);
+        assert_eq!(reg.closes()["downstream"]["idle_timeout"], 2);
+        assert_eq!(reg.closes()["upstream"]["upstream_fin_idle"], 1);
+        let d: serde_json::Value = serde_json::from_str(&reg.detail_json("u1").unwrap()).unwrap();
+        assert_eq!(d["close_reason"], "upstream_fin_idle");
+        assert_eq!(d["journal"][0]["kind"], "closed");
+        assert!(reg.detail_json("x1").is_none());
+        assert!(reg.detail_json("d99").is_none());
+    }
+
+    #[test]
+    fn open_connections_are_counted_by_state() {
+        let reg = Registry::new(8);
+        let a = entry(&reg, Side::Downstream, 1);
+        let _b = entry(&reg, Side::Downstream, 2);
+        a.journal().set_state(ConnState::Waiting);
+        let p = entry(&reg, Side::Upstream, 1);
+        p.journal().set_state(ConnState::Pooled);
+        let s = reg.open_by_state();
+        assert_eq!(s["downstream"]["waiting"], 1);
+        assert_eq!(s["downstream"]["idle"], 1);
+        assert_eq!(s["upstream"]["pooled"], 1);
+    }
+}

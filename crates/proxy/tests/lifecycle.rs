@@ -45,6 +45,44 @@ async fn origin_and_linger(
     (origin, linger)
 }
 
+/// What linger says about a race: the termination code on an access-log line, and each
+/// connection close reason (side, reason) counted in `/metrics`. Closes are counted when a
+/// connection's task ends, so this waits a little for them.
+async fn explained(linger: &InProcess, termination: &str, closes: &[(&str, &str)]) {
+    let code = format!("\"termination\":\"{termination}\"");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let logged = linger.log_lines().iter().any(|l| l.contains(&code));
+        let metrics = linger.server.metrics.encode();
+        let missing: Vec<_> = closes
+            .iter()
+            .filter(|(side, reason)| {
+                !metrics.lines().any(|l| {
+                    l.starts_with("linger_connection_closes_total{")
+                        && l.contains(&format!("side=\"{side}\""))
+                        && l.contains(&format!("reason=\"{reason}\""))
+                        && !l.ends_with(" 0")
+                })
+            })
+            .collect();
+        if logged && missing.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            let closes: Vec<_> = metrics
+                .lines()
+                .filter(|l| l.starts_with("linger_connection_closes_total{"))
+                .collect();
+            panic!(
+                "termination {termination} logged: {logged}; closes missing: {missing:?}\n\
+                 closes counted: {closes:#?}\nlog: {:#?}",
+                linger.log_lines()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn failures(outcomes: &[Outcome]) -> Vec<(usize, &Outcome)> {
     outcomes
         .iter()
@@ -77,6 +115,7 @@ async fn r1_gets_across_an_origin_idle_close_never_fail() {
         .collect();
     assert!(failed.is_empty(), "{failed:?}\n{failed_lines:#?}");
     assert_eq!(origin.stats.requests(), 1000 + origin.stats.duplicates());
+    explained(&linger, "ok", &[("upstream", "upstream_fin_idle")]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,6 +151,7 @@ async fn r1_posts_to_an_origin_with_a_keep_alive_hint_never_fail() {
     assert!(failures(&outcomes).is_empty(), "{:?}", failures(&outcomes));
     assert_eq!(origin.stats.duplicates(), 0);
     assert_eq!(origin.stats.requests(), 1000);
+    explained(&linger, "ok", &[("upstream", "pool_idle_timeout")]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,6 +208,14 @@ async fn r1_reset_on_reuse_retries_gets_and_never_duplicates_posts() {
         );
         assert!(l.contains("\"upstream_reused\":true"), "{l}");
     }
+    explained(
+        &linger,
+        // The failure names who acted (the upstream's RST while linger waited); the
+        // refusal to retry is in the line's retries.
+        "upstream.waiting.rst",
+        &[("upstream", "upstream_rst")],
+    )
+    .await;
 }
 
 // ---------------------------------------------------------------- R2
@@ -202,6 +250,7 @@ async fn r2_request_at_the_idle_close_sees_eof_never_reset() {
         }
     }
     tracing::info!(eofs, "requests that met the idle close");
+    explained(&linger, "ok", &[("downstream", "idle_timeout")]).await;
 }
 
 /// Reads what comes (a response, or nothing) until linger closes.
@@ -262,6 +311,7 @@ async fn r3_max_requests_close_says_connection_close() {
         !head.contains("keep-alive"),
         "the upstream's keep-alive never reaches the client: {head}"
     );
+    explained(&linger, "ok", &[("downstream", "max_requests")]).await;
 }
 
 #[tokio::test]
@@ -288,6 +338,7 @@ async fn r3_max_age_close_says_connection_close() {
     );
     let (_, end) = read_to_close(&mut s).await;
     assert_eq!(end, End::Eof);
+    explained(&linger, "ok", &[("downstream", "max_age")]).await;
 }
 
 #[tokio::test]
@@ -315,6 +366,7 @@ async fn r3_drain_close_says_connection_close() {
     );
     let (_, end) = read_to_close(&mut s).await;
     assert_eq!(end, End::Eof);
+    explained(&linger, "ok", &[("downstream", "drain")]).await;
 }
 
 #[tokio::test]
@@ -328,6 +380,7 @@ async fn r3_http10_response_says_connection_close() {
     assert!(text.contains("connection: close"), "{text}");
     assert!(!text.contains("keep-alive: timeout"), "{text}");
     assert_eq!(end, End::Eof);
+    explained(&linger, "ok", &[("downstream", "requested_close")]).await;
 }
 
 // ---------------------------------------------------------------- R4
@@ -391,6 +444,15 @@ async fn r4_early_413_is_read_whole_then_eof_never_reset() {
         );
         assert!(text.contains("connection: close"), "run {run}: {text}");
     }
+    explained(
+        &linger,
+        "ok",
+        &[
+            ("downstream", "early_response"),
+            ("upstream", "upstream_connection_close"),
+        ],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -427,6 +489,7 @@ async fn r4_hold_policy_sends_the_early_response_after_the_body() {
     let text = String::from_utf8_lossy(&bytes).to_ascii_lowercase();
     assert!(text.starts_with("http/1.1 413"), "{text}");
     assert_eq!(end, End::Eof);
+    explained(&linger, "ok", &[("downstream", "early_response")]).await;
 }
 
 // ---------------------------------------------------------------- R5, R7
@@ -473,6 +536,15 @@ async fn r5_half_close_during_an_endless_stream_closes_the_origin_within_1s() {
             .any(|l| l.contains("downstream.response_body.closed")),
         "{log:?}"
     );
+    explained(
+        &linger,
+        "downstream.response_body.closed",
+        &[
+            ("downstream", "downstream_fin_busy"),
+            ("upstream", "aborted"),
+        ],
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -501,6 +573,15 @@ async fn r7_half_close_while_the_origin_thinks_closes_the_origin_within_1s() {
     let line = log.last().expect("an access-log line");
     assert!(line.contains("downstream.waiting.closed"), "{line}");
     assert!(line.contains("client aborted while waiting"), "{line}");
+    explained(
+        &linger,
+        "downstream.waiting.closed",
+        &[
+            ("downstream", "downstream_fin_busy"),
+            ("upstream", "aborted"),
+        ],
+    )
+    .await;
 }
 
 /// With `half_close = "allow"`, a client that half-closes after its request (a valid
@@ -530,6 +611,8 @@ async fn r7_half_close_allowed_still_gets_the_response() {
     let log = linger.log_lines();
     let line = log.last().expect("an access-log line");
     assert!(line.contains("\"termination\":\"ok\""), "{line}");
+    // With half-closes allowed, linger reads the client's FIN only after the response.
+    explained(&linger, "ok", &[("downstream", "downstream_fin_idle")]).await;
 }
 
 // ---------------------------------------------------------------- R9, R11
@@ -548,6 +631,7 @@ async fn r9_origin_closing_after_each_response_loses_no_post() {
     let outcomes = sequential(linger.addr, "POST", &schedule).await;
     assert!(failures(&outcomes).is_empty(), "{:?}", failures(&outcomes));
     assert_eq!(origin.stats.duplicates(), 0);
+    explained(&linger, "ok", &[("upstream", "upstream_fin_idle")]).await;
 }
 
 async fn mid_body_reset(chunked: bool) {
@@ -595,6 +679,15 @@ async fn mid_body_reset(chunked: bool) {
         log.last().unwrap().contains("upstream.response_body.reset"),
         "{log:?}"
     );
+    explained(
+        &linger,
+        "upstream.response_body.reset",
+        &[
+            ("upstream", "upstream_rst"),
+            ("downstream", "error_response"),
+        ],
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -639,4 +732,5 @@ async fn r8_http10_and_close_delimited_responses_close_without_added_wait() {
             "the close came after {took:?}"
         );
     }
+    explained(&linger, "ok", &[("downstream", "requested_close")]).await;
 }

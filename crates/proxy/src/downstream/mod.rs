@@ -432,7 +432,7 @@ pub async fn serve_connection(
             PeerClose::Rst => CloseReason::PeerRst,
             PeerClose::TimedOut => CloseReason::DownstreamDeadPeer,
             PeerClose::Error => CloseReason::SocketError,
-            PeerClose::Fin if busy => CloseReason::PeerFinBusy,
+            PeerClose::Fin if busy || stats.peer_closed_busy() => CloseReason::PeerFinBusy,
             _ => CloseReason::PeerFinIdle,
         }
     };

@@ -786,6 +786,22 @@ impl DsService {
                             .stats
                             .journal()
                             .record_with("response_head", resp.status().as_str().to_owned());
+                        // `Connection: close` or HTTP/1.0 ends the connection as soon as the
+                        // body is read, maybe before linger is done with the exchange: name
+                        // the close now (R9).
+                        let may_close = resp.version() != Version::HTTP_11
+                            || resp.headers().contains_key(header::CONNECTION);
+                        if may_close {
+                            if let Reuse::Close(reason) = cluster.reuse.after_response(UpExchange {
+                                version: resp.version(),
+                                headers: resp.headers(),
+                                served: conn.requests,
+                                requests_left: conn.requests_left,
+                                request_body_complete: true,
+                            }) {
+                                conn.shared.note_close_reason(reason);
+                            }
+                        }
                         if let Some(r) = inflight.record.as_mut() {
                             r.first_byte_ms = Some(sent_at.elapsed().as_secs_f64() * 1000.0);
                         }
@@ -916,6 +932,11 @@ impl DsService {
             requests_left: conn.requests_left,
             request_body_complete: body_complete,
         });
+        if let Reuse::Close(reason) = reuse {
+            // Decided now, on the head: if the upstream's FIN ends the connection before the
+            // body is done, the close is still explained by this reason.
+            conn.shared.note_close_reason(reason);
+        }
 
         if parts.status == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(ds_upgrade) = ds_upgrade {

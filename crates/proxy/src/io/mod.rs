@@ -84,6 +84,8 @@ pub struct IoStats {
     violation: std::sync::Mutex<Option<FramingViolation>>,
     /// What happened to this connection, in order (bounded).
     journal: Journal,
+    /// Was a request in progress (by the journal's state) when the peer closed?
+    peer_closed_busy: AtomicBool,
 }
 
 // === impl IoStats ===
@@ -118,6 +120,11 @@ impl IoStats {
         &self.journal
     }
 
+    /// Did the peer close (or reset) while a request was being read, waited on or answered?
+    pub fn peer_closed_busy(&self) -> bool {
+        self.peer_closed_busy.load(Ordering::Relaxed)
+    }
+
     pub fn bytes_read(&self) -> u64 {
         self.bytes_read.load(Ordering::Relaxed)
     }
@@ -148,6 +155,13 @@ impl IoStats {
             .compare_exchange(0, p as u8, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
         {
+            self.peer_closed_busy.store(
+                matches!(
+                    self.journal.state(),
+                    ConnState::Reading | ConnState::Waiting | ConnState::Responding
+                ),
+                Ordering::Relaxed,
+            );
             match p {
                 PeerClose::Fin => self.journal.record("fin_received"),
                 PeerClose::Rst => self.journal.record("rst_received"),

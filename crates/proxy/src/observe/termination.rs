@@ -46,8 +46,6 @@ pub enum Termination {
     /// The upstream failed in the middle of the response body; the downstream response was
     /// aborted visibly (R11).
     UpstreamResetMidBody,
-    /// A retry was needed but refused (not idempotent or body not replayable): 502 (R1).
-    RetryRefusedNotIdempotent,
     /// A retry was needed but the retry budget was spent: 502.
     RetryBudgetExhausted,
     /// Every allowed try failed: 502.
@@ -78,7 +76,6 @@ impl Termination {
             Self::UpstreamDeadBeforeResponse => "upstream.waiting.dead_peer",
             Self::UpstreamProtocolError => "upstream.waiting.protocol_error",
             Self::UpstreamResetMidBody => "upstream.response_body.reset",
-            Self::RetryRefusedNotIdempotent => "linger.retry.refused_not_idempotent",
             Self::RetryBudgetExhausted => "linger.retry.budget_exhausted",
             Self::RetriesExhausted => "linger.retry.exhausted",
             Self::DownstreamClosedWaiting => "downstream.waiting.closed",
@@ -94,7 +91,6 @@ impl Termination {
             | Self::MissingHost
             | Self::NoRoute
             | Self::ResponseTimeout
-            | Self::RetryRefusedNotIdempotent
             | Self::RetryBudgetExhausted
             | Self::RetriesExhausted => Actor::Linger,
             Self::ConnectFailed

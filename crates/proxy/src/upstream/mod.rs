@@ -59,6 +59,12 @@ impl ConnShared {
         }
     }
 
+    /// Records why the connection will close, without closing it yet (the first reason
+    /// wins).
+    pub fn note_close_reason(&self, reason: CloseReason) {
+        self.set_reason(reason);
+    }
+
     fn set_reason(&self, reason: CloseReason) {
         let mut r = self.reason.lock().expect("close reason lock");
         if r.is_none() {

@@ -1,4 +1,4 @@
-//! The `linger` binary: `serve`, `check`, `demo`.
+//! The `linger` binary: `serve`, `check`, `demo`, `probe`.
 //!
 //! `serve` is kept thin: load and validate the config, bind, spawn one worker per thread,
 //! wait for a signal, drain with a deadline.
@@ -30,11 +30,17 @@ struct Cli {
 enum Command {
     /// Run the proxy, from a config file or from --listen/--upstream.
     Serve(ServeArgs),
-    /// Validate a config file and print the effective config with every default written out.
+    /// Validate a config file and walk its chain of hops (load balancer in front, linger's
+    /// downstream side, its pool, each upstream): name every pair whose idle timeouts let a
+    /// request be lost, and the fix. Exit status 1 when a race is possible.
     Check(CheckArgs),
     /// Run a built-in origin that closes idle connections, and send keep-alive traffic to it
     /// straight and through linger; print who lost requests.
     Demo(DemoArgs),
+    /// Measure how a live HTTP/1.1 server closes connections (idle close, Keep-Alive hint,
+    /// requests per connection, half-close, HTTP/1.0) and recommend `[[cluster]]` settings.
+    /// Progress goes to stderr, the report to stdout.
+    Probe(ProbeArgs),
 }
 
 #[derive(Args, Debug)]
@@ -69,6 +75,23 @@ struct CheckArgs {
     /// TOML config file to validate.
     #[arg(long, short, value_name = "FILE")]
     config: PathBuf,
+    /// Idle timeout of the load balancer in front of linger ("60s" for AWS ALB/ELB).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    front_idle: Option<Duration>,
+    /// Measure each upstream endpoint with `linger probe` (idle close, Keep-Alive hint,
+    /// requests per connection) instead of trusting `upstream_idle_timeout`.
+    #[arg(long)]
+    probe: bool,
+    /// With --probe: give up waiting for an endpoint's idle close after this long.
+    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = parse_max_wait)]
+    probe_max_wait: Duration,
+    /// Print the effective config, every default written out, instead of the chain.
+    #[arg(long, conflicts_with = "probe")]
+    print_config: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    linger_proxy::config::ConfigDuration::parse(s).map(|d| d.0)
 }
 
 #[derive(Args, Debug)]
@@ -81,6 +104,53 @@ struct DemoArgs {
     seed: u64,
 }
 
+#[derive(Args, Debug)]
+struct ProbeArgs {
+    /// The server to probe: http://HOST[:PORT][/PATH] (https is not supported).
+    #[arg(value_name = "URL")]
+    url: String,
+    /// Idle connections measured in parallel.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 3,
+        value_parser = clap::value_parser!(u64).range(1..=1000)
+    )]
+    connections: u64,
+    /// Give up waiting for an idle close after this long ("90s", "1500ms", "2m").
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "120s",
+        value_parser = parse_max_wait
+    )]
+    max_wait: Duration,
+    /// Stop counting requests per connection after this many.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1000,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    max_requests: u64,
+    /// Also send a POST that declares a 1 MiB body and sends part of it (does the server
+    /// answer early, and does it then close with FIN or RST?), and a request just after
+    /// the measured idle close. The POST goes to URL: use a path where it is harmless.
+    #[arg(long)]
+    intrusive: bool,
+    /// Print the report as one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_max_wait(s: &str) -> Result<Duration, String> {
+    let d = linger_proxy::config::ConfigDuration::parse(s)?.0;
+    if d.is_zero() {
+        return Err("must be longer than 0".into());
+    }
+    Ok(d)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
@@ -88,6 +158,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Check(args) => check(args),
         Command::Demo(args) => demo(args),
+        Command::Probe(args) => probe(args),
     }
 }
 
@@ -253,26 +324,80 @@ async fn wait_for_signal() -> &'static str {
     }
 }
 
+/// Exit status: 0 when the chain has no race, 1 when one is possible, 2 when the config is
+/// invalid.
 fn check(args: CheckArgs) -> ExitCode {
     let source = args.config.display().to_string();
-    let file = match File::load(&args.config) {
-        Ok(f) => f,
+    let (file, config) = match File::load(&args.config).and_then(|f| {
+        let c = f.validate(&source)?;
+        Ok((f, c))
+    }) {
+        Ok(fc) => fc,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };
-    match file.validate(&source) {
-        Ok(_) => {
-            println!("# {source}: valid. Effective configuration, every default written out:\n");
-            print!("{}", file.to_toml());
-            ExitCode::SUCCESS
+    if args.print_config {
+        println!("# {source}: valid. Effective configuration, every default written out:\n");
+        print!("{}", file.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    let measured = if args.probe {
+        match probe_endpoints(&config, args.probe_max_wait) {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
         }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(2)
+    } else {
+        Vec::new()
+    };
+    let chain = linger_lab::check::Chain {
+        config: &config,
+        front_idle: args.front_idle,
+        measured,
+    };
+    let report = linger_lab::check::check(&chain);
+    println!("# {source}: valid.\n");
+    print!("{}", report.render());
+    if report.races().next().is_some() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Probes every endpoint of every cluster, one after the other (progress on stderr).
+fn probe_endpoints(
+    config: &Config,
+    max_wait: Duration,
+) -> Result<Vec<(std::net::SocketAddr, linger_lab::check::UpstreamFacts)>, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the probe runtime: {e}"))?;
+    let opts = linger_lab::probe::ProbeOptions {
+        max_wait,
+        ..Default::default()
+    };
+    let progress = linger_lab::probe::StderrProgress::new();
+    let mut out = Vec::new();
+    for c in &config.clusters {
+        for ep in &c.endpoints {
+            if out.iter().any(|(a, _)| a == ep) {
+                continue;
+            }
+            let url = format!("http://{ep}/");
+            eprintln!("probing {url} (cluster {:?})", c.name);
+            let report = rt
+                .block_on(linger_lab::probe::run(&url, &opts, &progress))
+                .map_err(|e| format!("probing cluster {:?}: {e}", c.name))?;
+            out.push((*ep, linger_lab::check::UpstreamFacts::from_probe(&report)));
         }
     }
+    Ok(out)
 }
 
 fn demo(args: DemoArgs) -> ExitCode {
@@ -312,6 +437,40 @@ fn demo(args: DemoArgs) -> ExitCode {
         Err(e) => {
             eprintln!("error: demo failed: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the probe. Exit status 2 when the URL or an option is bad, or the server cannot
+/// be reached or does not speak HTTP/1.x; whatever the server does after that is a finding
+/// in the report, not a failure.
+fn probe(args: ProbeArgs) -> ExitCode {
+    use linger_lab::probe::{ProbeOptions, Progress, StderrProgress};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("the probe runtime must start");
+    let opts = ProbeOptions {
+        connections: args.connections as usize,
+        max_wait: args.max_wait,
+        max_requests: args.max_requests,
+        intrusive: args.intrusive,
+    };
+    let progress = StderrProgress::new();
+    match rt.block_on(linger_lab::probe::run(&args.url, &opts, &progress)) {
+        Ok(report) => {
+            if args.json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.render());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            progress.done();
+            eprintln!("error: {e}");
+            ExitCode::from(2)
         }
     }
 }

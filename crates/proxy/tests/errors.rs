@@ -10,6 +10,8 @@ use support::*;
 async fn expect_refusal(
     request: &[u8],
     status: &str,
+    termination: &str,
+    close: &str,
     tweak: impl FnOnce(&mut linger_proxy::ConfigFile),
 ) {
     let up = Upstream::echo().await;
@@ -34,18 +36,35 @@ async fn expect_refusal(
         up.seen().is_empty(),
         "a refused request reached the upstream"
     );
+    // The client closing ends linger's lingering close at once.
+    drop(s);
+    explained(&linger, termination, &[("downstream", close)]).await;
 }
 
 #[tokio::test]
 async fn missing_host_on_http11_is_400() {
     trace_init();
-    expect_refusal(b"GET / HTTP/1.1\r\n\r\n", "400", |_| {}).await;
+    expect_refusal(
+        b"GET / HTTP/1.1\r\n\r\n",
+        "400",
+        "linger.request_head.missing_host",
+        "bad_request",
+        |_| {},
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn garbage_request_line_is_400() {
     trace_init();
-    expect_refusal(b"GARBAGE\r\n\r\n", "400", |_| {}).await;
+    expect_refusal(
+        b"GARBAGE\r\n\r\n",
+        "400",
+        "linger.request_head.bad_request",
+        "bad_request",
+        |_| {},
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -54,6 +73,8 @@ async fn obs_fold_is_400() {
     expect_refusal(
         b"GET / HTTP/1.1\r\nhost: a\r\nx-long: one\r\n two\r\n\r\n",
         "400",
+        "linger.request_head.bad_request",
+        "bad_request",
         |_| {},
     )
     .await;
@@ -65,7 +86,14 @@ async fn header_block_over_the_limit_is_431() {
     let mut req = b"GET / HTTP/1.1\r\nhost: a\r\nx-big: ".to_vec();
     req.extend(std::iter::repeat_n(b'a', 20_000));
     req.extend_from_slice(b"\r\n\r\n");
-    expect_refusal(&req, "431", |f| f.listeners[0].max_header_bytes = 8192).await;
+    expect_refusal(
+        &req,
+        "431",
+        "linger.request_head.too_large",
+        "bad_request",
+        |f| f.listeners[0].max_header_bytes = 8192,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -76,15 +104,29 @@ async fn too_many_header_fields_is_431() {
         req.extend_from_slice(format!("x-h{i}: v\r\n").as_bytes());
     }
     req.extend_from_slice(b"\r\n");
-    expect_refusal(&req, "431", |f| f.listeners[0].max_headers = 20).await;
+    expect_refusal(
+        &req,
+        "431",
+        "linger.request_head.too_large",
+        "bad_request",
+        |f| f.listeners[0].max_headers = 20,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn slow_request_head_gets_408_then_close() {
     trace_init();
-    expect_refusal(b"GET / HTTP/1.1\r\nhost: a\r\nx-slow:", "408", |f| {
-        f.listeners[0].header_read_timeout = linger_proxy::config::ConfigDuration::from_millis(300)
-    })
+    expect_refusal(
+        b"GET / HTTP/1.1\r\nhost: a\r\nx-slow:",
+        "408",
+        "downstream.request_head.timeout",
+        "header_read_timeout",
+        |f| {
+            f.listeners[0].header_read_timeout =
+                linger_proxy::config::ConfigDuration::from_millis(300)
+        },
+    )
     .await;
 }
 

@@ -57,6 +57,14 @@ async fn refused(parts: &[&[u8]]) {
         0,
         "the upstream received bytes"
     );
+    // The client closing ends linger's lingering close at once.
+    drop(s);
+    explained(
+        &linger,
+        "linger.request_head.bad_request",
+        &[("downstream", "bad_request")],
+    )
+    .await;
 }
 
 #[tokio::test]

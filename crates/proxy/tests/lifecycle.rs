@@ -45,44 +45,6 @@ async fn origin_and_linger(
     (origin, linger)
 }
 
-/// What linger says about a race: the termination code on an access-log line, and each
-/// connection close reason (side, reason) counted in `/metrics`. Closes are counted when a
-/// connection's task ends, so this waits a little for them.
-async fn explained(linger: &InProcess, termination: &str, closes: &[(&str, &str)]) {
-    let code = format!("\"termination\":\"{termination}\"");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let logged = linger.log_lines().iter().any(|l| l.contains(&code));
-        let metrics = linger.server.metrics.encode();
-        let missing: Vec<_> = closes
-            .iter()
-            .filter(|(side, reason)| {
-                !metrics.lines().any(|l| {
-                    l.starts_with("linger_connection_closes_total{")
-                        && l.contains(&format!("side=\"{side}\""))
-                        && l.contains(&format!("reason=\"{reason}\""))
-                        && !l.ends_with(" 0")
-                })
-            })
-            .collect();
-        if logged && missing.is_empty() {
-            return;
-        }
-        if Instant::now() > deadline {
-            let closes: Vec<_> = metrics
-                .lines()
-                .filter(|l| l.starts_with("linger_connection_closes_total{"))
-                .collect();
-            panic!(
-                "termination {termination} logged: {logged}; closes missing: {missing:?}\n\
-                 closes counted: {closes:#?}\nlog: {:#?}",
-                linger.log_lines()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn failures(outcomes: &[Outcome]) -> Vec<(usize, &Outcome)> {
     outcomes
         .iter()
@@ -338,6 +300,8 @@ async fn r3_max_age_close_says_connection_close() {
     );
     let (_, end) = read_to_close(&mut s).await;
     assert_eq!(end, End::Eof);
+    // The client closing ends linger's lingering close at once.
+    drop(s);
     explained(&linger, "ok", &[("downstream", "max_age")]).await;
 }
 
@@ -366,6 +330,8 @@ async fn r3_drain_close_says_connection_close() {
     );
     let (_, end) = read_to_close(&mut s).await;
     assert_eq!(end, End::Eof);
+    // The client closing ends linger's lingering close at once.
+    drop(s);
     explained(&linger, "ok", &[("downstream", "drain")]).await;
 }
 
@@ -380,6 +346,8 @@ async fn r3_http10_response_says_connection_close() {
     assert!(text.contains("connection: close"), "{text}");
     assert!(!text.contains("keep-alive: timeout"), "{text}");
     assert_eq!(end, End::Eof);
+    // The client closing ends linger's lingering close at once.
+    drop(s);
     explained(&linger, "ok", &[("downstream", "requested_close")]).await;
 }
 
@@ -489,6 +457,8 @@ async fn r4_hold_policy_sends_the_early_response_after_the_body() {
     let text = String::from_utf8_lossy(&bytes).to_ascii_lowercase();
     assert!(text.starts_with("http/1.1 413"), "{text}");
     assert_eq!(end, End::Eof);
+    // The client closing ends linger's lingering close at once.
+    drop(s);
     explained(&linger, "ok", &[("downstream", "early_response")]).await;
 }
 
@@ -536,6 +506,8 @@ async fn r5_half_close_during_an_endless_stream_closes_the_origin_within_1s() {
             .any(|l| l.contains("downstream.response_body.closed")),
         "{log:?}"
     );
+    // The client closing ends linger's lingering close at once.
+    drop(s);
     explained(
         &linger,
         "downstream.response_body.closed",
@@ -573,6 +545,8 @@ async fn r7_half_close_while_the_origin_thinks_closes_the_origin_within_1s() {
     let line = log.last().expect("an access-log line");
     assert!(line.contains("downstream.waiting.closed"), "{line}");
     assert!(line.contains("client aborted while waiting"), "{line}");
+    // The client closing ends linger's lingering close at once.
+    drop(s);
     explained(
         &linger,
         "downstream.waiting.closed",
@@ -612,6 +586,8 @@ async fn r7_half_close_allowed_still_gets_the_response() {
     let line = log.last().expect("an access-log line");
     assert!(line.contains("\"termination\":\"ok\""), "{line}");
     // With half-closes allowed, linger reads the client's FIN only after the response.
+    // The client closing ends linger's lingering close at once.
+    drop(s);
     explained(&linger, "ok", &[("downstream", "downstream_fin_idle")]).await;
 }
 
@@ -679,6 +655,8 @@ async fn mid_body_reset(chunked: bool) {
         log.last().unwrap().contains("upstream.response_body.reset"),
         "{log:?}"
     );
+    // The client closing ends linger's lingering close at once.
+    drop(s);
     explained(
         &linger,
         "upstream.response_body.reset",

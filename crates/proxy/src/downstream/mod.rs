@@ -27,7 +27,10 @@ use crate::config::{HalfClosePolicy, ListenerConfig, RouteConfig};
 use crate::io::{self, linger_close, IoStats, LingerOutcome, PeerClose, SensorIo};
 use crate::lifecycle::downstream::DownstreamPolicy;
 use crate::observe::metrics::{CloseLabels, ListenerLabels, Name};
-use crate::observe::{AccessLog, CloseReason, ConnEntry, ConnState, Metrics, Registry, Side};
+use crate::observe::{
+    AccessLog, AccessRecord, CloseReason, ConnEntry, ConnState, Metrics, Registry, Side,
+    Termination,
+};
 use crate::upstream::Cluster;
 
 use self::service::DsService;
@@ -194,6 +197,8 @@ pub struct DsConn {
     pub entry: Arc<ConnEntry>,
     state: Mutex<DsState>,
     close_reason: Mutex<Option<CloseReason>>,
+    /// The service already logged the request that broke its framing (a bad chunk).
+    pub(crate) violation_logged: std::sync::atomic::AtomicBool,
 }
 
 // === impl DsConn ===
@@ -354,6 +359,7 @@ pub async fn serve_connection(
             written_at_idle: 0,
         }),
         close_reason: Mutex::new(None),
+        violation_logged: std::sync::atomic::AtomicBool::new(false),
     });
     let svc = DsService {
         worker: worker.clone(),
@@ -384,6 +390,17 @@ pub async fn serve_connection(
             if let Some(stream) = &stream {
                 write_all_best_effort(stream, RESPONSE_408, Duration::from_secs(1)).await;
             }
+            log_refusal(
+                &worker,
+                &listener,
+                &conn,
+                408,
+                Termination::RequestHeadTimeout,
+                format!(
+                    "request head not complete within {:?}",
+                    cfg.header_read_timeout
+                ),
+            );
         }
         Ending::Hyper(result) => {
             if let Some(v) = stats.framing_violation() {
@@ -404,11 +421,27 @@ pub async fn serve_connection(
                             .await;
                     }
                 }
+                if !conn.violation_logged.load(Ordering::Relaxed) {
+                    log_refusal(
+                        &worker,
+                        &listener,
+                        &conn,
+                        400,
+                        Termination::BadRequest,
+                        format!("ambiguous request framing: {v}"),
+                    );
+                }
             } else if let Err(e) = result {
                 if e.is_parse() || e.is_parse_too_large() {
                     // hyper answered 400/431/414 with `Connection: close` itself.
                     bad_request = true;
                     tracing::info!(downstream_conn = conn.id, error = %e, "malformed request");
+                    let (status, term) = if e.is_parse_too_large() {
+                        (431, Termination::HeadTooLarge)
+                    } else {
+                        (400, Termination::BadRequest)
+                    };
+                    log_refusal(&worker, &listener, &conn, status, term, e.to_string());
                 } else {
                     tracing::debug!(downstream_conn = conn.id, error = %e, "downstream connection error");
                 }
@@ -479,6 +512,66 @@ pub async fn serve_connection(
         linger = ?outcome,
         "downstream connection closed"
     );
+}
+
+/// Logs a request that linger refused before it became a request (hyper or the framing
+/// guard refused its head, or it never finished): the access log gets a line for it too.
+fn log_refusal(
+    worker: &WorkerCtx,
+    listener: &ListenerCtx,
+    conn: &DsConn,
+    status: u16,
+    term: Termination,
+    detail: String,
+) {
+    conn.stats
+        .journal()
+        .record_with("refused", format!("{status} {term}"));
+    worker
+        .metrics
+        .requests
+        .get_or_create(&crate::observe::metrics::RequestLabels {
+            listener: listener.name.clone(),
+            status: service::status_class(status),
+            termination: term.as_str(),
+        })
+        .inc();
+    if !worker.access_log.enabled() {
+        return;
+    }
+    let rec = AccessRecord {
+        ts: crate::observe::access_log::unix_now(),
+        listener: listener.name.clone(),
+        downstream_conn: conn.id,
+        request_index: conn.requests() + 1,
+        client: conn.peer.to_string(),
+        method: String::new(),
+        path: String::new(),
+        version: "",
+        host: String::new(),
+        status,
+        bytes_in: 0,
+        bytes_out: 0,
+        duration_ms: 0.0,
+        upstream_connect_ms: None,
+        upstream_first_byte_ms: None,
+        cluster: None,
+        endpoint: None,
+        upstream_conn: None,
+        upstream_reused: None,
+        upstream_conn_requests: None,
+        upstream_conn_age_ms: None,
+        upstream_conn_closed: None,
+        retries: Vec::new(),
+        downstream_close: Some(if term == Termination::RequestHeadTimeout {
+            CloseReason::HeaderReadTimeout.as_str()
+        } else {
+            CloseReason::BadRequest.as_str()
+        }),
+        termination: term.as_str(),
+        detail: Some(detail),
+    };
+    worker.access_log.write(&rec);
 }
 
 /// Writes the journal of a connection that ended abnormally to the log.

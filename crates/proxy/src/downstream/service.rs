@@ -115,6 +115,10 @@ impl Drop for Inflight {
             let mut record = record;
             if let Some(v) = self.svc.conn.stats.framing_violation() {
                 // The request body broke its framing; the connection answers 400 and closes.
+                self.svc
+                    .conn
+                    .violation_logged
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 record.detail = Some(format!("ambiguous request framing: {v}"));
                 self.svc.finish(record, 400, 0, Termination::BadRequest);
                 return;
@@ -225,7 +229,7 @@ impl Exchange for Finish {
 /// Metric label of each `status_index`.
 pub(crate) const STATUS_CLASSES: [&str; 6] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];
 
-fn status_class(status: u16) -> &'static str {
+pub(crate) fn status_class(status: u16) -> &'static str {
     STATUS_CLASSES[status_index(status)]
 }
 

@@ -25,6 +25,11 @@ pub enum Termination {
     BadRequest,
     /// HTTP/1.1 request without `Host`: 400.
     MissingHost,
+    /// A request head over `max_header_bytes` or `max_headers`: 431, connection closed.
+    HeadTooLarge,
+    /// A request head started but did not finish within `header_read_timeout`: 408,
+    /// connection closed.
+    RequestHeadTimeout,
     /// No route matched: 404.
     NoRoute,
     // --- upstream failures ---
@@ -67,6 +72,8 @@ impl Termination {
             Self::Ok => "ok",
             Self::BadRequest => "linger.request_head.bad_request",
             Self::MissingHost => "linger.request_head.missing_host",
+            Self::HeadTooLarge => "linger.request_head.too_large",
+            Self::RequestHeadTimeout => "downstream.request_head.timeout",
             Self::NoRoute => "linger.request_head.no_route",
             Self::ConnectFailed => "upstream.connect.refused",
             Self::ConnectTimeout => "upstream.connect.timeout",
@@ -89,6 +96,7 @@ impl Termination {
             Self::Ok => Actor::None,
             Self::BadRequest
             | Self::MissingHost
+            | Self::HeadTooLarge
             | Self::NoRoute
             | Self::ResponseTimeout
             | Self::RetryBudgetExhausted
@@ -100,7 +108,8 @@ impl Termination {
             | Self::UpstreamDeadBeforeResponse
             | Self::UpstreamProtocolError
             | Self::UpstreamResetMidBody => Actor::Upstream,
-            Self::DownstreamClosedWaiting
+            Self::RequestHeadTimeout
+            | Self::DownstreamClosedWaiting
             | Self::DownstreamClosedStreaming
             | Self::DownstreamBodyError => Actor::Downstream,
         }

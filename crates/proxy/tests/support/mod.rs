@@ -220,3 +220,41 @@ pub async fn read_response(sock: &mut TcpStream) -> (String, Vec<u8>) {
     }
     (head, body)
 }
+
+/// What linger says about a race: the termination code on an access-log line, and each
+/// connection close reason (side, reason) counted in `/metrics`. Closes are counted when a
+/// connection's task ends, so this waits a little for them.
+pub async fn explained(linger: &InProcess, termination: &str, closes: &[(&str, &str)]) {
+    let code = format!("\"termination\":\"{termination}\"");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let logged = linger.log_lines().iter().any(|l| l.contains(&code));
+        let metrics = linger.server.metrics.encode();
+        let missing: Vec<_> = closes
+            .iter()
+            .filter(|(side, reason)| {
+                !metrics.lines().any(|l| {
+                    l.starts_with("linger_connection_closes_total{")
+                        && l.contains(&format!("side=\"{side}\""))
+                        && l.contains(&format!("reason=\"{reason}\""))
+                        && !l.ends_with(" 0")
+                })
+            })
+            .collect();
+        if logged && missing.is_empty() {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let closes: Vec<_> = metrics
+                .lines()
+                .filter(|l| l.starts_with("linger_connection_closes_total{"))
+                .collect();
+            panic!(
+                "termination {termination} logged: {logged}; closes missing: {missing:?}\n\
+                 closes counted: {closes:#?}\nlog: {:#?}",
+                linger.log_lines()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

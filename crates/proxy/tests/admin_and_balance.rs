@@ -140,6 +140,7 @@ async fn connection_journal_shows_a_reset_on_reuse_and_the_retry_in_order() {
     let ds = line["downstream_conn"].as_u64().unwrap();
     let (head, body) = get(admin_addr, &format!("/connections/d{ds}")).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    eprintln!("access log: {}\njournal: {body}", log.last().unwrap());
     let j: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(j["id"], format!("d{ds}"));
     assert_eq!(j["side"], "downstream");

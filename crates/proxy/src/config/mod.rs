@@ -21,7 +21,7 @@ pub use self::duration::ConfigDuration;
 /// Admin listener: loopback only, so metrics and journals are never exposed by accident.
 pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9901";
 /// Closed connections whose journals the admin listener keeps: a few minutes of history on
-/// a quiet proxy, about 1.5 KiB each at most.
+/// a quiet proxy, a few KiB each at most (32 journal events of 48 bytes plus their text).
 pub const DEFAULT_CLOSED_CONNECTIONS: usize = 256;
 /// Downstream idle timeout: above the 60 s of AWS ELB/ALB and equal to nginx's 75 s, so the
 /// load balancer in front closes first (R2).

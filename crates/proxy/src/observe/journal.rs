@@ -16,7 +16,8 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 /// Events kept per connection. 32 covers the whole life of most connections (accept, a few
-/// requests, the close) and the last requests of long-lived ones, at about 1.5 KiB when full.
+/// requests, the close) and the last requests of long-lived ones. An event is 48 bytes plus
+/// its detail text: 1.5 KiB plus the details when full.
 pub const MAX_EVENTS: usize = 32;
 
 /// Where a connection is in its life. Downstream: idle, reading, waiting, responding,
@@ -202,6 +203,11 @@ mod tests {
         assert_eq!(events.last().unwrap().detail, "GET /99");
         assert_eq!(events[1].detail, format!("GET /{}", 100 - (MAX_EVENTS - 1)));
         assert!(events.windows(2).all(|w| w[0].t_ms <= w[1].t_ms));
+    }
+
+    #[test]
+    fn an_event_is_48_bytes_before_its_detail() {
+        assert_eq!(std::mem::size_of::<Event>(), 48);
     }
 
     #[test]

@@ -224,6 +224,7 @@ async fn connection_journal_shows_a_reset_on_reuse_and_the_retry_in_order() {
         "{u:#}"
     );
     assert_eq!(u["close_reason"], "upstream_rst");
+    assert_eq!(u["requests"], 2, "two requests went out on it");
     assert_eq!(u["state"], "closed");
 
     let (head, body) = get(admin_addr, "/connections/u999999").await;

@@ -725,6 +725,7 @@ impl DsService {
                     continue 'tries;
                 }
                 conn.requests += 1;
+                conn.shared.entry.add_request();
                 if conn.reused {
                     cluster.reused_requests.inc();
                 } else {

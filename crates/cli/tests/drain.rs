@@ -1,8 +1,9 @@
 //! R10: SIGTERM to the linger binary under steady keep-alive load: clients that honour
 //! `Connection: close` lose nothing, in-flight requests complete, exit code 0.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+mod support;
+
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,43 +12,19 @@ use linger_lab::peers::{KeepAliveClient, Origin, OriginConfig, Outcome};
 
 /// Starts the binary and returns it with the address it listens on (read from its log).
 fn spawn_linger(upstream: &str) -> (std::process::Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_linger"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            upstream,
-            "--admin",
-            "off",
-            "--access-log",
-            "off",
-            "--workers",
-            "2",
-        ])
-        .env("LINGER_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the linger binary must start");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if !sent {
-                if let Some(addr) = line.split("addr=").nth(1) {
-                    let addr = addr.split_whitespace().next().unwrap_or("").to_string();
-                    tx.send(addr).unwrap();
-                    sent = true;
-                }
-            }
-            eprintln!("linger: {line}");
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("linger must log its address");
+    let (child, rx) = support::spawn_serve(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        upstream,
+        "--admin",
+        "off",
+        "--access-log",
+        "off",
+        "--workers",
+        "2",
+    ]);
+    let (addr, _) = support::addresses(&rx, false);
     (child, addr)
 }
 

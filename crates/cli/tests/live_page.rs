@@ -8,7 +8,9 @@
 //! installs both). Without them the test prints why and passes, unless
 //! `LINGER_REQUIRE_BROWSER=1`, which makes their absence a failure.
 
-use std::io::{BufRead, BufReader, Read};
+mod support;
+
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -56,59 +58,21 @@ fn browser_missing(root: &Path) -> Option<String> {
 /// Starts `linger serve` with an admin listener; returns it with the proxy's and the
 /// admin listener's addresses, read from its log.
 fn spawn_linger(upstream: &str) -> (Linger, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_linger"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            upstream,
-            "--admin",
-            "127.0.0.1:0",
-            "--workers",
-            "1",
-            "--access-log",
-            "off",
-        ])
-        .env("LINGER_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the linger binary must start");
-    let stderr = child.stderr.take().expect("piped stderr");
+    let (child, rx) = support::spawn_serve(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        upstream,
+        "--admin",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+        "--access-log",
+        "off",
+    ]);
     let linger = Linger(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let addr_of = |line: &str| {
-            line.split("addr=")
-                .nth(1)
-                .and_then(|a| a.split_whitespace().next())
-                .map(str::to_string)
-        };
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("addr=") {
-                if line.contains("admin listening") {
-                    let _ = tx.send(("admin", addr_of(&line)));
-                } else if line.contains("listening") && !line.contains("admin") {
-                    let _ = tx.send(("proxy", addr_of(&line)));
-                }
-            }
-            eprintln!("linger: {line}");
-        }
-    });
-    let (mut proxy, mut admin) = (None, None);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while proxy.is_none() || admin.is_none() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(("admin", a)) => admin = a,
-            Ok((_, a)) => proxy = a,
-            Err(_) => panic!(
-                "linger did not log both addresses within 20 s (proxy {proxy:?}, admin {admin:?})"
-            ),
-        }
-    }
-    (linger, proxy.unwrap(), admin.unwrap())
+    let (proxy, admin) = support::addresses(&rx, true);
+    (linger, proxy, admin.expect("admin address"))
 }
 
 /// One request on `c`, which must succeed.

@@ -1,0 +1,54 @@
+//! Starting the `linger` binary from a test and reading the addresses it logs.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Starts `linger serve ARGS` with info logging. Its stderr is echoed to the test's, and
+/// every `NAME addr=HOST:PORT` line is passed on as (line, address).
+pub fn spawn_serve(args: &[&str]) -> (Child, mpsc::Receiver<(String, String)>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_linger"))
+        .arg("serve")
+        .args(args)
+        .env("LINGER_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the linger binary must start");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line
+                .split("addr=")
+                .nth(1)
+                .and_then(|a| a.split_whitespace().next())
+            {
+                let _ = tx.send((line.clone(), addr.to_owned()));
+            }
+            eprintln!("linger: {line}");
+        }
+    });
+    (child, rx)
+}
+
+/// Waits for the logged address of the proxy listener and, with `admin`, of the admin
+/// listener.
+pub fn addresses(rx: &mpsc::Receiver<(String, String)>, admin: bool) -> (String, Option<String>) {
+    let (mut proxy, mut admin_addr) = (None, None);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while proxy.is_none() || (admin && admin_addr.is_none()) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok((line, a)) if line.contains("admin listening") => admin_addr = Some(a),
+            Ok((line, a)) if line.contains("listening") => proxy = Some(a),
+            Ok(_) => {}
+            Err(_) => panic!(
+                "linger did not log its addresses within 20 s (proxy {proxy:?}, admin {admin_addr:?})"
+            ),
+        }
+    }
+    (proxy.expect("proxy address"), admin_addr)
+}

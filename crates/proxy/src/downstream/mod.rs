@@ -539,30 +539,14 @@ fn log_refusal(
     if !worker.access_log.enabled() {
         return;
     }
+    // No request was parsed: no method, path, upstream or timings.
     let rec = AccessRecord {
         ts: crate::observe::access_log::unix_now(),
         listener: listener.name.clone(),
         downstream_conn: conn.id,
         request_index: conn.requests() + 1,
         client: conn.peer.to_string(),
-        method: String::new(),
-        path: String::new(),
-        version: "",
-        host: String::new(),
         status,
-        bytes_in: 0,
-        bytes_out: 0,
-        duration_ms: 0.0,
-        upstream_connect_ms: None,
-        upstream_first_byte_ms: None,
-        cluster: None,
-        endpoint: None,
-        upstream_conn: None,
-        upstream_reused: None,
-        upstream_conn_requests: None,
-        upstream_conn_age_ms: None,
-        upstream_conn_closed: None,
-        retries: Vec::new(),
         downstream_close: Some(if term == Termination::RequestHeadTimeout {
             CloseReason::HeaderReadTimeout.as_str()
         } else {
@@ -570,6 +554,7 @@ fn log_refusal(
         }),
         termination: term.as_str(),
         detail: Some(detail),
+        ..AccessRecord::default()
     };
     worker.access_log.write(&rec);
 }

@@ -22,7 +22,7 @@ pub struct RetryEntry {
 }
 
 /// The fields of one access-log line.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct AccessRecord {
     pub ts: f64,
     pub listener: Arc<String>,

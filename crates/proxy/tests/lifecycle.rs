@@ -259,6 +259,26 @@ async fn last_response_head(linger: &InProcess, requests: usize, gap: Duration) 
     head.to_ascii_lowercase()
 }
 
+/// The response `head` said `Connection: close`, linger then closed
+/// the connection cleanly, and counted the close with `reason`.
+async fn closed_after_announcing(
+    linger: &InProcess,
+    mut s: tokio::net::TcpStream,
+    head: &str,
+    reason: &str,
+) {
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    let (rest, end) = read_to_close(&mut s).await;
+    assert!(rest.is_empty(), "nothing after the response: {rest:?}");
+    assert_eq!(end, End::Eof);
+    // The client closing ends linger's lingering close at once.
+    drop(s);
+    explained(linger, "ok", &[("downstream", reason)]).await;
+}
+
 #[tokio::test]
 async fn r3_max_requests_close_says_connection_close() {
     trace_init();
@@ -294,15 +314,7 @@ async fn r3_max_age_close_says_connection_close() {
     let mut s = send_raw(linger.addr, b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").await;
     let (head, body) = read_response(&mut s).await;
     assert_eq!(body, b"ok\n");
-    assert!(
-        head.to_ascii_lowercase().contains("connection: close"),
-        "{head}"
-    );
-    let (_, end) = read_to_close(&mut s).await;
-    assert_eq!(end, End::Eof);
-    // The client closing ends linger's lingering close at once.
-    drop(s);
-    explained(&linger, "ok", &[("downstream", "max_age")]).await;
+    closed_after_announcing(&linger, s, &head, "max_age").await;
 }
 
 #[tokio::test]
@@ -324,15 +336,7 @@ async fn r3_drain_close_says_connection_close() {
         "the in-flight request completes: {head}"
     );
     assert_eq!(body, b"ok\n");
-    assert!(
-        head.to_ascii_lowercase().contains("connection: close"),
-        "{head}"
-    );
-    let (_, end) = read_to_close(&mut s).await;
-    assert_eq!(end, End::Eof);
-    // The client closing ends linger's lingering close at once.
-    drop(s);
-    explained(&linger, "ok", &[("downstream", "drain")]).await;
+    closed_after_announcing(&linger, s, &head, "drain").await;
 }
 
 #[tokio::test]

@@ -427,6 +427,44 @@ async fn r4_early_413_is_read_whole_then_eof_never_reset() {
     .await;
 }
 
+/// The origin answers 413 and closes with the body unread, so its kernel resets linger's
+/// connection while linger is still sending the body. The 413 is in linger's receive
+/// buffer; hyper's client alone fails the exchange on the failed body write ("error
+/// writing a body to connection", a 502), so the upstream socket reports such a write as
+/// done and lets hyper read the answer (`SensorIo::upstream`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r4_early_413_from_an_origin_that_resets_still_reaches_the_client() {
+    trace_init();
+    let origin = Origin::start(OriginConfig {
+        early_status: Some(413),
+        early_drain: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let linger = InProcess::start(&[origin.addr], |_| {}).unwrap();
+    for run in 0..30 {
+        let (bytes, end) = upload_8mb(linger.addr).await;
+        let text = String::from_utf8_lossy(&bytes).to_ascii_lowercase();
+        assert!(
+            text.starts_with("http/1.1 413"),
+            "run {run}: {text}\n{:#?}",
+            linger.log_lines().last()
+        );
+        assert!(text.ends_with("413 early\n"), "run {run}: {text}");
+        assert_eq!(end, End::Eof, "run {run}: the client saw a reset");
+    }
+    explained(
+        &linger,
+        "ok",
+        &[
+            ("downstream", "early_response"),
+            ("upstream", "upstream_rst"),
+        ],
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r4_hold_policy_sends_the_early_response_after_the_body() {
     trace_init();

@@ -219,6 +219,11 @@ pub struct SensorIo {
     stream: TcpStream,
     stats: Arc<IoStats>,
     guard: Option<Box<FramingGuard>>,
+    /// An upstream socket: a write that fails because the peer reset is reported to hyper
+    /// as done, and the read side reports the end (see [`SensorIo::upstream`]).
+    defer_write_reset: bool,
+    /// The peer reset while we wrote: later writes are discarded.
+    write_dead: bool,
 }
 
 // === impl SensorIo ===
@@ -229,6 +234,24 @@ impl SensorIo {
             stream,
             stats: Arc::new(IoStats::default()),
             guard: None,
+            defer_write_reset: false,
+            write_dead: false,
+        }
+    }
+
+    /// An upstream socket. An origin that answers early (413, 401) and closes with the
+    /// request body unread makes its kernel send RST; the answer it sent before is still
+    /// in our receive buffer. hyper's client fails the exchange on the first failed body
+    /// write, before it reads that answer (R4, Envoy #2929's 413 that became a 503). So a
+    /// write that fails with ECONNRESET or EPIPE is recorded (the peer state says RST),
+    /// reported to hyper as written, and every later write is discarded: hyper goes on to
+    /// read, gets the answer if there is one, and otherwise the EOF that follows a reset.
+    /// Bytes discarded this way are not counted as written, so "nothing reached the
+    /// upstream" stays exact for the retry rules.
+    pub fn upstream(stream: TcpStream) -> Self {
+        Self {
+            defer_write_reset: true,
+            ..Self::new(stream)
         }
     }
 
@@ -251,6 +274,23 @@ impl SensorIo {
 
     pub fn into_stream(self) -> TcpStream {
         self.stream
+    }
+
+    fn after_write(&mut self, r: io::Result<usize>, len: usize) -> io::Result<usize> {
+        let r = self.stats.written(r);
+        match r {
+            Err(e)
+                if self.defer_write_reset
+                    && matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+                    ) =>
+            {
+                self.write_dead = true;
+                Ok(len)
+            }
+            other => other,
+        }
     }
 }
 
@@ -298,8 +338,11 @@ impl AsyncWrite for SensorIo {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if this.write_dead {
+            return Poll::Ready(Ok(buf.len()));
+        }
         let r = ready!(Pin::new(&mut this.stream).poll_write(cx, buf));
-        Poll::Ready(this.stats.written(r))
+        Poll::Ready(this.after_write(r, buf.len()))
     }
 
     fn poll_write_vectored(
@@ -308,8 +351,12 @@ impl AsyncWrite for SensorIo {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        let len = bufs.iter().map(|b| b.len()).sum();
+        if this.write_dead {
+            return Poll::Ready(Ok(len));
+        }
         let r = ready!(Pin::new(&mut this.stream).poll_write_vectored(cx, bufs));
-        Poll::Ready(this.stats.written(r))
+        Poll::Ready(this.after_write(r, len))
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -319,7 +319,7 @@ impl Cluster {
             tracing::warn!(error = %e, "setting upstream socket options failed");
         }
         let local = stream.local_addr().ok();
-        let io = SensorIo::new(stream);
+        let io = SensorIo::upstream(stream);
         let (abort_tx, abort_rx) = oneshot::channel::<()>();
         let id = UPSTREAM_CONN_IDS.fetch_add(1, Ordering::Relaxed);
         let entry = self.registry.open(ConnEntry::new(

@@ -69,6 +69,10 @@ pub struct KeepAliveClient {
     addr: SocketAddr,
     conn: Option<TcpStream>,
     buf: BytesMut,
+    /// Close the connection instead of reusing it after this much idle time (a load
+    /// balancer's own idle timeout).
+    pub max_idle: Option<Duration>,
+    idle_since: Option<tokio::time::Instant>,
     pub connects: u64,
     pub last: Option<Response>,
 }
@@ -96,9 +100,16 @@ impl KeepAliveClient {
             addr,
             conn: None,
             buf: BytesMut::with_capacity(16 * 1024),
+            max_idle: None,
+            idle_since: None,
             connects: 0,
             last: None,
         }
+    }
+
+    /// Whether a connection is open for the next request.
+    pub fn is_open(&self) -> bool {
+        self.conn.is_some()
     }
 
     /// The local address of the open connection, if one is open.
@@ -136,6 +147,12 @@ impl KeepAliveClient {
         extra_headers: &[(&str, &str)],
         body: &[u8],
     ) -> Outcome {
+        if let (Some(max), Some(since)) = (self.max_idle, self.idle_since) {
+            if since.elapsed() > max {
+                self.conn = None;
+            }
+        }
+        self.idle_since = None;
         if self.conn.is_none() {
             match TcpStream::connect(self.addr).await {
                 Ok(s) => {
@@ -169,6 +186,8 @@ impl KeepAliveClient {
             Ok((resp, close)) => {
                 if close {
                     self.conn = None;
+                } else {
+                    self.idle_since = Some(tokio::time::Instant::now());
                 }
                 let status = resp.status;
                 self.last = Some(resp);
@@ -335,4 +354,193 @@ pub fn gaps(seed: u64, n: usize, center: Duration, spread: Duration) -> Vec<Dura
     (0..n)
         .map(|_| Duration::from_micros(rng.u64(lo..=hi)))
         .collect()
+}
+
+async fn connect(addr: SocketAddr) -> Result<TcpStream, Outcome> {
+    let s = TcpStream::connect(addr)
+        .await
+        .map_err(|_| Outcome::ConnectFailed)?;
+    let _ = s.set_nodelay(true);
+    Ok(s)
+}
+
+fn write_failed(e: &std::io::Error) -> Outcome {
+    match io_err(e) {
+        ReadErr::Reset => Outcome::Reset,
+        _ => Outcome::EofBeforeResponse,
+    }
+}
+
+fn read_failed(e: ReadErr) -> Outcome {
+    match e {
+        ReadErr::Reset => Outcome::Reset,
+        ReadErr::Eof => Outcome::EofBeforeResponse,
+        ReadErr::Truncated => Outcome::Truncated,
+    }
+}
+
+fn judged(resp: &Response) -> Outcome {
+    if resp.status >= 500 {
+        Outcome::ServerError(resp.status)
+    } else {
+        Outcome::Ok(resp.status)
+    }
+}
+
+/// A POST whose body of `bytes` goes out in `chunk`-byte pieces `every` apart; the
+/// response is read only once the whole body is sent, as most clients do. A write that
+/// fails ends the request (the client never reads the answer).
+pub async fn slow_upload(
+    addr: SocketAddr,
+    bytes: u64,
+    chunk: u64,
+    every: Duration,
+    timeout: Duration,
+) -> Outcome {
+    let run = async {
+        let mut s = match connect(addr).await {
+            Ok(s) => s,
+            Err(o) => return o,
+        };
+        let head = format!("POST /upload HTTP/1.1\r\nhost: lab\r\ncontent-length: {bytes}\r\n\r\n");
+        if let Err(e) = s.write_all(head.as_bytes()).await {
+            return write_failed(&e);
+        }
+        let piece = vec![b'u'; chunk.max(1) as usize];
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(piece.len() as u64) as usize;
+            if let Err(e) = s.write_all(&piece[..n]).await {
+                return write_failed(&e);
+            }
+            left -= n as u64;
+            if left > 0 {
+                tokio::time::sleep(every).await;
+            }
+        }
+        let mut buf = BytesMut::with_capacity(16 * 1024);
+        match read_response(&mut s, &mut buf, false).await {
+            Ok((resp, _)) => judged(&resp),
+            Err(e) => read_failed(e),
+        }
+    };
+    tokio::time::timeout(timeout, run)
+        .await
+        .unwrap_or(Outcome::Timeout)
+}
+
+/// A GET in HTTP/1.0 without keep-alive, on its own connection; the outcome, and how
+/// long after the request was written the connection ended (EOF), when it did.
+pub async fn http10_get(addr: SocketAddr, timeout: Duration) -> (Outcome, Option<Duration>) {
+    let run = async {
+        let mut s = match connect(addr).await {
+            Ok(s) => s,
+            Err(o) => return (o, None),
+        };
+        if let Err(e) = s.write_all(b"GET / HTTP/1.0\r\nhost: lab\r\n\r\n").await {
+            return (write_failed(&e), None);
+        }
+        let sent = tokio::time::Instant::now();
+        let mut buf = BytesMut::with_capacity(16 * 1024);
+        let outcome = match read_response(&mut s, &mut buf, false).await {
+            Ok((resp, _)) => judged(&resp),
+            Err(e) => return (read_failed(e), None),
+        };
+        // A close-delimited body ended at EOF; otherwise wait for it.
+        loop {
+            buf.clear();
+            match fill(&mut s, &mut buf).await {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(_) => return (outcome, None),
+            }
+        }
+        (outcome, Some(sent.elapsed()))
+    };
+    tokio::time::timeout(timeout, run)
+        .await
+        .unwrap_or((Outcome::Timeout, None))
+}
+
+/// How a client leaves a request it no longer wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leave {
+    /// FIN (shutdown of the write side), then keep reading until the end.
+    HalfClose,
+    /// RST (SO_LINGER 0, close).
+    Reset,
+}
+
+/// What a client that left saw.
+#[derive(Debug, Clone, Default)]
+pub struct Left {
+    /// The response's status, if its head arrived before the client left.
+    pub status_before: Option<u16>,
+    /// Whether anything arrived before the client left.
+    pub bytes_before: u64,
+    /// Bytes that arrived after the client left.
+    pub bytes_after: u64,
+    /// The connection ended (EOF or reset) within the bound after leaving.
+    pub ended: bool,
+}
+
+/// Sends `GET path`, reads whatever arrives until `leave_at`, leaves the way `how` says,
+/// then (after a half-close) counts what still arrives until the connection ends or
+/// `bound` passes.
+pub async fn request_then_leave(
+    addr: SocketAddr,
+    path: &str,
+    leave_at: tokio::time::Instant,
+    how: Leave,
+    bound: Duration,
+) -> Result<Left, Outcome> {
+    let mut s = connect(addr).await?;
+    let req = format!("GET {path} HTTP/1.1\r\nhost: lab\r\n\r\n");
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| write_failed(&e))?;
+    let mut left = Left::default();
+    let mut before = BytesMut::with_capacity(16 * 1024);
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        match tokio::time::timeout_at(leave_at, s.read(&mut chunk)).await {
+            Err(_) => break,
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                left.ended = true;
+                break;
+            }
+            Ok(Ok(n)) => before.extend_from_slice(&chunk[..n]),
+        }
+    }
+    left.bytes_before = before.len() as u64;
+    let mut hs = [httparse::EMPTY_HEADER; 64];
+    let mut r = httparse::Response::new(&mut hs);
+    if let Ok(httparse::Status::Complete(_)) = r.parse(&before) {
+        left.status_before = r.code;
+    }
+    if left.ended {
+        return Ok(left);
+    }
+    match how {
+        Leave::Reset => {
+            let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+            drop(s);
+            left.ended = true;
+        }
+        Leave::HalfClose => {
+            let _ = s.shutdown().await;
+            let deadline = tokio::time::Instant::now() + bound;
+            loop {
+                match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
+                    Err(_) => break,
+                    Ok(Ok(0)) | Ok(Err(_)) => {
+                        left.ended = true;
+                        break;
+                    }
+                    Ok(Ok(n)) => left.bytes_after += n as u64,
+                }
+            }
+        }
+    }
+    Ok(left)
 }

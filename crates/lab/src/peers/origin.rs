@@ -1,7 +1,9 @@
 //! An HTTP/1.1 origin written for the lab: every behaviour that makes a race happen is a
-//! setting (close idle connections at T, with or without a `Keep-Alive` hint; reset instead
-//! of close; close right after a response; answer before reading the body; stall; stream
-//! forever; reset mid-body). It counts connections, requests and copies of each request.
+//! setting (close idle connections at T, with or without a `Keep-Alive` hint, with the FIN
+//! arriving late; reset instead of close; close right after a response; answer before
+//! reading the body; stall; stream forever without reading; reset mid-body; shut down like
+//! an app server being deployed). It counts connections, requests, copies of each request,
+//! open streams, and when its peers closed.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -32,6 +34,16 @@ pub struct OriginConfig {
     /// Close a keep-alive connection idle this long.
     pub idle_close: Option<Duration>,
     pub idle_close_style: CloseStyle,
+    /// With `idle_close`: the FIN reaches the peer this long after the origin stopped
+    /// serving the connection, and a request that arrives in between is answered by the
+    /// kernel's RST. This is the window in which R1 strikes: on a real network it is the
+    /// one-way delay plus the peer's reaction time; the lab widens it to make it visible.
+    pub fin_delay: Option<Duration>,
+    /// Say `Connection: keep-alive` on every response, also on the last one before a close
+    /// (an application that copies the header, R3).
+    pub claim_keep_alive: bool,
+    /// Answer `HTTP/1.0 200` without a length, the body delimited by the close (R8).
+    pub close_delimited: bool,
     /// Send `Keep-Alive: timeout=N` (whole seconds) on every response.
     pub keep_alive_hint: Option<u64>,
     /// Close right after each response without saying `Connection: close` (R9).
@@ -53,11 +65,12 @@ pub struct OriginConfig {
     pub think: Option<Duration>,
     /// Never answer (R6 and timeouts).
     pub stall: bool,
-    /// Stream a chunk every interval, forever (R5).
+    /// Stream a chunk every interval, forever, never reading from the peer: a half-close
+    /// goes unnoticed, only a failed write ends the stream (R5).
     pub stream_every: Option<Duration>,
     /// Send the head and this many body bytes of a larger body, then RST (R11).
     pub reset_mid_body: Option<usize>,
-    /// Use chunked framing for responses.
+    /// Use chunked framing for responses (a request for `/chunked` always gets it).
     pub chunked: bool,
     /// Echo the request body (otherwise `ok\n`).
     pub echo: bool,
@@ -70,11 +83,12 @@ pub struct OriginStats {
     pub requests: AtomicU64,
     /// Copies received per `x-request-id`.
     copies: Mutex<HashMap<String, u32>>,
-    /// Connections whose peer closed or reset them, and when (since the origin started).
-    peer_closes: Mutex<Vec<Duration>>,
+    /// When each connection whose peer closed or reset it found out.
+    peer_closes: Mutex<Vec<Instant>>,
     /// The peer address of every accepted connection, in order.
     peer_addrs: Mutex<Vec<SocketAddr>>,
-    started: Mutex<Option<Instant>>,
+    /// Streams being written now.
+    streams: AtomicU64,
 }
 
 // === impl OriginStats ===
@@ -112,6 +126,22 @@ impl OriginStats {
         self.peer_closes.lock().expect("closes lock").len()
     }
 
+    /// How long after `since` each peer close was noticed, for closes noticed after it.
+    pub fn peer_closes_after(&self, since: Instant) -> Vec<Duration> {
+        self.peer_closes
+            .lock()
+            .expect("closes lock")
+            .iter()
+            .filter(|&&t| t >= since)
+            .map(|&t| t - since)
+            .collect()
+    }
+
+    /// Endless streams still being written.
+    pub fn open_streams(&self) -> u64 {
+        self.streams.load(Ordering::Relaxed)
+    }
+
     /// The peer address of every accepted connection, in accept order: a test finds the
     /// pooled connection whose packets it then drops (R6).
     pub fn peer_addrs(&self) -> Vec<SocketAddr> {
@@ -119,15 +149,26 @@ impl OriginStats {
     }
 
     fn record_peer_close(&self) {
-        let started = self
-            .started
-            .lock()
-            .expect("started lock")
-            .unwrap_or_else(Instant::now);
         self.peer_closes
             .lock()
             .expect("closes lock")
-            .push(started.elapsed());
+            .push(Instant::now());
+    }
+}
+
+/// Counts a stream as open while it lives.
+struct StreamGuard(Arc<OriginStats>);
+
+impl StreamGuard {
+    fn new(stats: &Arc<OriginStats>) -> Self {
+        stats.streams.fetch_add(1, Ordering::Relaxed);
+        Self(stats.clone())
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.streams.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -137,6 +178,7 @@ pub struct Origin {
     pub addr: SocketAddr,
     pub stats: Arc<OriginStats>,
     stop: watch::Sender<bool>,
+    drain: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
 
@@ -161,13 +203,23 @@ impl Origin {
             .local_addr()
             .expect("bound listener has an address");
         let stats = Arc::new(OriginStats::default());
-        *stats.started.lock().expect("started lock") = Some(Instant::now());
         let (stop, stop_rx) = watch::channel(false);
+        let (drain, drain_rx) = watch::channel(false);
         let cfg = Arc::new(cfg);
         let st = stats.clone();
+        let mut draining = drain_rx.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((sock, peer)) = listener.accept().await else {
+                let accepted = tokio::select! {
+                    a = listener.accept() => a,
+                    _ = drained(&mut draining) => {
+                        // Stop accepting: the listener closes, new connections are refused.
+                        drop(listener);
+                        std::future::pending::<()>().await;
+                        unreachable!("pending never completes")
+                    }
+                };
+                let Ok((sock, peer)) = accepted else {
                     continue;
                 };
                 let _ = sock.set_nodelay(true);
@@ -176,9 +228,10 @@ impl Origin {
                 let cfg = cfg.clone();
                 let st = st.clone();
                 let mut stop = stop_rx.clone();
+                let drain = drain_rx.clone();
                 tokio::spawn(async move {
                     tokio::select! {
-                        _ = serve_conn(sock, cfg, st) => {}
+                        _ = serve_conn(sock, cfg, st, drain) => {}
                         _ = stop.changed() => {}
                     }
                 });
@@ -188,14 +241,23 @@ impl Origin {
             addr,
             stats,
             stop,
+            drain,
             task,
         }
+    }
+
+    /// Shuts down the way most application servers do when a deploy stops them: stop
+    /// accepting, close idle keep-alive connections at once (FIN, with nothing announced),
+    /// finish requests in flight and close their connections after the response (R10).
+    pub fn drain(&self) {
+        let _ = self.drain.send(true);
     }
 }
 
 /// A parsed request head.
 struct Head {
     method: String,
+    path: String,
     id: Option<String>,
     content_length: usize,
     chunked: bool,
@@ -210,6 +272,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, String> {
         Ok(httparse::Status::Complete(n)) => {
             let mut head = Head {
                 method: req.method.unwrap_or("GET").to_owned(),
+                path: req.path.unwrap_or("/").to_owned(),
                 id: None,
                 content_length: 0,
                 chunked: false,
@@ -293,7 +356,51 @@ fn set_rst(sock: &TcpStream) {
     let _ = socket2::SockRef::from(sock).set_linger(Some(Duration::ZERO));
 }
 
-async fn serve_conn(mut sock: TcpStream, cfg: Arc<OriginConfig>, stats: Arc<OriginStats>) {
+/// Waits for the origin to start draining.
+async fn drained(drain: &mut watch::Receiver<bool>) {
+    let started = drain.wait_for(|d| *d).await.is_ok();
+    if !started {
+        // The origin is gone; its connections stop with it.
+        std::future::pending::<()>().await;
+    }
+}
+
+/// The idle close at `idle`: with a `fin_delay`, a request that arrives before the FIN
+/// reached the peer is reset. Returns how the wait for the next request head ended.
+async fn idle_read(
+    sock: &mut TcpStream,
+    buf: &mut BytesMut,
+    cfg: &OriginConfig,
+    drain: &mut watch::Receiver<bool>,
+) -> Option<std::io::Result<usize>> {
+    let idle = cfg.idle_close.unwrap_or(Duration::MAX);
+    tokio::select! {
+        r = tokio::time::timeout(idle, read_more(sock, buf)) => match r {
+            Ok(r) => Some(r),
+            Err(_) => {
+                if let Some(d) = cfg.fin_delay {
+                    // Closed for the origin; the peer does not know yet.
+                    if let Ok(Ok(())) = tokio::time::timeout(d, sock.readable()).await {
+                        set_rst(sock);
+                        return None;
+                    }
+                }
+                if cfg.idle_close_style == CloseStyle::Rst {
+                    set_rst(sock);
+                }
+                None
+            }
+        },
+        _ = drained(drain) => None,
+    }
+}
+
+async fn serve_conn(
+    mut sock: TcpStream,
+    cfg: Arc<OriginConfig>,
+    stats: Arc<OriginStats>,
+    mut drain: watch::Receiver<bool>,
+) {
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut served = 0u64;
     let mut last_response_at: Option<Instant> = None;
@@ -310,19 +417,13 @@ async fn serve_conn(mut sock: TcpStream, cfg: Arc<OriginConfig>, stats: Arc<Orig
                     return;
                 }
             }
-            let read = match (cfg.idle_close, buf.is_empty()) {
-                (Some(t), true) => {
-                    match tokio::time::timeout(t, read_more(&mut sock, &mut buf)).await {
-                        Ok(r) => r,
-                        Err(_) => {
-                            if cfg.idle_close_style == CloseStyle::Rst {
-                                set_rst(&sock);
-                            }
-                            return;
-                        }
-                    }
+            let read = if buf.is_empty() {
+                match idle_read(&mut sock, &mut buf, &cfg, &mut drain).await {
+                    Some(r) => r,
+                    None => return,
                 }
-                _ => read_more(&mut sock, &mut buf).await,
+            } else {
+                read_more(&mut sock, &mut buf).await
             };
             match read {
                 Ok(0) | Err(_) => {
@@ -432,6 +533,8 @@ async fn serve_conn(mut sock: TcpStream, cfg: Arc<OriginConfig>, stats: Arc<Orig
         }
         if head.close || (last && cfg.announce_last) {
             extra.push_str("connection: close\r\n");
+        } else if cfg.claim_keep_alive {
+            extra.push_str("connection: keep-alive\r\n");
         }
 
         if let Some(every) = cfg.stream_every {
@@ -440,6 +543,7 @@ async fn serve_conn(mut sock: TcpStream, cfg: Arc<OriginConfig>, stats: Arc<Orig
                 stats.record_peer_close();
                 return;
             }
+            let _open = StreamGuard::new(&stats);
             let mut n = 0u64;
             loop {
                 let event = format!("data: {n}\n\n");
@@ -449,17 +553,12 @@ async fn serve_conn(mut sock: TcpStream, cfg: Arc<OriginConfig>, stats: Arc<Orig
                     return;
                 }
                 n += 1;
-                let mut scratch = [0u8; 1024];
-                match tokio::time::timeout(every, sock.read(&mut scratch)).await {
-                    Ok(Ok(0)) | Ok(Err(_)) => {
-                        stats.record_peer_close();
-                        return;
-                    }
-                    _ => {}
-                }
+                // Like the server of seed 001: it never reads, so a FIN goes unnoticed.
+                tokio::time::sleep(every).await;
             }
         }
 
+        let chunked = cfg.chunked || head.path == "/chunked";
         let payload: Vec<u8> = if head.method == "HEAD" {
             Vec::new()
         } else if cfg.echo {
@@ -469,14 +568,14 @@ async fn serve_conn(mut sock: TcpStream, cfg: Arc<OriginConfig>, stats: Arc<Orig
         };
         if let Some(n) = cfg.reset_mid_body {
             let total = payload.len().max(n * 2 + 1);
-            let h = if cfg.chunked {
+            let h = if chunked {
                 format!("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n{extra}\r\n")
             } else {
                 format!("HTTP/1.1 200 OK\r\ncontent-length: {total}\r\n{extra}\r\n")
             };
             let mut out = h.into_bytes();
             let part = vec![b'x'; n];
-            if cfg.chunked {
+            if chunked {
                 out.extend_from_slice(format!("{n:x}\r\n").as_bytes());
                 out.extend_from_slice(&part);
                 out.extend_from_slice(b"\r\n");
@@ -489,8 +588,14 @@ async fn serve_conn(mut sock: TcpStream, cfg: Arc<OriginConfig>, stats: Arc<Orig
             set_rst(&sock);
             return;
         }
+        if cfg.close_delimited {
+            let mut out = b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\n".to_vec();
+            out.extend_from_slice(&payload);
+            let _ = sock.write_all(&out).await;
+            return;
+        }
         let mut out = Vec::with_capacity(payload.len() + 128);
-        if cfg.chunked {
+        if chunked {
             out.extend_from_slice(
                 format!("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n{extra}\r\n").as_bytes(),
             );
@@ -515,7 +620,7 @@ async fn serve_conn(mut sock: TcpStream, cfg: Arc<OriginConfig>, stats: Arc<Orig
             return;
         }
         last_response_at = Some(Instant::now());
-        if head.close || last || cfg.close_after_response {
+        if head.close || last || cfg.close_after_response || *drain.borrow() {
             return;
         }
     }

@@ -1,4 +1,4 @@
-//! The `linger` binary: `serve`, `check`, `demo`, `probe`.
+//! The `linger` binary: `serve`, `check`, `probe`, `lab`, `demo`.
 //!
 //! `serve` is kept thin: load and validate the config, bind, spawn one worker per thread,
 //! wait for a signal, drain with a deadline.
@@ -8,6 +8,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+
+mod lab;
 use linger_proxy::config::{AccessLogTarget, Config, File};
 use linger_proxy::observe::AccessLog;
 use linger_proxy::Server;
@@ -34,9 +36,12 @@ enum Command {
     /// downstream side, its pool, each upstream): name every pair whose idle timeouts let a
     /// request be lost, and the fix. Exit status 1 when a race is possible.
     Check(CheckArgs),
-    /// Run a built-in origin that closes idle connections, and send keep-alive traffic to it
-    /// straight and through linger; print who lost requests.
-    Demo(DemoArgs),
+    /// A short run of the race lab, with no setup: misbehaving origins, the same traffic
+    /// straight to them and through linger; print who lost requests.
+    Demo(lab::DemoArgs),
+    /// The race lab: reproduce each race of docs/lab.md against no proxy, linger, nginx
+    /// and HAProxy, side by side (list, run, setup).
+    Lab(lab::LabArgs),
     /// Measure how a live HTTP/1.1 server closes connections (idle close, Keep-Alive hint,
     /// requests per connection, half-close, HTTP/1.0) and recommend `[[cluster]]` settings.
     /// Progress goes to stderr, the report to stdout.
@@ -95,16 +100,6 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 #[derive(Args, Debug)]
-struct DemoArgs {
-    /// Requests per target.
-    #[arg(long, default_value_t = 40)]
-    requests: usize,
-    /// Seed for the client's gaps between requests (the same seed replays the same gaps).
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-}
-
-#[derive(Args, Debug)]
 struct ProbeArgs {
     /// The server to probe: http://HOST[:PORT][/PATH] (https is not supported).
     #[arg(value_name = "URL")]
@@ -157,7 +152,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Check(args) => check(args),
-        Command::Demo(args) => demo(args),
+        Command::Demo(args) => lab::demo(args),
+        Command::Lab(args) => lab::lab(args),
         Command::Probe(args) => probe(args),
     }
 }
@@ -398,47 +394,6 @@ fn probe_endpoints(
         }
     }
     Ok(out)
-}
-
-fn demo(args: DemoArgs) -> ExitCode {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("the demo runtime must start");
-    println!(
-        "linger demo: an origin that closes keep-alive connections idle for 200 ms (no hint),\n\
-         and a client that reuses its connection with gaps of 100-300 ms, {} GETs per target,\n\
-         seed {}. Straight to the origin, requests meet the idle close (R1); through linger,\n\
-         the pool sees the origin's FIN first, or retries a request that provably never\n\
-         arrived.\n",
-        args.requests, args.seed
-    );
-    let result = rt.block_on(linger_lab::demo::run(args.requests, args.seed));
-    match result {
-        Ok(tallies) => {
-            print!("{}", linger_lab::demo::render(&tallies));
-            let direct = tallies.iter().find(|t| t.target == "direct");
-            let linger = tallies.iter().find(|t| t.target == "linger");
-            if let (Some(d), Some(l)) = (direct, linger) {
-                println!(
-                    "\ndirect lost {} of {} requests; linger lost {} of {}.",
-                    d.failures(),
-                    d.sent,
-                    l.failures(),
-                    l.sent
-                );
-                if l.failures() > 0 {
-                    return ExitCode::FAILURE;
-                }
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: demo failed: {e}");
-            ExitCode::FAILURE
-        }
-    }
 }
 
 /// Runs the probe. Exit status 2 when the URL or an option is bad, or the server cannot

@@ -1,5 +1,6 @@
-//! linger's race lab: peers that make connection-lifecycle races happen on purpose, and
-//! the scenarios that run them against no proxy, linger and other proxies.
+//! linger's race lab: peers that make connection-lifecycle races happen on purpose, the
+//! scenarios that run them (one per race), and the targets they run against: no proxy,
+//! linger, nginx and HAProxy. Also the probe and the chain check.
 
 pub mod check;
 pub mod demo;
@@ -7,3 +8,8 @@ pub mod inproc;
 pub mod netns;
 pub mod peers;
 pub mod probe;
+pub mod report;
+pub mod runner;
+pub mod scenarios;
+pub mod schedule;
+pub mod targets;

@@ -250,9 +250,10 @@ pub fn demo(args: DemoArgs) -> ExitCode {
         args.seed
     );
     for sc in &opts.scenarios {
-        println!("{} {}: {}", sc.id, sc.title, sc.how);
-        println!();
+        println!("{} {}", sc.id, sc.title);
+        print!("{}", wrap(sc.how, "    ", 88));
     }
+    println!();
     let report = runtime().block_on(runner::run(&opts, &progress));
     print!("{}", report::render(&report));
     let lost = |t: TargetKind| -> u64 {

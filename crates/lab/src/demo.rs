@@ -8,8 +8,8 @@ use crate::scenarios;
 use crate::targets::TargetKind;
 
 /// The demo's scenarios: upstream idle close, unannounced close, early response, close
-/// after each response, upstream dying mid-body.
-pub const SCENARIOS: [&str; 5] = ["R1", "R3", "R4", "R9", "R11"];
+/// after each response, a deploy (drain).
+pub const SCENARIOS: [&str; 5] = ["R1", "R3", "R4", "R9", "R10"];
 
 /// The demo's run: those scenarios, `direct` and `linger`, each scenario's small count.
 pub fn options(linger_bin: PathBuf, seed: u64) -> Options {

@@ -30,7 +30,7 @@ pub(super) static SCENARIO: Scenario = Scenario {
               one more request, and lets requests in flight finish.",
     loss: Loss::Requests,
     default_requests: 80,
-    quick_requests: 40,
+    quick_requests: 64,
     netns: false,
     tuning: Tuning::NONE,
     origin,

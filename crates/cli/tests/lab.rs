@@ -314,3 +314,22 @@ fn four_targets_print_the_table_and_one_json_record_each() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn docs_describe_every_scenario_with_its_promise() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/lab.md");
+    let doc = std::fs::read_to_string(path).expect("docs/lab.md");
+    for sc in scenarios::all() {
+        assert!(
+            doc.contains(&format!("### {} `{}`: {}", sc.id, sc.name, sc.title)),
+            "docs/lab.md has no section for {}",
+            sc.id
+        );
+        let promise: String = sc.promise.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            doc.contains(&promise),
+            "docs/lab.md: {}'s promise differs",
+            sc.id
+        );
+    }
+}

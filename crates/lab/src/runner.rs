@@ -283,3 +283,34 @@ async fn run_placed(
     drop(netlab);
     Ok(record)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenarios;
+
+    #[tokio::test]
+    async fn a_missing_target_is_reported_and_the_others_still_run() {
+        let opts = Options {
+            scenarios: vec![scenarios::find("R8").unwrap()],
+            targets: vec![TargetKind::Direct, TargetKind::Linger],
+            requests: Requests::Exactly(3),
+            seed: 1,
+            linger_bin: PathBuf::from("/nonexistent/linger"),
+        };
+        let report = run(&opts, &|_| {}).await;
+        assert_eq!(report.records.len(), 2);
+        assert_eq!(report.records[0].status, Status::Ran);
+        assert_eq!(report.records[0].measured.sent, 3);
+        assert!(
+            matches!(&report.records[1].status, Status::NotInstalled(w) if w.contains("/nonexistent/linger")),
+            "{:?}",
+            report.records[1].status
+        );
+        let table = crate::report::render(&report);
+        assert!(
+            table.contains("not installed: /nonexistent/linger"),
+            "{table}"
+        );
+    }
+}

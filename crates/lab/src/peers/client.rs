@@ -107,11 +107,6 @@ impl KeepAliveClient {
         }
     }
 
-    /// Whether a connection is open for the next request.
-    pub fn is_open(&self) -> bool {
-        self.conn.is_some()
-    }
-
     /// The local address of the open connection, if one is open.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.conn.as_ref().and_then(|c| c.local_addr().ok())

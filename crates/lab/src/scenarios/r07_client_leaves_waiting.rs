@@ -51,25 +51,30 @@ fn origin(_: TargetKind) -> OriginConfig {
 }
 
 fn plan(s: &mut Schedule, rng: &mut fastrand::Rng, n: usize) {
-    let leave = between(rng, Duration::from_millis(150), Duration::from_millis(300));
-    for _ in 0..n {
-        let open = between(rng, Duration::ZERO, Duration::from_millis(50));
+    // Every client leaves at the same moment, 150-300 ms after the last one sent.
+    let opens: Vec<Duration> = (0..n)
+        .map(|_| between(rng, Duration::ZERO, Duration::from_millis(50)))
+        .collect();
+    let leave = opens.iter().max().copied().unwrap_or_default()
+        + between(rng, Duration::from_millis(150), Duration::from_millis(300));
+    for open in opens {
         let how = if rng.bool() {
             Action::HalfClose
         } else {
             Action::Reset
         };
-        s.clients
-            .push(vec![Step::new(open, Action::Get), Step::new(leave, how)]);
+        s.clients.push(vec![
+            Step::new(open, Action::Get),
+            Step::new(leave - open, how),
+        ]);
     }
 }
 
 fn drive(ctx: Ctx) -> super::BoxFuture<Measured> {
     Box::pin(async move {
         let start = Instant::now();
-        let opens: Vec<Duration> = ctx.schedule.clients.iter().map(|c| c[0].gap()).collect();
-        let last_open = opens.iter().max().copied().unwrap_or_default();
-        let leave_at = start + last_open + ctx.schedule.clients[0][1].gap();
+        let first = &ctx.schedule.clients[0];
+        let leave_at = start + first[0].gap() + first[1].gap();
         let mut clients = Vec::new();
         for steps in ctx.schedule.clients.iter() {
             let addr = ctx.addr;

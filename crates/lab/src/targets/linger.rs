@@ -106,7 +106,7 @@ pub(super) async fn start(spec: &Spec) -> Result<Running, StartError> {
         kind: spec.kind,
         addr,
         proc: Some(proc),
-        scratch: Some(scratch),
+        _scratch: Some(scratch),
     })
 }
 

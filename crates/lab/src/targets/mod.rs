@@ -240,7 +240,8 @@ pub struct Running {
     /// Where clients connect.
     pub addr: SocketAddr,
     proc: Option<Proc>,
-    scratch: Option<Scratch>,
+    /// Config and logs, removed when the target is dropped.
+    _scratch: Option<Scratch>,
 }
 
 impl Running {
@@ -250,7 +251,7 @@ impl Running {
             kind: TargetKind::Direct,
             addr: origin,
             proc: None,
-            scratch: None,
+            _scratch: None,
         }
     }
 
@@ -259,29 +260,11 @@ impl Running {
         self.proc.as_ref().map(Proc::pid)
     }
 
-    /// Tells a proxy to stop gracefully (deploy).
-    pub fn drain(&self) -> std::io::Result<()> {
-        match &self.proc {
-            Some(p) => p.signal(self.kind.drain_signal()),
-            None => Ok(()),
-        }
-    }
-
-    /// Whether the process has exited (after a drain).
-    pub fn exited(&mut self) -> bool {
-        self.proc.as_mut().is_some_and(Proc::exited)
-    }
-
     /// Stops the process (by PID) and removes its scratch directory.
     pub async fn stop(&mut self) {
         if let Some(p) = self.proc.as_mut() {
             p.stop().await;
         }
-    }
-
-    /// A log file of the target's, for a failed run.
-    pub fn scratch_dir(&self) -> Option<&std::path::Path> {
-        self.scratch.as_ref().map(|s| s.path.as_path())
     }
 }
 
@@ -346,7 +329,7 @@ async fn launch(
         kind: spec.kind,
         addr: listen,
         proc: Some(proc),
-        scratch: Some(scratch),
+        _scratch: Some(scratch),
     })
 }
 

@@ -86,10 +86,6 @@ impl Proc {
         self.child.id()
     }
 
-    pub fn child_mut(&mut self) -> &mut Child {
-        &mut self.child
-    }
-
     /// Whether it has exited (and reaps it if so).
     pub fn exited(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(Some(_)))

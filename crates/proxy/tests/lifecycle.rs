@@ -457,9 +457,11 @@ async fn r4_early_413_from_an_origin_that_resets_still_reaches_the_client() {
     explained(
         &linger,
         "ok",
+        // The origin announced its close (`Connection: close`) before its reset: the
+        // response head names the close.
         &[
             ("downstream", "early_response"),
-            ("upstream", "upstream_rst"),
+            ("upstream", "upstream_connection_close"),
         ],
     )
     .await;

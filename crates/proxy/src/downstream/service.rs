@@ -782,6 +782,7 @@ impl DsService {
                 inflight.endpoint_in_flight = Some((cluster.clone(), ep_idx));
                 let written_before = conn.shared.stats.bytes_written();
                 let sent_at = Instant::now();
+                let _judging = conn.shared.open_exchange();
                 let fut = conn.sender.try_send_request(up_req);
                 let outcome = tokio::time::timeout(cluster.cfg.response_timeout, fut).await;
                 inflight.endpoint_in_flight = None;

@@ -30,6 +30,10 @@ pub use self::pool::Pool;
 
 static UPSTREAM_CONN_IDS: AtomicU64 = AtomicU64::new(1);
 
+/// How long a connection's task waits, after the connection ended, for the request in
+/// flight to name the close.
+const JUDGEMENT_WAIT: Duration = Duration::from_secs(1);
+
 /// State shared by an upstream connection's task and whoever holds the connection.
 #[derive(Debug)]
 pub struct ConnShared {
@@ -42,6 +46,21 @@ pub struct ConnShared {
     /// Set before an upgrade request is sent: when hyper hands the socket over after a
     /// 101, the connection task must not close it.
     upgrading: std::sync::atomic::AtomicBool,
+    /// A request was sent and its outcome (response head or error) is not judged yet.
+    exchange_open: std::sync::atomic::AtomicBool,
+    judged: tokio::sync::Notify,
+}
+
+/// Held while a request's outcome is being judged; dropping it says the judgement (and
+/// any close reason it names) is done.
+#[derive(Debug)]
+pub struct ExchangeGuard(Arc<ConnShared>);
+
+impl Drop for ExchangeGuard {
+    fn drop(&mut self) {
+        self.0.exchange_open.store(false, Ordering::Release);
+        self.0.judged.notify_waiters();
+    }
 }
 
 // === impl ConnShared ===
@@ -56,6 +75,25 @@ impl ConnShared {
         self.set_reason(reason);
         if let Some(tx) = self.abort.lock().expect("abort lock").take() {
             let _ = tx.send(());
+        }
+    }
+
+    /// Marks a request as sent; its outcome is judged until the guard drops. hyper can end
+    /// the connection (a `Connection: close` response, the upstream's FIN) before the
+    /// request's task has read the response head and named the close: the connection's
+    /// task waits for that judgement before it counts the close.
+    pub fn open_exchange(self: &Arc<Self>) -> ExchangeGuard {
+        self.exchange_open.store(true, Ordering::Release);
+        ExchangeGuard(self.clone())
+    }
+
+    /// Waits (at most `bound`) until no request's outcome is still being judged.
+    async fn judgement(&self, bound: Duration) {
+        let judged = self.judged.notified();
+        tokio::pin!(judged);
+        judged.as_mut().enable();
+        if self.exchange_open.load(Ordering::Acquire) {
+            let _ = tokio::time::timeout(bound, judged).await;
         }
     }
 
@@ -344,6 +382,8 @@ impl Cluster {
             abort: Mutex::new(Some(abort_tx)),
             reason: Mutex::new(None),
             upgrading: std::sync::atomic::AtomicBool::new(false),
+            exchange_open: std::sync::atomic::AtomicBool::new(false),
+            judged: tokio::sync::Notify::new(),
         });
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
             .max_buf_size(256 * 1024)
@@ -369,6 +409,9 @@ impl Cluster {
                 registry.close(&task_shared.entry, "upgraded");
                 return;
             }
+            // A request whose response head or error is still being judged names the
+            // close (R9: `Connection: close`); wait for it, briefly.
+            task_shared.judgement(JUDGEMENT_WAIT).await;
             let reason = {
                 let r = task_shared.reason.lock().expect("close reason lock");
                 *r

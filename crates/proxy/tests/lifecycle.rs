@@ -394,37 +394,50 @@ async fn upload_8mb(addr: std::net::SocketAddr) -> (Vec<u8>, End) {
     (out, end)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn r4_early_413_is_read_whole_then_eof_never_reset() {
-    trace_init();
+/// `runs` 8 MB uploads to an origin that answers 413 before reading the body, then
+/// drains it (`early_drain`) or closes with it unread (its kernel resets): each client
+/// reads the whole 413 with `Connection: close`, then EOF, never a reset.
+async fn early_413_reaches_the_client_whole(early_drain: bool, runs: usize) {
     let origin = Origin::start(OriginConfig {
         early_status: Some(413),
-        early_drain: true,
+        early_drain,
         ..Default::default()
     })
     .await
     .unwrap();
     let linger = InProcess::start(&[origin.addr], |_| {}).unwrap();
-    for run in 0..100 {
+    for run in 0..runs {
         let (bytes, end) = upload_8mb(linger.addr).await;
         let text = String::from_utf8_lossy(&bytes).to_ascii_lowercase();
-        assert_eq!(end, End::Eof, "run {run}: the client saw a reset");
-        assert!(text.starts_with("http/1.1 413"), "run {run}: {text}");
+        assert!(
+            text.starts_with("http/1.1 413"),
+            "run {run}: {text}\n{:#?}",
+            linger.log_lines().last()
+        );
         assert!(
             text.ends_with("413 early\n"),
             "run {run}: the whole body: {text}"
         );
         assert!(text.contains("connection: close"), "run {run}: {text}");
+        assert_eq!(end, End::Eof, "run {run}: the client saw a reset");
     }
     explained(
         &linger,
         "ok",
+        // The origin announced its close (`Connection: close`) before it drained or
+        // reset: the response head names the close.
         &[
             ("downstream", "early_response"),
             ("upstream", "upstream_connection_close"),
         ],
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r4_early_413_is_read_whole_then_eof_never_reset() {
+    trace_init();
+    early_413_reaches_the_client_whole(true, 100).await;
 }
 
 /// The origin answers 413 and closes with the body unread, so its kernel resets linger's
@@ -435,36 +448,7 @@ async fn r4_early_413_is_read_whole_then_eof_never_reset() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r4_early_413_from_an_origin_that_resets_still_reaches_the_client() {
     trace_init();
-    let origin = Origin::start(OriginConfig {
-        early_status: Some(413),
-        early_drain: false,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let linger = InProcess::start(&[origin.addr], |_| {}).unwrap();
-    for run in 0..30 {
-        let (bytes, end) = upload_8mb(linger.addr).await;
-        let text = String::from_utf8_lossy(&bytes).to_ascii_lowercase();
-        assert!(
-            text.starts_with("http/1.1 413"),
-            "run {run}: {text}\n{:#?}",
-            linger.log_lines().last()
-        );
-        assert!(text.ends_with("413 early\n"), "run {run}: {text}");
-        assert_eq!(end, End::Eof, "run {run}: the client saw a reset");
-    }
-    explained(
-        &linger,
-        "ok",
-        // The origin announced its close (`Connection: close`) before its reset: the
-        // response head names the close.
-        &[
-            ("downstream", "early_response"),
-            ("upstream", "upstream_connection_close"),
-        ],
-    )
-    .await;
+    early_413_reaches_the_client_whole(false, 30).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

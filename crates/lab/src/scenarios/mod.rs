@@ -24,7 +24,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::netns::NetLab;
-use crate::peers::client::Response;
+use crate::peers::client::{request_then_leave, Leave, Left, Response};
 use crate::peers::{KeepAliveClient, Origin, OriginConfig, Outcome};
 use crate::schedule::{Action, EventKind, Schedule, Step};
 use crate::targets::{Place, TargetKind, Tuning};
@@ -352,6 +352,37 @@ pub(crate) fn one_client(
         })
         .collect();
     s.clients.push(steps);
+}
+
+/// Starts every client of a schedule whose clients send `GET path` at their first step and
+/// all leave together at their second (a FIN and then reading, or a RST, as the step
+/// says); returns when they leave and their tasks.
+pub(crate) fn leave_together(
+    ctx: &Ctx,
+    path: &'static str,
+    bound: Duration,
+) -> (Instant, Vec<tokio::task::JoinHandle<Result<Left, Outcome>>>) {
+    let start = Instant::now();
+    let first = &ctx.schedule.clients[0];
+    let leave_at = start + first[0].gap() + first[1].gap();
+    let clients = ctx
+        .schedule
+        .clients
+        .iter()
+        .map(|steps| {
+            let (addr, open) = (ctx.addr, start + steps[0].gap());
+            let how = if steps[1].action == Action::Reset {
+                Leave::Reset
+            } else {
+                Leave::HalfClose
+            };
+            ctx.place.spawn(async move {
+                tokio::time::sleep_until(open).await;
+                request_then_leave(addr, path, leave_at, how, bound).await
+            })
+        })
+        .collect();
+    (leave_at, clients)
 }
 
 /// Waits until the origin has seen `expected` connections close after `since`, or

@@ -2,10 +2,7 @@
 
 use std::time::Duration;
 
-use tokio::time::Instant;
-
-use super::{origin_closes, Ctx, Loss, Measured, Scenario};
-use crate::peers::client::{request_then_leave, Leave};
+use super::{leave_together, origin_closes, Ctx, Loss, Measured, Scenario};
 use crate::peers::OriginConfig;
 use crate::schedule::{between, Action, Schedule, Step};
 use crate::targets::{TargetKind, Tuning};
@@ -60,16 +57,7 @@ fn plan(s: &mut Schedule, rng: &mut fastrand::Rng, n: usize) {
 
 fn drive(ctx: Ctx) -> super::BoxFuture<Measured> {
     Box::pin(async move {
-        let start = Instant::now();
-        let leave_at = start + ctx.schedule.clients[0][0].gap() + ctx.schedule.clients[0][1].gap();
-        let mut clients = Vec::new();
-        for steps in ctx.schedule.clients.iter() {
-            let (addr, open) = (ctx.addr, start + steps[0].gap());
-            clients.push(ctx.place.spawn(async move {
-                tokio::time::sleep_until(open).await;
-                request_then_leave(addr, "/events", leave_at, Leave::HalfClose, BOUND).await
-            }));
-        }
+        let (leave_at, clients) = leave_together(&ctx, "/events", BOUND);
         let timing = origin_closes(
             &ctx.origin,
             leave_at,

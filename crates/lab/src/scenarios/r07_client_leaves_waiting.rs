@@ -2,10 +2,7 @@
 
 use std::time::Duration;
 
-use tokio::time::Instant;
-
-use super::{origin_closes, Ctx, Loss, Measured, Scenario};
-use crate::peers::client::{request_then_leave, Leave};
+use super::{leave_together, origin_closes, Ctx, Loss, Measured, Scenario};
 use crate::peers::OriginConfig;
 use crate::schedule::{between, Action, Schedule, Step};
 use crate::targets::{TargetKind, Tuning};
@@ -72,23 +69,7 @@ fn plan(s: &mut Schedule, rng: &mut fastrand::Rng, n: usize) {
 
 fn drive(ctx: Ctx) -> super::BoxFuture<Measured> {
     Box::pin(async move {
-        let start = Instant::now();
-        let first = &ctx.schedule.clients[0];
-        let leave_at = start + first[0].gap() + first[1].gap();
-        let mut clients = Vec::new();
-        for steps in ctx.schedule.clients.iter() {
-            let addr = ctx.addr;
-            let open = start + steps[0].gap();
-            let how = if steps[1].action == Action::Reset {
-                Leave::Reset
-            } else {
-                Leave::HalfClose
-            };
-            clients.push(ctx.place.spawn(async move {
-                tokio::time::sleep_until(open).await;
-                request_then_leave(addr, "/slow", leave_at, how, BOUND).await
-            }));
-        }
+        let (leave_at, clients) = leave_together(&ctx, "/slow", BOUND);
         let timing = origin_closes(
             &ctx.origin,
             leave_at,

@@ -149,3 +149,72 @@ async fn valid_chunked_request_after_the_guard_reaches_upstream() {
     assert!(h2.starts_with("HTTP/1.1 200"), "{h2}");
     assert_eq!(up.seen().len(), 2);
 }
+
+#[tokio::test]
+async fn targets_not_in_a_form_their_method_allows_are_refused() {
+    trace_init();
+    refused(&[b"GET ! HTTP/1.1\r\nhost: a\r\n\r\n"]).await;
+    refused(&[b"GET example.com:80 HTTP/1.1\r\nhost: a\r\n\r\n"]).await;
+    refused(&[b"GET /\xce\xb4\xc2\xb6/t?q=1#narf HTTP/1.1\r\nhost: a\r\n\r\n"]).await;
+}
+
+#[tokio::test]
+async fn names_that_fold_into_framing_headers_are_refused() {
+    trace_init();
+    refused(&[b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\ntransfer_encoding: chunked\r\n\r\nhello"]).await;
+}
+
+#[tokio::test]
+async fn a_request_line_split_anywhere_with_a_newer_minor_version_is_served_as_1_1() {
+    trace_init();
+    let up = Upstream::ok_with_headers(vec![]).await;
+    let linger = InProcess::start(&[up.addr], |_| {}).unwrap();
+    let line = b"GET /v HTTP/1.2\r\nhost: a\r\n\r\n";
+    for split in [3, 12, 14, 15, 16] {
+        let mut s = tokio::net::TcpStream::connect(linger.addr).await.unwrap();
+        s.write_all(&line[..split]).await.unwrap();
+        s.flush().await.unwrap();
+        // The rest arrives as a separate read.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        s.write_all(&line[split..]).await.unwrap();
+        let (head, body) = read_response(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "split at {split}: {head}");
+        assert_eq!(body, b"ok\n");
+    }
+    assert_eq!(up.seen().len(), 5);
+}
+
+#[tokio::test]
+async fn a_body_on_get_is_forwarded_and_neither_connection_is_reused() {
+    trace_init();
+    let up = Upstream::ok_with_headers(vec![]).await;
+    let linger = InProcess::start(&[up.addr], |_| {}).unwrap();
+    let mut s = send_raw(
+        linger.addr,
+        b"GET /g HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\n\r\nhello",
+    )
+    .await;
+    let (bytes, end) = read_to_close(&mut s).await;
+    let text = String::from_utf8_lossy(&bytes).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    assert!(text.contains("connection: close"), "{text}");
+    assert_eq!(end, End::Eof);
+    // The client closing ends linger's lingering close at once.
+    drop(s);
+    let seen = up.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0].headers.get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..]),
+        "the upstream was told this connection ends"
+    );
+    explained(
+        &linger,
+        "ok",
+        &[
+            ("downstream", "ambiguous_request"),
+            ("upstream", "ambiguous_request"),
+        ],
+    )
+    .await;
+}

@@ -402,6 +402,7 @@ impl DsService {
             draining: self.worker.is_draining(),
             request_wants_close: record.wants_close,
             request_body_unread: body_unread,
+            ambiguous_request: false,
             fatal_error: close.is_some(),
         });
         let decision = match (close, decision) {
@@ -550,6 +551,10 @@ impl DsService {
 
         // --- build the upstream request head ---
         let ds_wants_close = wants_close(&req);
+        // A body on GET or HEAD: backends that ignore it would read it as the next request,
+        // so neither connection is reused after this exchange.
+        let ambiguous_body = (req.method() == Method::GET || req.method() == Method::HEAD)
+            && !req.body().is_end_stream();
         let idempotent = retry::is_idempotent(&req);
         let ds_upgrade = req
             .headers()
@@ -572,6 +577,8 @@ impl DsService {
         if let Some(u) = &upgrade {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, u.clone());
+        } else if ambiguous_body {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         let expect_continue = headers
             .get(header::EXPECT)
@@ -797,7 +804,10 @@ impl DsService {
                         // the close now (R9).
                         let may_close = resp.version() != Version::HTTP_11
                             || resp.headers().contains_key(header::CONNECTION);
-                        if may_close {
+                        if ambiguous_body {
+                            // linger asked for the close (`Connection: close` went up).
+                            conn.shared.note_close_reason(CloseReason::AmbiguousRequest);
+                        } else if may_close {
                             if let Reuse::Close(reason) = cluster.reuse.after_response(UpExchange {
                                 version: resp.version(),
                                 headers: resp.headers(),
@@ -931,13 +941,17 @@ impl DsService {
         if !body_complete {
             m.race("R4", "early_response");
         }
-        let reuse = cluster.reuse.after_response(UpExchange {
-            version: parts.version,
-            headers: &parts.headers,
-            served: conn.requests,
-            requests_left: conn.requests_left,
-            request_body_complete: body_complete,
-        });
+        let reuse = if ambiguous_body {
+            Reuse::Close(CloseReason::AmbiguousRequest)
+        } else {
+            cluster.reuse.after_response(UpExchange {
+                version: parts.version,
+                headers: &parts.headers,
+                served: conn.requests,
+                requests_left: conn.requests_left,
+                request_body_complete: body_complete,
+            })
+        };
         if let Reuse::Close(reason) = reuse {
             // Decided now, on the head: if the upstream's FIN ends the connection before the
             // body is done, the close is still explained by this reason.
@@ -964,6 +978,7 @@ impl DsService {
             draining: self.worker.is_draining(),
             request_wants_close: ds_wants_close,
             request_body_unread: !body_complete,
+            ambiguous_request: ambiguous_body,
             fatal_error: false,
         });
         self.apply_decision(&mut parts.headers, decision, &mut record);
@@ -1037,6 +1052,8 @@ impl DsService {
     }
 
     fn route(&self, host: &str, path: &str) -> Option<usize> {
+        // `OPTIONS *` asks about the server as a whole: it goes where `/` goes.
+        let path = if path == "*" { "/" } else { path };
         self.listener.routes.iter().find_map(|r| {
             let host_ok = match &r.host {
                 HostMatch::Any => true,

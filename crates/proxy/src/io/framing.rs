@@ -11,7 +11,19 @@
 //! * more than one `Content-Length` (even equal), or one that is not a plain number;
 //! * a `Transfer-Encoding` whose last coding is not `chunked`, or `chunked` twice;
 //! * `Transfer-Encoding` on HTTP/1.0;
-//! * an invalid chunk size line, chunk data not followed by CRLF, obs-fold in trailers.
+//! * an invalid chunk line: a size that is not hex, whitespace after the size without an
+//!   extension, an extension without a name, an unterminated quoted value; chunk data not
+//!   followed by CRLF, obs-fold in trailers;
+//! * a request target that is not in the form its method allows (RFC 9112 §3.2:
+//!   origin-form, absolute-form with `http` or `https`, authority-form only for `CONNECT`,
+//!   `*` only for `OPTIONS`), or that holds a byte outside visible ASCII or a `#fragment`;
+//! * a header name that CGI and WSGI servers fold into a framing header (`Content_Length`,
+//!   `Transfer---Encoding`: the same letters with other separators).
+//!
+//! A request line whose version is `HTTP/1.2` to `HTTP/1.9` is served as HTTP/1.1 (RFC
+//! 9110 §2.5: a higher minor version is answered by the highest one supported): the guard
+//! rewrites the digit before hyper parses the line, and withholds a request line that
+//! arrives in pieces until its end, so that the digit is never handed over unseen.
 //!
 //! Heads that `httparse` itself rejects (obs-fold, bad tokens) and heads over the size or
 //! count limits are left to hyper, which answers them with 400 or 431. After a request
@@ -30,6 +42,8 @@ pub enum FramingViolation {
     InvalidChunkSize,
     MissingChunkCrlf,
     ObsFoldInTrailer,
+    InvalidTarget,
+    FramingHeaderLookalike,
 }
 
 impl FramingViolation {
@@ -45,6 +59,10 @@ impl FramingViolation {
             Self::InvalidChunkSize => "invalid chunk size",
             Self::MissingChunkCrlf => "chunk data not followed by CRLF",
             Self::ObsFoldInTrailer => "obs-fold in a trailer",
+            Self::InvalidTarget => "request target not in a form its method allows",
+            Self::FramingHeaderLookalike => {
+                "header name that folds into Content-Length or Transfer-Encoding"
+            }
         }
     }
 }
@@ -92,6 +110,18 @@ pub struct FramingGuard {
     /// The current head or line, as far as it has arrived.
     pending: Vec<u8>,
     max_head: usize,
+    /// Bytes of a request line that has not ended yet, read but not handed to the reader.
+    held: Vec<u8>,
+}
+
+/// What the reader may hand on after [`FramingGuard::feed`].
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Fed {
+    /// Bytes held back by earlier reads, now released: they go before this read's bytes.
+    pub release: Option<Vec<u8>>,
+    /// How many bytes at the end of this read are held back (a request line still
+    /// arriving).
+    pub hold: usize,
 }
 
 // === impl FramingGuard ===
@@ -102,51 +132,85 @@ impl FramingGuard {
             state: State::Head,
             pending: Vec::new(),
             max_head,
+            held: Vec::new(),
         }
     }
 
-    /// Feeds bytes as they are read from the downstream socket.
-    pub fn feed(&mut self, mut bytes: &[u8]) -> Result<(), FramingViolation> {
-        while !bytes.is_empty() {
+    /// Bytes held back, handed over at the end of the stream.
+    pub fn take_held(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.held)
+    }
+
+    /// Feeds bytes as they are read from the downstream socket. It may rewrite a request
+    /// line's version in `input`, and says which bytes the reader hands on now.
+    pub fn feed(&mut self, input: &mut [u8]) -> Result<Fed, FramingViolation> {
+        let mut fed = Fed::default();
+        let mut i = 0;
+        while i < input.len() {
             match &mut self.state {
-                State::Passthrough => return Ok(()),
+                State::Passthrough => break,
                 State::Head => {
-                    let start = self.pending.len().saturating_sub(3);
-                    self.pending.extend_from_slice(bytes);
+                    let old_len = self.pending.len();
+                    let line_was_done = request_line_end(&self.pending).is_some();
+                    self.pending.extend_from_slice(&input[i..]);
+                    if !line_was_done {
+                        let Some(line_end) = request_line_end(&self.pending) else {
+                            if self.pending.len() > self.max_head {
+                                // hyper answers 431; nothing more to follow.
+                                self.state = State::Passthrough;
+                                fed.release = Some(std::mem::take(&mut self.held));
+                                return Ok(fed);
+                            }
+                            self.held.extend_from_slice(&input[i..]);
+                            fed.hold = input.len() - i;
+                            return Ok(fed);
+                        };
+                        if let Some(d) = newer_minor_version(&self.pending[..=line_end]) {
+                            self.pending[d] = b'1';
+                            if d < old_len {
+                                self.held[d] = b'1';
+                            } else {
+                                input[i + d - old_len] = b'1';
+                            }
+                        }
+                        if !self.held.is_empty() {
+                            fed.release = Some(std::mem::take(&mut self.held));
+                        }
+                    }
+                    let start = old_len.saturating_sub(3);
                     let Some(end) =
                         find(&self.pending[start..], b"\r\n\r\n").map(|p| start + p + 4)
                     else {
                         if self.pending.len() > self.max_head {
-                            // hyper answers 431; nothing more to follow.
                             self.state = State::Passthrough;
                         }
-                        return Ok(());
+                        return Ok(fed);
                     };
                     // Bytes after the head belong to the body or the next request.
-                    let consumed_from_input = bytes.len() - (self.pending.len() - end);
-                    bytes = &bytes[consumed_from_input..];
+                    i = input.len() - (self.pending.len() - end);
                     self.pending.truncate(end);
                     self.state = self.check_head()?;
                     self.pending.clear();
                 }
                 State::Body { remaining } => {
-                    let n = (*remaining).min(bytes.len() as u64);
+                    let n = (*remaining).min((input.len() - i) as u64);
                     *remaining -= n;
-                    bytes = &bytes[n as usize..];
+                    i += n as usize;
                     if *remaining == 0 {
                         self.state = State::Head;
                     }
                 }
                 State::ChunkSize | State::Trailers => {
-                    let Some(nl) = bytes.iter().position(|&b| b == b'\n') else {
-                        self.pending.extend_from_slice(bytes);
+                    let rest = &input[i..];
+                    let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
+                        self.pending.extend_from_slice(rest);
                         if self.pending.len() > MAX_CHUNK_LINE {
                             return Err(FramingViolation::InvalidChunkSize);
                         }
-                        return Ok(());
+                        return Ok(fed);
                     };
-                    self.pending.extend_from_slice(&bytes[..=nl]);
-                    bytes = &bytes[nl + 1..];
+                    self.pending.extend_from_slice(&rest[..=nl]);
+                    i += nl + 1;
                     let line = std::mem::take(&mut self.pending);
                     self.state = if matches!(self.state, State::ChunkSize) {
                         match parse_chunk_size(&line)? {
@@ -162,19 +226,19 @@ impl FramingGuard {
                     };
                 }
                 State::ChunkData { remaining } => {
-                    let n = (*remaining).min(bytes.len() as u64);
+                    let n = (*remaining).min((input.len() - i) as u64);
                     *remaining -= n;
-                    bytes = &bytes[n as usize..];
+                    i += n as usize;
                     if *remaining == 0 {
                         self.state = State::ChunkCrlf { seen: 0 };
                     }
                 }
                 State::ChunkCrlf { seen } => {
                     let want = if *seen == 0 { b'\r' } else { b'\n' };
-                    if bytes[0] != want {
+                    if input[i] != want {
                         return Err(FramingViolation::MissingChunkCrlf);
                     }
-                    bytes = &bytes[1..];
+                    i += 1;
                     if *seen == 0 {
                         *seen = 1;
                     } else {
@@ -183,7 +247,7 @@ impl FramingGuard {
                 }
             }
         }
-        Ok(())
+        Ok(fed)
     }
 
     /// Checks a complete head and says what follows it.
@@ -195,12 +259,16 @@ impl FramingGuard {
             // hyper refuses these heads itself (400 or 431).
             _ => return Ok(State::Passthrough),
         }
+        check_target(req.method.unwrap_or(""), req.path.unwrap_or(""))?;
         let http10 = req.version == Some(0);
         let mut content_length: Option<u64> = None;
         let mut cl_count = 0;
         let mut te: Option<Vec<u8>> = None;
         let mut upgrade = false;
         for h in req.headers.iter() {
+            if folds_into_framing_header(h.name) {
+                return Err(FramingViolation::FramingHeaderLookalike);
+            }
             if h.name.eq_ignore_ascii_case("content-length") {
                 cl_count += 1;
                 let v = trim(h.value);
@@ -272,52 +340,181 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// `HEX[;extensions]\r\n` → the size.
-fn parse_chunk_size(line: &[u8]) -> Result<u64, FramingViolation> {
-    let line = line
-        .strip_suffix(b"\r\n")
-        .ok_or(FramingViolation::InvalidChunkSize)?;
-    let size = match line.iter().position(|&b| b == b';') {
-        Some(p) => &line[..p],
-        None => line,
-    };
-    // Whitespace before the extensions is tolerated (RFC 9112 §7.1.1 BWS).
-    let size = trim(size);
-    if size.is_empty() || size.len() > 16 || !size.iter().all(u8::is_ascii_hexdigit) {
-        return Err(FramingViolation::InvalidChunkSize);
+/// Where the request line in `head` ends (its `\n`), after any empty lines before it.
+fn request_line_end(head: &[u8]) -> Option<usize> {
+    let start = head.iter().position(|&b| b != b'\r' && b != b'\n')?;
+    head[start..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map(|p| start + p)
+}
+
+/// The index of the minor version digit in a request line that ends in ` HTTP/1.D` with D
+/// from 2 to 9 (served as HTTP/1.1), if it does.
+fn newer_minor_version(line: &[u8]) -> Option<usize> {
+    let body = line.strip_suffix(b"\n")?;
+    let body = body.strip_suffix(b"\r").unwrap_or(body);
+    let n = body.len();
+    (n > 9 && &body[n - 9..n - 1] == b" HTTP/1." && (b'2'..=b'9').contains(&body[n - 1]))
+        .then_some(n - 1)
+}
+
+/// RFC 9112 §3.2: origin-form for most methods, absolute-form (`http`, `https`) for any,
+/// authority-form only for CONNECT, asterisk-form only for OPTIONS; every byte visible
+/// ASCII, and no fragment (a client never sends one).
+fn check_target(method: &str, target: &str) -> Result<(), FramingViolation> {
+    let t = target.as_bytes();
+    if t.is_empty() || t.iter().any(|&b| !(0x21..=0x7e).contains(&b) || b == b'#') {
+        return Err(FramingViolation::InvalidTarget);
     }
-    u64::from_str_radix(
-        std::str::from_utf8(size).map_err(|_| FramingViolation::InvalidChunkSize)?,
-        16,
-    )
-    .map_err(|_| FramingViolation::InvalidChunkSize)
+    let ok = if method == "CONNECT" {
+        // host:port; hyper checks the rest.
+        t[0] != b'/' && t.contains(&b':')
+    } else if t == b"*" {
+        method == "OPTIONS"
+    } else if t[0] == b'/' {
+        true
+    } else {
+        let lower = target.to_ascii_lowercase();
+        lower
+            .strip_prefix("http://")
+            .or_else(|| lower.strip_prefix("https://"))
+            .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'))
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(FramingViolation::InvalidTarget)
+    }
+}
+
+/// A name with the letters of `Content-Length` or `Transfer-Encoding` but other separators
+/// (`Content_Length`, `Transfer---Encoding`): CGI and WSGI servers map `-` and `_` alike,
+/// so such a header can become a framing header behind linger.
+fn folds_into_framing_header(name: &str) -> bool {
+    let is = |canonical: &str| name.eq_ignore_ascii_case(canonical);
+    if is("content-length") || is("transfer-encoding") {
+        return false;
+    }
+    let mut letters = [0u8; 20];
+    let mut n = 0;
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() {
+            if n == letters.len() {
+                return false;
+            }
+            letters[n] = b.to_ascii_lowercase();
+            n += 1;
+        } else if b != b'-' && b != b'_' && b != b'.' {
+            return false;
+        }
+    }
+    let letters = &letters[..n];
+    letters == b"contentlength" || letters == b"transferencoding"
+}
+
+/// A chunk line, `size *( BWS ";" BWS name [ BWS "=" BWS value ] ) CRLF` (RFC 9112 §7.1.1),
+/// → the size. The name is a token; the value a token or a quoted string.
+fn parse_chunk_size(line: &[u8]) -> Result<u64, FramingViolation> {
+    let bad = FramingViolation::InvalidChunkSize;
+    let line = line.strip_suffix(b"\r\n").ok_or(bad)?;
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 16 {
+        return Err(bad);
+    }
+    let size = u64::from_str_radix(std::str::from_utf8(&line[..digits]).map_err(|_| bad)?, 16)
+        .map_err(|_| bad)?;
+    let mut rest = &line[digits..];
+    let bws = |r: &mut &[u8]| {
+        while let [b' ' | b'\t', tail @ ..] = *r {
+            *r = tail;
+        }
+    };
+    let token = |r: &mut &[u8]| -> Result<(), FramingViolation> {
+        let n = r.iter().take_while(|&&b| is_tchar(b)).count();
+        if n == 0 {
+            return Err(bad);
+        }
+        *r = &r[n..];
+        Ok(())
+    };
+    while !rest.is_empty() {
+        bws(&mut rest);
+        rest = rest.strip_prefix(b";").ok_or(bad)?;
+        bws(&mut rest);
+        token(&mut rest)?;
+        let mut after_name = rest;
+        bws(&mut after_name);
+        if let Some(value) = after_name.strip_prefix(b"=") {
+            rest = value;
+            bws(&mut rest);
+            if let Some(quoted) = rest.strip_prefix(b"\"") {
+                rest = quoted_string_rest(quoted).ok_or(bad)?;
+            } else {
+                token(&mut rest)?;
+            }
+        }
+    }
+    Ok(size)
+}
+
+/// The bytes after a quoted string's closing quote, given the bytes after its opening one.
+fn quoted_string_rest(mut s: &[u8]) -> Option<&[u8]> {
+    loop {
+        match s {
+            [b'"', rest @ ..] => return Some(rest),
+            [b'\\', c, rest @ ..] if *c == b'\t' || (0x20..=0x7e).contains(c) || *c >= 0x80 => {
+                s = rest;
+            }
+            [c, rest @ ..]
+                if *c == b'\t'
+                    || *c == b' '
+                    || *c >= 0x80
+                    || (0x21..=0x7e).contains(c) && *c != b'\\' =>
+            {
+                s = rest;
+            }
+            _ => return None,
+        }
+    }
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn run(input: &[u8]) -> Result<(), FramingViolation> {
-        FramingGuard::new(64 * 1024).feed(input)
-    }
-
-    /// Feeds the input one byte at a time: the guard must not depend on read boundaries.
-    fn run_bytewise(input: &[u8]) -> Result<(), FramingViolation> {
+    /// Feeds `input` in pieces of `step` bytes and returns what the reader is handed.
+    fn handed_on(input: &[u8], step: usize) -> Result<Vec<u8>, FramingViolation> {
         let mut g = FramingGuard::new(64 * 1024);
-        for b in input {
-            g.feed(std::slice::from_ref(b))?;
+        let mut out = Vec::new();
+        for piece in input.chunks(step) {
+            let mut piece = piece.to_vec();
+            let fed = g.feed(&mut piece)?;
+            if let Some(r) = fed.release {
+                out.extend_from_slice(&r);
+            }
+            out.extend_from_slice(&piece[..piece.len() - fed.hold]);
         }
-        Ok(())
+        out.extend_from_slice(&g.take_held());
+        Ok(out)
     }
 
+    /// The verdict, checked to be the same whatever the read boundaries, and the bytes
+    /// handed on to be the same too.
     fn both(input: &[u8]) -> Result<(), FramingViolation> {
-        let a = run(input);
-        assert_eq!(
-            a,
-            run_bytewise(input),
-            "read boundaries changed the verdict"
-        );
-        a
+        let whole = handed_on(input, input.len().max(1));
+        for step in [1, 2, 3, 7] {
+            assert_eq!(
+                whole,
+                handed_on(input, step),
+                "read boundaries changed the verdict"
+            );
+        }
+        whole.map(|_| ())
     }
 
     #[test]
@@ -399,6 +596,126 @@ mod tests {
         let mut req = head.clone();
         req.extend_from_slice(b"2\r\nhiX");
         assert_eq!(both(&req), Err(FramingViolation::MissingChunkCrlf));
+    }
+
+    #[test]
+    fn refuses_targets_not_in_a_form_their_method_allows() {
+        for line in [
+            "GET ! HTTP/1.1",
+            "GET a HTTP/1.1",
+            "GET example.com:80 HTTP/1.1",
+            "GET * HTTP/1.1",
+            "GET /t#narf HTTP/1.1",
+            "GET /\u{3b4} HTTP/1.1",
+            "GET ftp://a/x HTTP/1.1",
+            "GET http:///x HTTP/1.1",
+            "CONNECT /x HTTP/1.1",
+        ] {
+            let req = format!("{line}\r\nhost: a\r\n\r\n");
+            assert_eq!(
+                both(req.as_bytes()),
+                Err(FramingViolation::InvalidTarget),
+                "{line}"
+            );
+        }
+        for line in [
+            "OPTIONS * HTTP/1.1",
+            "GET /a?b=%20 HTTP/1.1",
+            "GET http://a/x HTTP/1.1",
+            "GET HTTPS://a:8443 HTTP/1.1",
+            "CONNECT a:443 HTTP/1.1",
+        ] {
+            let req = format!("{line}\r\nhost: a\r\n\r\n");
+            assert_eq!(both(req.as_bytes()), Ok(()), "{line}");
+        }
+    }
+
+    #[test]
+    fn refuses_names_that_fold_into_framing_headers() {
+        for name in [
+            "Transfer_Encoding",
+            "content_length",
+            "Transfer---Encoding",
+            "Content.Length",
+            "TRANSFER__ENCODING",
+        ] {
+            let req = format!("POST / HTTP/1.1\r\nhost: a\r\n{name}: chunked\r\n\r\n");
+            assert_eq!(
+                both(req.as_bytes()),
+                Err(FramingViolation::FramingHeaderLookalike),
+                "{name}"
+            );
+        }
+        for name in ["X_Content_Length", "Content-Lengths", "x_custom"] {
+            let req = format!("GET / HTTP/1.1\r\nhost: a\r\n{name}: 1\r\n\r\n");
+            assert_eq!(both(req.as_bytes()), Ok(()), "{name}");
+        }
+    }
+
+    #[test]
+    fn chunk_lines_follow_the_grammar() {
+        let head = "POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n";
+        for line in [
+            "5;a=\"x",
+            "2;",
+            "a ",
+            "2 ;",
+            "2;a=",
+            "2;a b",
+            "2;=b",
+            "2;a=\"x\"y",
+            "2;a=\"\\",
+        ] {
+            let req = format!("{head}{line}\r\nhi\r\n0\r\n\r\n");
+            assert_eq!(
+                both(req.as_bytes()),
+                Err(FramingViolation::InvalidChunkSize),
+                "{line:?}"
+            );
+        }
+        for line in [
+            "2",
+            "2;a",
+            "2 ; a = b",
+            "2;a=\"x;y\\\"z\"",
+            "2\t;a;b=c",
+            "0002",
+        ] {
+            let req = format!("{head}{line}\r\nhi\r\n0\r\n\r\n");
+            assert_eq!(both(req.as_bytes()), Ok(()), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn a_newer_minor_version_is_handed_on_as_http_1_1_whatever_the_read_boundaries() {
+        let input = b"\r\nGET /x HTTP/1.2\r\nhost: a\r\n\r\nGET /y HTTP/1.9\r\nhost: a\r\n\r\nGET /z HTTP/1.1\r\n\r\n";
+        let want = b"\r\nGET /x HTTP/1.1\r\nhost: a\r\n\r\nGET /y HTTP/1.1\r\nhost: a\r\n\r\nGET /z HTTP/1.1\r\n\r\n";
+        for step in 1..input.len() {
+            assert_eq!(
+                handed_on(input, step).unwrap(),
+                want.to_vec(),
+                "step {step}"
+            );
+        }
+        // Other versions are left as they are, for hyper to refuse.
+        for v in ["HTTP/1.10", "HTTP/2.0", "HTTP/1.a"] {
+            let req = format!("GET / {v}\r\n\r\n");
+            assert_eq!(handed_on(req.as_bytes(), 1).unwrap(), req.as_bytes());
+        }
+    }
+
+    #[test]
+    fn a_request_line_still_arriving_is_held_and_released_at_the_end_of_the_stream() {
+        let mut g = FramingGuard::new(1024);
+        let mut part = b"GET /x HT".to_vec();
+        assert_eq!(
+            g.feed(&mut part),
+            Ok(Fed {
+                release: None,
+                hold: 9
+            })
+        );
+        assert_eq!(g.take_held(), b"GET /x HT");
     }
 
     #[test]

@@ -219,6 +219,8 @@ pub struct SensorIo {
     stream: TcpStream,
     stats: Arc<IoStats>,
     guard: Option<Box<FramingGuard>>,
+    /// Bytes the guard held back and has released, handed on before anything else.
+    released: Vec<u8>,
     /// An upstream socket: a write that fails because the peer reset is reported to hyper
     /// as done, and the read side reports the end (see [`SensorIo::upstream`]).
     defer_write_reset: bool,
@@ -234,6 +236,7 @@ impl SensorIo {
             stream,
             stats: Arc::new(IoStats::default()),
             guard: None,
+            released: Vec::new(),
             defer_write_reset: false,
             write_dead: false,
         }
@@ -301,31 +304,59 @@ impl AsyncRead for SensorIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let before = buf.filled().len();
-        match ready!(Pin::new(&mut this.stream).poll_read(cx, buf)) {
-            Ok(()) => {
-                let n = buf.filled().len() - before;
-                if n == 0 {
-                    if buf.remaining() > 0 {
-                        this.stats.record_peer(PeerClose::Fin);
-                    }
-                } else {
-                    this.stats.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
-                    this.stats.on_bytes_read();
-                    if let Some(guard) = this.guard.as_mut() {
-                        if let Err(v) = guard.feed(&buf.filled()[before..]) {
-                            // Withhold the whole read: hyper never parses the request.
-                            buf.set_filled(before);
-                            *this.stats.violation.lock().expect("violation lock") = Some(v);
-                            return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, v)));
-                        }
+        loop {
+            if !this.released.is_empty() {
+                let n = this.released.len().min(buf.remaining());
+                buf.put_slice(&this.released[..n]);
+                this.released.drain(..n);
+                return Poll::Ready(Ok(()));
+            }
+            let before = buf.filled().len();
+            if let Err(e) = ready!(Pin::new(&mut this.stream).poll_read(cx, buf)) {
+                this.stats.record_error(&e);
+                return Poll::Ready(Err(e));
+            }
+            let n = buf.filled().len() - before;
+            if n == 0 {
+                if buf.remaining() > 0 {
+                    this.stats.record_peer(PeerClose::Fin);
+                }
+                // A request line cut short by the end: hand on what came of it.
+                if let Some(held) = this.guard.as_mut().map(|g| g.take_held()) {
+                    if !held.is_empty() {
+                        this.released = held;
+                        continue;
                     }
                 }
-                Poll::Ready(Ok(()))
+                return Poll::Ready(Ok(()));
             }
-            Err(e) => {
-                this.stats.record_error(&e);
-                Poll::Ready(Err(e))
+            this.stats.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+            this.stats.on_bytes_read();
+            let Some(guard) = this.guard.as_mut() else {
+                return Poll::Ready(Ok(()));
+            };
+            match guard.feed(&mut buf.filled_mut()[before..]) {
+                Err(v) => {
+                    // Withhold the whole read: hyper never parses the request.
+                    buf.set_filled(before);
+                    *this.stats.violation.lock().expect("violation lock") = Some(v);
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, v)));
+                }
+                Ok(fed) => {
+                    let keep = n - fed.hold;
+                    if let Some(mut earlier) = fed.release {
+                        // Held bytes go first; this read's bytes follow them.
+                        earlier.extend_from_slice(&buf.filled()[before..before + keep]);
+                        buf.set_filled(before);
+                        this.released = earlier;
+                        continue;
+                    }
+                    buf.set_filled(before + keep);
+                    if keep > 0 {
+                        return Poll::Ready(Ok(()));
+                    }
+                    // Everything read is held: read on (or wait for more).
+                }
             }
         }
     }

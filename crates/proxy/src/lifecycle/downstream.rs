@@ -29,6 +29,8 @@ pub struct ResponseFacts {
     pub request_body_unread: bool,
     /// linger is answering with an error after which the connection is unusable.
     pub fatal_error: bool,
+    /// The request's framing is one a backend may read otherwise (a body on GET or HEAD).
+    pub ambiguous_request: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +57,8 @@ impl DownstreamPolicy {
             Some(CloseReason::ErrorResponse)
         } else if f.request_body_unread {
             Some(CloseReason::EarlyResponse)
+        } else if f.ambiguous_request {
+            Some(CloseReason::AmbiguousRequest)
         } else if f.draining {
             Some(CloseReason::Drain)
         } else if f.request_wants_close {

@@ -181,6 +181,9 @@ pub enum CloseReason {
     UpstreamDeadPeer,
     /// The response came before the request body was fully sent (R12).
     UnknownState,
+    /// A body on GET or HEAD: a backend that ignores such bodies reads the body as the
+    /// next request, so neither side's connection is reused (R12).
+    AmbiguousRequest,
 }
 
 // === impl CloseReason ===
@@ -234,6 +237,7 @@ impl CloseReason {
             Self::UpstreamRst => "upstream_rst",
             Self::UpstreamDeadPeer => "upstream_dead_peer",
             Self::UnknownState => "unknown_state",
+            Self::AmbiguousRequest => "ambiguous_request",
         }
     }
 }

@@ -11,7 +11,6 @@
 //! The driver takes the socket back from hyper (`into_parts`) once hyper's connection future
 //! has ended, whether it ended cleanly or with an error.
 
-pub mod framing;
 pub mod socket;
 
 use std::io;
@@ -25,8 +24,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use self::framing::{FramingGuard, FramingViolation};
 use crate::observe::journal::{ConnState, Journal};
+use linger_h1::{FramingGuard, FramingViolation};
 
 /// What linger saw the peer do to the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,4 +1,4 @@
-//! The framing guard (R12): follows the request stream of a downstream connection at the IO
+//! The request gate (R12): follows the request stream of a downstream connection at the IO
 //! seam and stops it at the first ambiguous framing, before hyper parses the request.
 //!
 //! hyper accepts some framings a proxy must refuse: it drops `Content-Length` when
@@ -44,6 +44,7 @@ pub enum FramingViolation {
     ObsFoldInTrailer,
     InvalidTarget,
     FramingHeaderLookalike,
+    BareLineEnd,
 }
 
 impl FramingViolation {
@@ -60,6 +61,7 @@ impl FramingViolation {
             Self::MissingChunkCrlf => "chunk data not followed by CRLF",
             Self::ObsFoldInTrailer => "obs-fold in a trailer",
             Self::InvalidTarget => "request target not in a form its method allows",
+            Self::BareLineEnd => "a line in the request head not ended by CRLF",
             Self::FramingHeaderLookalike => {
                 "header name that folds into Content-Length or Transfer-Encoding"
             }
@@ -177,10 +179,21 @@ impl FramingGuard {
                             fed.release = Some(std::mem::take(&mut self.held));
                         }
                     }
-                    let start = old_len.saturating_sub(3);
-                    let Some(end) =
-                        find(&self.pending[start..], b"\r\n\r\n").map(|p| start + p + 4)
-                    else {
+                    // Empty lines before a request line are not a head (RFC 9112 §2.2).
+                    let line_start = self
+                        .pending
+                        .iter()
+                        .position(|&b| b != b'\r' && b != b'\n')
+                        .unwrap_or(self.pending.len());
+                    let start = old_len.saturating_sub(3).max(line_start);
+                    let end = find(&self.pending[start..], b"\r\n\r\n").map(|p| start + p + 4);
+                    // Every line of a head ends in CRLF: a bare LF or CR is a line end some
+                    // parsers see and others do not.
+                    let head = &self.pending[..end.unwrap_or(self.pending.len())];
+                    if bare_line_end(head, line_start, old_len) {
+                        return Err(FramingViolation::BareLineEnd);
+                    }
+                    let Some(end) = end else {
                         if self.pending.len() > self.max_head {
                             self.state = State::Passthrough;
                         }
@@ -338,6 +351,18 @@ fn trim(v: &[u8]) -> &[u8] {
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Whether `head[from..]` holds an LF not preceded by CR, or a CR followed by anything but
+/// LF (a CR just before `from` included). Nothing before `line_start` counts; a CR at the
+/// very end may still be followed by its LF.
+fn bare_line_end(head: &[u8], line_start: usize, from: usize) -> bool {
+    let from = from.saturating_sub(1).max(line_start);
+    (from..head.len()).any(|i| match head[i] {
+        b'\n' => i == line_start || head[i - 1] != b'\r',
+        b'\r' => head.get(i + 1).is_some_and(|&n| n != b'\n'),
+        _ => false,
+    })
 }
 
 /// Where the request line in `head` ends (its `\n`), after any empty lines before it.
@@ -702,6 +727,26 @@ mod tests {
             let req = format!("GET / {v}\r\n\r\n");
             assert_eq!(handed_on(req.as_bytes(), 1).unwrap(), req.as_bytes());
         }
+    }
+
+    #[test]
+    fn a_head_line_not_ended_by_crlf_is_refused() {
+        for input in [
+            &b"GET / HTTP/1.1\nHost: a\n\n"[..],
+            b"GET / HTTP/1.1\r\nHost: a\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\n\n",
+            b"GET / HTTP/1.1\r\nHost: a\rX: y\r\n\r\n",
+        ] {
+            assert_eq!(both(input), Err(FramingViolation::BareLineEnd), "{input:?}");
+        }
+    }
+
+    #[test]
+    fn empty_lines_between_requests_are_not_a_head() {
+        let input = b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 4\r\n\r\nq=42\r\n\r\nGET . HTTP/1.1\r\nhost: a\r\n\r\n";
+        assert_eq!(both(input), Err(FramingViolation::InvalidTarget));
+        let input = b"\r\n\r\nGET /x HTTP/1.1\r\nhost: a\r\n\r\n";
+        assert_eq!(both(input), Ok(()));
     }
 
     #[test]

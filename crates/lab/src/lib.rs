@@ -3,6 +3,7 @@
 //! linger, nginx and HAProxy. Also the probe and the chain check.
 
 pub mod check;
+pub mod corpus;
 pub mod demo;
 pub mod inproc;
 pub mod netns;

@@ -4,10 +4,11 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
 
 use clap::{Args, Subcommand};
+use linger_lab::corpus;
 use linger_lab::report;
 use linger_lab::runner::{self, Options, Report, Requests, Status};
 use linger_lab::scenarios::{self, Scenario};
-use linger_lab::targets::TargetKind;
+use linger_lab::targets::{StartError, TargetKind};
 
 #[derive(Args, Debug)]
 pub struct LabArgs {
@@ -21,6 +22,10 @@ enum LabCommand {
     List,
     /// Run scenarios against targets and print who lost requests.
     Run(RunArgs),
+    /// Send every row of the conformance corpus (public HTTP/1.1 parsing and smuggling
+    /// cases, `crates/lab/corpus/`) through each target to a recording origin, and print
+    /// per source and tier how many rows each handled as the row expects.
+    Conformance(ConformanceArgs),
     /// Install the other targets (nginx, HAProxy) and the tools R6 needs (iproute2,
     /// nftables) from Debian's packages. Needs root.
     Setup,
@@ -53,6 +58,27 @@ struct RunArgs {
 }
 
 #[derive(Args, Debug)]
+struct ConformanceArgs {
+    /// Targets, comma-separated: linger, nginx, haproxy (direct, no proxy, works too).
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        default_value = "linger,nginx,haproxy"
+    )]
+    target: Vec<String>,
+    /// Only the rows of these sources (comma-separated, as the rows name them:
+    /// aws/http-desync-guardian, nodejs/llhttp, uNetworking/h1spec,
+    /// narfindustries/http-garden, linger).
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    source: Vec<String>,
+    /// Also write the comparison as Markdown (the project keeps it as
+    /// docs/conformance.md).
+    #[arg(long, value_name = "FILE")]
+    write: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
 pub struct DemoArgs {
     /// Seed for the clients' gaps and choices (the same seed replays the same schedule).
     #[arg(long, default_value_t = 1)]
@@ -66,6 +92,7 @@ pub fn lab(args: LabArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         LabCommand::Run(args) => run(args),
+        LabCommand::Conformance(args) => conformance(args),
         LabCommand::Setup => setup(),
     }
 }
@@ -192,6 +219,137 @@ fn run(args: RunArgs) -> ExitCode {
         eprintln!("lab: JSON report in {}", path.display());
     }
     exit_status(&report)
+}
+
+/// `linger lab conformance`: exits 1 when linger misses a row or a target that is
+/// installed fails to run; what the other proxies miss is a finding, not a failure.
+fn conformance(args: ConformanceArgs) -> ExitCode {
+    let mut targets = Vec::new();
+    for t in &args.target {
+        match TargetKind::parse(t) {
+            Ok(k) if !targets.contains(&k) => targets.push(k),
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("error: --target: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let linger_bin = match linger_bin() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut rows = corpus::rows();
+    if !args.source.is_empty() {
+        for s in &args.source {
+            if !rows.iter().any(|r| &r.source == s) {
+                eprintln!("error: --source: no rows from {s:?}");
+                return ExitCode::from(2);
+            }
+        }
+        rows.retain(|r| args.source.contains(&r.source));
+    }
+    println!(
+        "linger lab conformance: {} rows x {} target(s)\n",
+        rows.len(),
+        targets.len()
+    );
+    let rt = runtime();
+    let mut results = Vec::new();
+    let mut failed = false;
+    for kind in targets {
+        let name = target_version(kind);
+        match rt.block_on(corpus::run_target(
+            kind,
+            linger_bin.clone(),
+            &rows,
+            &progress,
+        )) {
+            Ok(r) => {
+                println!("== {name}");
+                print!("{}", corpus::summary(&r));
+                println!();
+                if kind == TargetKind::Linger && r.iter().any(|(_, v)| !v.pass) {
+                    for (row, v) in r.iter().filter(|(_, v)| !v.pass) {
+                        eprintln!(
+                            "linger misses {}: {}",
+                            row.label(),
+                            v.why.as_deref().unwrap_or("")
+                        );
+                    }
+                    failed = true;
+                }
+                results.push((name, r));
+            }
+            Err(StartError::NotInstalled(why)) => println!("== {name}: not installed: {why}\n"),
+            Err(e) => {
+                eprintln!("error: {name}: {e}");
+                failed = true;
+            }
+        }
+    }
+    if let Some(path) = &args.write {
+        let sources = if args.source.is_empty() {
+            String::new()
+        } else {
+            format!(" --source {}", args.source.join(","))
+        };
+        let command = format!(
+            "linger lab conformance --target {}{sources} --write {}",
+            args.target.join(","),
+            path.display()
+        );
+        let md = corpus::markdown(&results, &command, &today());
+        if let Err(e) = std::fs::write(path, md) {
+            eprintln!("error: cannot write {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+        eprintln!("lab: the comparison is in {}", path.display());
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// `nginx 1.22.1`, `HAProxy 2.6.12`, `linger 0.1.0`: what each target reports of itself.
+fn target_version(kind: TargetKind) -> String {
+    let probe = |prog: &str, arg: &str, prefix: &str| -> Option<String> {
+        let out = Command::new(prog)
+            .arg(arg)
+            .stdin(Stdio::null())
+            .output()
+            .ok()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let at = text.find(prefix)? + prefix.len();
+        let version: String = text[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        (!version.is_empty()).then_some(version)
+    };
+    match kind {
+        TargetKind::Linger => format!("linger {}", env!("CARGO_PKG_VERSION")),
+        TargetKind::Nginx => {
+            probe("nginx", "-v", "nginx/").map_or_else(|| "nginx".into(), |v| format!("nginx {v}"))
+        }
+        TargetKind::Haproxy => probe("haproxy", "-v", "version ")
+            .map_or_else(|| "HAProxy".into(), |v| format!("HAProxy {v}")),
+        TargetKind::Direct => "direct (no proxy)".into(),
+    }
+}
+
+/// Now, as an HTTP date (`Fri, 04 Dec 2026 19:10:00 GMT`).
+fn today() -> String {
+    httpdate::fmt_http_date(std::time::SystemTime::now())
 }
 
 /// 1 when a run failed (the lab could not do its job), else 0: losses are findings.

@@ -333,3 +333,61 @@ fn docs_describe_every_scenario_with_its_promise() {
         );
     }
 }
+
+#[test]
+fn conformance_runs_the_rows_through_each_target_and_writes_the_comparison() {
+    let require = |var: &str| std::env::var(var).as_deref() == Ok("1");
+    let dir = std::env::temp_dir().join(format!("linger-conformance-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("conformance.md");
+    // linger's own rows only: the whole corpus is `linger lab conformance` without --source.
+    let out = lab(&[
+        "conformance",
+        "--target",
+        "linger,nginx,haproxy",
+        "--source",
+        "linger",
+        "--write",
+        path.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = linger_lab::corpus::rows()
+        .into_iter()
+        .filter(|r| r.source == "linger")
+        .count();
+    assert!(
+        text.contains(&format!("{rows} rows, {rows} pass, 0 fail")),
+        "linger must pass every row: {text}"
+    );
+    let md = std::fs::read_to_string(&path).expect("the comparison is written");
+    assert!(
+        md.contains("| source | tier | rows | linger 0.1.0 |"),
+        "{md}"
+    );
+    for (name, var) in [
+        ("nginx", "LINGER_REQUIRE_NGINX"),
+        ("HAProxy", "LINGER_REQUIRE_HAPROXY"),
+    ] {
+        if require(var) {
+            assert!(
+                md.contains(&format!(" {name} 1.")) || md.contains(&format!(" {name} 2.")),
+                "{name} missing: {md}"
+            );
+        } else if !md.contains(name) {
+            eprintln!("WARNING: {name} is not installed; its column was not checked");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn conformance_names_an_unknown_source() {
+    let out = lab(&["conformance", "--target", "linger", "--source", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no rows from \"nope\""));
+}

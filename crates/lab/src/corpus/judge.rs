@@ -79,6 +79,9 @@ impl fmt::Display for Outcome {
 pub struct Verdict {
     pub outcome: Outcome,
     pub pass: bool,
+    /// Whether it met the source's own verdict (differs from `pass` only on rows where
+    /// linger deviates).
+    pub source_pass: bool,
     /// Why it failed, when it did.
     pub why: Option<String>,
 }
@@ -123,11 +126,11 @@ pub fn judge(row: &Row, obs: &Observed) -> Verdict {
         other => Err(format!("expected a refusal, got: {other}")),
     };
     let forwarded_ok = forwarded_as_expected(row, obs, &outcome);
-    let result = match row.expect {
-        Expect::Refuse => refused_ok,
-        Expect::Forward => forwarded_ok,
-        Expect::RefuseOrIsolate => refused_ok.or_else(|_| {
-            forwarded_ok.and_then(|()| match &outcome {
+    let meets = |expect: Expect| match expect {
+        Expect::Refuse => refused_ok.clone(),
+        Expect::Forward => forwarded_ok.clone(),
+        Expect::RefuseOrIsolate => refused_ok.clone().or_else(|_| {
+            forwarded_ok.clone().and_then(|()| match &outcome {
                 Outcome::Forwarded { isolated: true, .. } => Ok(()),
                 other => Err(format!(
                     "expected a refusal, or forwarding with neither connection reused; got: {other}"
@@ -135,10 +138,13 @@ pub fn judge(row: &Row, obs: &Observed) -> Verdict {
             })
         }),
     };
+    let result = meets(row.expect);
+    let source_pass = meets(row.source_expect).is_ok();
     Verdict {
-        outcome,
         pass: result.is_ok(),
+        source_pass,
         why: result.err(),
+        outcome,
     }
 }
 

@@ -10,6 +10,7 @@ mod judge;
 mod origin;
 mod report;
 mod send;
+mod target;
 
 use std::fmt;
 
@@ -18,7 +19,8 @@ use serde::Deserialize;
 pub use self::judge::{judge, Outcome, Verdict};
 pub use self::origin::RecordingOrigin;
 pub use self::report::{markdown, summary, Tally};
-pub use self::send::{run_row, Observed};
+pub use self::send::{run_row, ClientEnd, Observed};
+pub use self::target::{run_target, QUIET};
 
 /// The corpus files, embedded so the binary carries them.
 const FILES: &[(&str, &str)] = &[
@@ -83,6 +85,7 @@ struct RawRow {
     send: String,
     fill: Option<usize>,
     expect: Expect,
+    source_expect: Option<Expect>,
     status: Option<u16>,
     requests: Option<usize>,
     upstream_body: Option<String>,
@@ -111,6 +114,8 @@ pub struct Row {
     /// The exact bytes a client sends.
     pub send: Vec<u8>,
     pub expect: Expect,
+    /// What the source expects, where linger deviates from it (else `expect`).
+    pub source_expect: Expect,
     pub status: Option<u16>,
     pub requests: usize,
     pub upstream_body: Option<Vec<u8>>,
@@ -151,6 +156,12 @@ fn parse_file(name: &str, text: &str) -> Result<(Source, Vec<Row>), String> {
     let mut rows = Vec::with_capacity(file.row.len());
     for (i, r) in file.row.into_iter().enumerate() {
         let at = |field: &str, e: String| format!("corpus/{name}: row {} ({field}): {e}", i + 1);
+        if r.deviation.is_some() != r.source_expect.is_some_and(|e| e != r.expect) {
+            return Err(at(
+                "deviation",
+                "a row that deviates gives both `deviation` and a `source_expect` other than `expect`".into(),
+            ));
+        }
         let mut send = unescape(&r.send).map_err(|e| at("send", e))?;
         send.resize(send.len() + r.fill.unwrap_or(0), b'x');
         let upstream_body = r
@@ -166,6 +177,7 @@ fn parse_file(name: &str, text: &str) -> Result<(Source, Vec<Row>), String> {
             tier: r.tier,
             send,
             expect: r.expect,
+            source_expect: r.source_expect.unwrap_or(r.expect),
             status: r.status,
             requests: r.requests.unwrap_or(1),
             upstream_body,

@@ -67,48 +67,24 @@ pub fn markdown(targets: &[(String, Vec<(Row, Verdict)>)], command: &str, date: 
          --test corpus` holds linger to every row on every change.\n\n",
     );
     let _ = writeln!(out, "Generated on {date} by:\n\n```sh\n{command}\n```\n");
-    out.push_str("## Rows handled as expected\n\n| source | tier | expect | rows |");
-    for (name, _) in targets {
-        let _ = write!(out, " {name} |");
-    }
-    out.push_str("\n|---|---|---|---:|");
-    for _ in targets {
-        out.push_str("---:|");
-    }
-    out.push('\n');
     let Some((_, first)) = targets.first() else {
         return out;
     };
-    let mut groups: Vec<(String, String, String)> = Vec::new();
-    for (row, _) in first {
-        let key = (row.source.clone(), row.tier.clone(), row.expect.to_string());
-        if !groups.contains(&key) {
-            groups.push(key);
-        }
-    }
-    for (source, tier, expect) in &groups {
-        let in_group =
-            |r: &Row| &r.source == source && &r.tier == tier && &r.expect.to_string() == expect;
-        let n = first.iter().filter(|(r, _)| in_group(r)).count();
-        let _ = write!(out, "| {source} | {tier} | {expect} | {n} |");
-        for (_, results) in targets {
-            let pass = results
-                .iter()
-                .filter(|(r, v)| in_group(r) && v.pass)
-                .count();
-            let _ = write!(out, " {pass} |");
-        }
-        out.push('\n');
-    }
-    let _ = write!(out, "| **all** | | | **{}** |", first.len());
-    for (_, results) in targets {
-        let _ = write!(
-            out,
-            " **{}** |",
-            results.iter().filter(|(_, v)| v.pass).count()
-        );
-    }
-    out.push_str("\n\n## Rows some proxy did not handle as expected\n\n");
+    out.push_str("## Rows handled as the source expects\n\n");
+    out.push_str(
+        "Each source's own verdict: refuse what it calls invalid or severe, refuse or \
+         isolate what it calls ambiguous, forward the rest.\n\n",
+    );
+    let by_tier = |r: &Row| (r.source.clone(), r.tier.clone(), String::new());
+    table(&mut out, targets, first, by_tier, |v| v.source_pass);
+    out.push_str("\n## Rows handled as linger's rows expect\n\n");
+    out.push_str(
+        "The same rows held to linger's expectation, which is the source's except where the \
+         last section says why linger deviates.\n\n",
+    );
+    let by_expect = |r: &Row| (r.source.clone(), r.tier.clone(), r.expect.to_string());
+    table(&mut out, targets, first, by_expect, |v| v.pass);
+    out.push_str("\n## Rows some proxy did not handle as linger's rows expect\n\n");
     out.push_str(
         "Each row's bytes as sent (escaped), what it expects, and what each proxy did.\n\n",
     );
@@ -152,6 +128,72 @@ pub fn markdown(targets: &[(String, Vec<(Row, Verdict)>)], command: &str, date: 
         out.push_str("None.\n");
     }
     out
+}
+
+type Key = (String, String, String);
+
+/// One table: a line per group of rows, each target's count of rows that `pass`.
+fn table(
+    out: &mut String,
+    targets: &[(String, Vec<(Row, Verdict)>)],
+    first: &[(Row, Verdict)],
+    key: impl Fn(&Row) -> Key,
+    pass: impl Fn(&Verdict) -> bool,
+) {
+    let with_expect = first.iter().any(|(r, _)| !key(r).2.is_empty());
+    out.push_str("| source | tier |");
+    if with_expect {
+        out.push_str(" expect |");
+    }
+    out.push_str(" rows |");
+    for (name, _) in targets {
+        let _ = write!(out, " {name} |");
+    }
+    out.push_str("\n|---|---|");
+    if with_expect {
+        out.push_str("---|");
+    }
+    out.push_str("---:|");
+    for _ in targets {
+        out.push_str("---:|");
+    }
+    out.push('\n');
+    let mut groups: Vec<Key> = Vec::new();
+    for (row, _) in first {
+        let k = key(row);
+        if !groups.contains(&k) {
+            groups.push(k);
+        }
+    }
+    for g in &groups {
+        let n = first.iter().filter(|(r, _)| &key(r) == g).count();
+        let _ = write!(out, "| {} | {} |", g.0, g.1.replace('|', "\\|"));
+        if with_expect {
+            let _ = write!(out, " {} |", g.2);
+        }
+        let _ = write!(out, " {n} |");
+        for (_, results) in targets {
+            let ok = results
+                .iter()
+                .filter(|(r, v)| &key(r) == g && pass(v))
+                .count();
+            let _ = write!(out, " {ok} |");
+        }
+        out.push('\n');
+    }
+    let _ = write!(out, "| **all** | |");
+    if with_expect {
+        out.push_str(" |");
+    }
+    let _ = write!(out, " **{}** |", first.len());
+    for (_, results) in targets {
+        let _ = write!(
+            out,
+            " **{}** |",
+            results.iter().filter(|(_, v)| pass(v)).count()
+        );
+    }
+    out.push('\n');
 }
 
 fn truncate(s: &str, max: usize) -> String {

@@ -155,12 +155,31 @@ impl FramingGuard {
                     let old_len = self.pending.len();
                     let line_was_done = request_line_end(&self.pending).is_some();
                     self.pending.extend_from_slice(&input[i..]);
+                    // Empty lines before a request line are not a head (RFC 9112 §2.2).
+                    let line_start = self
+                        .pending
+                        .iter()
+                        .position(|&b| b != b'\r' && b != b'\n')
+                        .unwrap_or(self.pending.len());
+                    let start = old_len.saturating_sub(3).max(line_start);
+                    let end = find(&self.pending[start..], b"\r\n\r\n").map(|p| start + p + 4);
+                    let head_len = end.unwrap_or(self.pending.len());
+                    // Every line of a head ends in CRLF: a bare LF or CR is a line end some
+                    // parsers see and others do not.
+                    // (Only as far as the size limit, past which hyper answers 431.)
+                    let checked = head_len.min(self.max_head + 1);
+                    if bare_line_end(&self.pending[..checked], line_start, old_len) {
+                        return Err(FramingViolation::BareLineEnd);
+                    }
                     if !line_was_done {
-                        let Some(line_end) = request_line_end(&self.pending) else {
-                            if self.pending.len() > self.max_head {
+                        // A request line is looked for within the size limit only.
+                        let Some(line_end) = request_line_end(&self.pending[..checked]) else {
+                            if head_len > self.max_head {
                                 // hyper answers 431; nothing more to follow.
                                 self.state = State::Passthrough;
-                                fed.release = Some(std::mem::take(&mut self.held));
+                                if !self.held.is_empty() {
+                                    fed.release = Some(std::mem::take(&mut self.held));
+                                }
                                 return Ok(fed);
                             }
                             self.held.extend_from_slice(&input[i..]);
@@ -179,24 +198,12 @@ impl FramingGuard {
                             fed.release = Some(std::mem::take(&mut self.held));
                         }
                     }
-                    // Empty lines before a request line are not a head (RFC 9112 §2.2).
-                    let line_start = self
-                        .pending
-                        .iter()
-                        .position(|&b| b != b'\r' && b != b'\n')
-                        .unwrap_or(self.pending.len());
-                    let start = old_len.saturating_sub(3).max(line_start);
-                    let end = find(&self.pending[start..], b"\r\n\r\n").map(|p| start + p + 4);
-                    // Every line of a head ends in CRLF: a bare LF or CR is a line end some
-                    // parsers see and others do not.
-                    let head = &self.pending[..end.unwrap_or(self.pending.len())];
-                    if bare_line_end(head, line_start, old_len) {
-                        return Err(FramingViolation::BareLineEnd);
+                    if head_len > self.max_head {
+                        // hyper answers 431; nothing more to follow.
+                        self.state = State::Passthrough;
+                        return Ok(fed);
                     }
                     let Some(end) = end else {
-                        if self.pending.len() > self.max_head {
-                            self.state = State::Passthrough;
-                        }
                         return Ok(fed);
                     };
                     // Bytes after the head belong to the body or the next request.
@@ -514,7 +521,15 @@ mod tests {
 
     /// Feeds `input` in pieces of `step` bytes and returns what the reader is handed.
     fn handed_on(input: &[u8], step: usize) -> Result<Vec<u8>, FramingViolation> {
-        let mut g = FramingGuard::new(64 * 1024);
+        handed_on_limited(input, step, 64 * 1024)
+    }
+
+    fn handed_on_limited(
+        input: &[u8],
+        step: usize,
+        max_head: usize,
+    ) -> Result<Vec<u8>, FramingViolation> {
+        let mut g = FramingGuard::new(max_head);
         let mut out = Vec::new();
         for piece in input.chunks(step) {
             let mut piece = piece.to_vec();
@@ -732,12 +747,34 @@ mod tests {
     #[test]
     fn a_head_line_not_ended_by_crlf_is_refused() {
         for input in [
-            &b"GET / HTTP/1.1\nHost: a\n\n"[..],
+            &b"GET / HTTP/\r\r1.1\r\nHost: a\r\n\r\n"[..],
+            b"GET / HTTP/1.1\nHost: a\n\n",
             b"GET / HTTP/1.1\r\nHost: a\nTransfer-Encoding: chunked\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\n\n",
             b"GET / HTTP/1.1\r\nHost: a\rX: y\r\n\r\n",
         ] {
             assert_eq!(both(input), Err(FramingViolation::BareLineEnd), "{input:?}");
+        }
+    }
+
+    /// Found by the fuzzer: past the size limit, a bare CR and a version rewrite were seen
+    /// or not depending on where reads split the stream.
+    #[test]
+    fn heads_past_the_size_limit_get_one_verdict_whatever_the_read_boundaries() {
+        let filler = "x".repeat(64);
+        for input in [
+            format!("GET /{filler} HTTP/1.1\r\nHost: a\r\nX: {filler}\rx\n\r\n"),
+            format!("GET / HTTP/1.2\r\nHost: a\r\nX: {filler}{filler}\r\n\r\n"),
+            format!("GET /{filler}{filler} HTTP/1.2\r\nHost: a\r\n\r\n"),
+        ] {
+            let whole = handed_on_limited(input.as_bytes(), input.len(), 100);
+            for step in [1, 2, 5, 13] {
+                assert_eq!(
+                    whole,
+                    handed_on_limited(input.as_bytes(), step, 100),
+                    "{input:?} in pieces of {step}"
+                );
+            }
         }
     }
 

@@ -208,6 +208,7 @@ async fn unknown_route_is_404() {
             host: "only.example".into(),
             path_prefix: "/".into(),
             cluster: "default".into(),
+            request_buffer_bytes: 0,
         });
     })
     .unwrap();

@@ -462,6 +462,14 @@ async fn r4_hold_policy_sends_the_early_response_after_the_body() {
         },
         |f| {
             f.listeners[0].early_response = EarlyResponsePolicy::Hold;
+            // The body streams (a buffered body is read whole first, so nothing is early).
+            f.routes.push(linger_proxy::config::FileRoute {
+                listener: String::new(),
+                host: String::new(),
+                path_prefix: "/".into(),
+                cluster: "default".into(),
+                request_buffer_bytes: 0,
+            });
         },
     )
     .await;

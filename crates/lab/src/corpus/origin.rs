@@ -50,6 +50,8 @@ impl Drop for RecordingOrigin {
 /// What the origin saw since the last [`RecordingOrigin::take`].
 #[derive(Debug, Clone, Default)]
 pub struct OriginView {
+    /// Connections accepted since the origin started.
+    pub accepted: usize,
     pub bytes: usize,
     pub requests: Vec<SeenRequest>,
     pub closed: Vec<usize>,
@@ -80,6 +82,7 @@ impl RecordingOrigin {
                     rec.conns += 1;
                     rec.conns - 1
                 };
+                c.notify_waiters();
                 tokio::spawn(serve(sock, conn, r.clone(), c.clone()));
             }
         });
@@ -95,6 +98,7 @@ impl RecordingOrigin {
     pub fn take(&self) -> OriginView {
         let mut rec = self.record.lock().expect("origin record");
         OriginView {
+            accepted: rec.conns,
             bytes: std::mem::take(&mut rec.bytes),
             requests: std::mem::take(&mut rec.requests),
             closed: std::mem::take(&mut rec.closed),
@@ -106,6 +110,7 @@ impl RecordingOrigin {
     pub fn peek(&self) -> OriginView {
         let rec = self.record.lock().expect("origin record");
         OriginView {
+            accepted: rec.conns,
             bytes: rec.bytes,
             requests: rec.requests.clone(),
             closed: rec.closed.clone(),

@@ -36,6 +36,11 @@ pub const DEFAULT_MAX_CONNECTION_AGE: ConfigDuration = ConfigDuration::from_secs
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Limit on the number of header fields in one request head; more get 431.
 pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// Request bodies with a `Content-Length` up to this are read whole before an upstream is
+/// chosen, so that a slow client never holds an upstream connection (per route).
+pub const DEFAULT_REQUEST_BUFFER_BYTES: usize = 64 * 1024;
+/// The longest wait for the next bytes of a request body linger is buffering: 408 after.
+pub const DEFAULT_REQUEST_BODY_TIMEOUT: ConfigDuration = ConfigDuration::from_secs(30);
 /// How long a closing connection keeps reading (and discarding) after linger's FIN (R4).
 pub const DEFAULT_LINGER_TIME: ConfigDuration = ConfigDuration::from_secs(5);
 /// How long a response may be held back waiting for the request body (policy `hold`, R4).
@@ -211,6 +216,8 @@ pub struct FileListener {
     pub announce_keep_alive: bool,
     #[serde(default = "default_header_read_timeout")]
     pub header_read_timeout: ConfigDuration,
+    #[serde(default = "default_request_body_timeout")]
+    pub request_body_timeout: ConfigDuration,
     #[serde(default = "default_max_requests")]
     pub max_requests_per_connection: u64,
     #[serde(default = "default_max_age")]
@@ -245,6 +252,10 @@ pub struct FileRoute {
     #[serde(default = "default_path_prefix")]
     pub path_prefix: String,
     pub cluster: String,
+    /// Bodies with a `Content-Length` up to this are read whole before an upstream is
+    /// chosen; 0 streams every body.
+    #[serde(default = "default_request_buffer_bytes")]
+    pub request_buffer_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -339,6 +350,12 @@ fn default_ds_idle() -> ConfigDuration {
 }
 fn default_header_read_timeout() -> ConfigDuration {
     DEFAULT_HEADER_READ_TIMEOUT
+}
+fn default_request_body_timeout() -> ConfigDuration {
+    DEFAULT_REQUEST_BODY_TIMEOUT
+}
+fn default_request_buffer_bytes() -> usize {
+    DEFAULT_REQUEST_BUFFER_BYTES
 }
 fn default_max_requests() -> u64 {
     DEFAULT_MAX_REQUESTS_PER_CONNECTION
@@ -470,6 +487,7 @@ pub struct ListenerConfig {
     pub idle_timeout: Duration,
     pub announce_keep_alive: bool,
     pub header_read_timeout: Duration,
+    pub request_body_timeout: Duration,
     pub max_requests_per_connection: Option<u64>,
     pub max_connection_age: Option<Duration>,
     pub max_header_bytes: usize,
@@ -489,6 +507,9 @@ pub struct RouteConfig {
     pub path_prefix: String,
     /// Index into `Config::clusters`.
     pub cluster: usize,
+    /// Bodies with a `Content-Length` up to this are read whole before an upstream is
+    /// chosen; 0 streams every body.
+    pub request_buffer_bytes: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -602,6 +623,7 @@ impl File {
             let address = parse_addr(&l.address).map_err(|m| err(k("address"), m))?;
             positive(l.idle_timeout, &k("idle_timeout")).map_err(|m| err(k("idle_timeout"), m))?;
             positive(l.header_read_timeout, "").map_err(|m| err(k("header_read_timeout"), m))?;
+            positive(l.request_body_timeout, "").map_err(|m| err(k("request_body_timeout"), m))?;
             if l.max_header_bytes < 8192 {
                 return Err(err(
                     k("max_header_bytes"),
@@ -632,6 +654,7 @@ impl File {
                 idle_timeout: l.idle_timeout.0,
                 announce_keep_alive: l.announce_keep_alive,
                 header_read_timeout: l.header_read_timeout.0,
+                request_body_timeout: l.request_body_timeout.0,
                 max_requests_per_connection: nonzero(l.max_requests_per_connection),
                 max_connection_age: nonzero_duration(l.max_connection_age),
                 max_header_bytes: l.max_header_bytes,
@@ -757,6 +780,7 @@ impl File {
                 host: HostMatch::Any,
                 path_prefix: "/".into(),
                 cluster: 0,
+                request_buffer_bytes: DEFAULT_REQUEST_BUFFER_BYTES,
             });
         }
         for (i, r) in self.routes.iter().enumerate() {
@@ -806,6 +830,7 @@ impl File {
                 host,
                 path_prefix: r.path_prefix.clone(),
                 cluster,
+                request_buffer_bytes: r.request_buffer_bytes,
             });
         }
 

@@ -277,12 +277,33 @@ fn wants_close(req: &Request<Incoming>) -> bool {
 }
 
 /// Sends `len` request-body bytes? Reads a whole body of known small length.
-async fn collect_bounded(body: Incoming, limit: usize) -> Result<Bytes, String> {
-    let collected = http_body_util::Limited::new(body, limit)
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(collected.to_bytes())
+/// Why a request body could not be read whole.
+enum BodyReadError {
+    /// No bytes for the listener's `request_body_timeout`.
+    Stalled,
+    Failed(String),
+}
+
+/// Reads a body of at most `limit` bytes whole, waiting at most `stall` for each frame.
+async fn collect_bounded(
+    body: Incoming,
+    limit: usize,
+    stall: Duration,
+) -> Result<Bytes, BodyReadError> {
+    let mut body = http_body_util::Limited::new(body, limit);
+    let mut out = bytes::BytesMut::new();
+    loop {
+        match tokio::time::timeout(stall, body.frame()).await {
+            Err(_) => return Err(BodyReadError::Stalled),
+            Ok(None) => return Ok(out.freeze()),
+            Ok(Some(Err(e))) => return Err(BodyReadError::Failed(e.to_string())),
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    out.extend_from_slice(&data);
+                }
+            }
+        }
+    }
 }
 
 // === impl DsService ===
@@ -530,7 +551,7 @@ impl DsService {
         } else {
             String::new()
         };
-        let Some(cluster_idx) = self.route(&host, req.uri().path()) else {
+        let Some((cluster_idx, request_buffer)) = self.route(&host, req.uri().path()) else {
             let detail = format!(
                 "no route for host {:?} path {:?}",
                 request_host(&req).unwrap_or_default(),
@@ -597,10 +618,25 @@ impl DsService {
         if body.is_end_stream() {
             progress.mark_done();
         } else {
+            // Read whole before an upstream is chosen: bodies the route buffers (a slow
+            // client then holds no upstream connection), and small bodies of idempotent
+            // requests (replayable on a retry). `Expect: 100-continue` leaves the choice to
+            // the origin, so such bodies stream.
             let exact = body.size_hint().exact();
-            let small = exact.is_some_and(|n| n <= cluster.cfg.retry.buffer_bytes as u64);
-            if idempotent && small && !expect_continue {
-                match collect_bounded(body, cluster.cfg.retry.buffer_bytes).await {
+            let fits = |limit: usize| exact.is_some_and(|n| n <= limit as u64);
+            let retry_buffer = cluster.cfg.retry.buffer_bytes;
+            let buffer = if expect_continue {
+                None
+            } else if fits(request_buffer) {
+                Some(request_buffer)
+            } else if idempotent && fits(retry_buffer) {
+                Some(retry_buffer)
+            } else {
+                None
+            };
+            if let Some(limit) = buffer {
+                let timeout = self.listener.cfg.request_body_timeout;
+                match collect_bounded(body, limit, timeout).await {
                     Ok(b) => {
                         progress.mark_done();
                         if let Some(r) = inflight.record.as_mut() {
@@ -608,7 +644,16 @@ impl DsService {
                         }
                         replay = Some(b);
                     }
-                    Err(e) => {
+                    Err(BodyReadError::Stalled) => {
+                        return self.local(
+                            &mut inflight,
+                            StatusCode::REQUEST_TIMEOUT,
+                            Termination::RequestBodyTimeout,
+                            format!("no request body bytes for {timeout:?}"),
+                            Some(CloseReason::RequestBodyTimeout),
+                        )
+                    }
+                    Err(BodyReadError::Failed(e)) => {
                         return self.local(
                             &mut inflight,
                             StatusCode::BAD_REQUEST,
@@ -1051,7 +1096,8 @@ impl DsService {
         Response::from_parts(parts, DownBody::full(Bytes::new(), Some(Box::new(finish))))
     }
 
-    fn route(&self, host: &str, path: &str) -> Option<usize> {
+    /// The first route that matches: its cluster and its request buffer.
+    fn route(&self, host: &str, path: &str) -> Option<(usize, usize)> {
         // `OPTIONS *` asks about the server as a whole: it goes where `/` goes.
         let path = if path == "*" { "/" } else { path };
         self.listener.routes.iter().find_map(|r| {
@@ -1060,7 +1106,8 @@ impl DsService {
                 HostMatch::Exact(h) => h == host,
                 HostMatch::Suffix(s) => host.ends_with(s.as_str()),
             };
-            (host_ok && path.starts_with(&r.path_prefix)).then_some(r.cluster)
+            (host_ok && path.starts_with(&r.path_prefix))
+                .then_some((r.cluster, r.request_buffer_bytes))
         })
     }
 

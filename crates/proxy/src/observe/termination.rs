@@ -62,6 +62,9 @@ pub enum Termination {
     DownstreamClosedStreaming,
     /// The downstream request body failed (reset, bad chunk) after forwarding began.
     DownstreamBodyError,
+    /// A request body linger was buffering stalled for `request_body_timeout`: 408,
+    /// connection closed, nothing sent upstream.
+    RequestBodyTimeout,
 }
 
 // === impl Termination ===
@@ -88,6 +91,7 @@ impl Termination {
             Self::DownstreamClosedWaiting => "downstream.waiting.closed",
             Self::DownstreamClosedStreaming => "downstream.response_body.closed",
             Self::DownstreamBodyError => "downstream.request_body.error",
+            Self::RequestBodyTimeout => "downstream.request_body.timeout",
         }
     }
 
@@ -111,7 +115,8 @@ impl Termination {
             Self::RequestHeadTimeout
             | Self::DownstreamClosedWaiting
             | Self::DownstreamClosedStreaming
-            | Self::DownstreamBodyError => Actor::Downstream,
+            | Self::DownstreamBodyError
+            | Self::RequestBodyTimeout => Actor::Downstream,
         }
     }
 }
@@ -136,6 +141,8 @@ pub enum CloseReason {
     IdleTimeout,
     /// A request head did not arrive in time: 408.
     HeaderReadTimeout,
+    /// A request body linger was buffering stalled: 408.
+    RequestBodyTimeout,
     /// `max_requests_per_connection` reached.
     MaxRequests,
     /// `max_connection_age` reached.
@@ -198,6 +205,7 @@ impl CloseReason {
                 | Self::PeerFinBusy
                 | Self::BadRequest
                 | Self::HeaderReadTimeout
+                | Self::RequestBodyTimeout
                 | Self::ErrorResponse
                 | Self::DownstreamDeadPeer
                 | Self::SocketError
@@ -216,6 +224,7 @@ impl CloseReason {
             Self::PeerFinBusy => "downstream_fin_busy",
             Self::IdleTimeout => "idle_timeout",
             Self::HeaderReadTimeout => "header_read_timeout",
+            Self::RequestBodyTimeout => "request_body_timeout",
             Self::MaxRequests => "max_requests",
             Self::MaxAge => "max_age",
             Self::Drain => "drain",

@@ -190,12 +190,39 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn budget_is_bounded_and_refills_with_requests() {
         let b = RetryBudget::new(0.2, 0);
-        // With no floor, 10 requests buy 2 retries.
+        // With no floor, 10 requests buy 2 retries; 5 more buy one more.
         for _ in 0..10 {
             b.deposit();
         }
         assert!(b.try_withdraw());
         assert!(b.try_withdraw());
         assert!(!b.try_withdraw(), "a third retry must exceed the budget");
+        for _ in 0..5 {
+            b.deposit();
+        }
+        assert!(b.try_withdraw());
+        assert!(!b.try_withdraw());
+        // Requests never fill it past its cap (10 retries without a floor), however many.
+        for _ in 0..10_000 {
+            b.deposit();
+        }
+        assert_eq!((0..100).filter(|_| b.try_withdraw()).count(), 10);
+        // Time alone adds nothing without a floor.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(!b.try_withdraw());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_floor_refills_with_time_up_to_its_cap() {
+        // 10 retries a second: it starts with 10, and time refills it.
+        let b = RetryBudget::new(0.0, 10);
+        assert_eq!((0..100).filter(|_| b.try_withdraw()).count(), 10);
+        assert!(!b.try_withdraw());
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert!(b.try_withdraw(), "100 ms at 10 per second buy one retry");
+        assert!(!b.try_withdraw());
+        // A long quiet spell fills it only to its cap: ten seconds' worth.
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert_eq!((0..1000).filter(|_| b.try_withdraw()).count(), 100);
     }
 }

@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod lab;
 use linger_proxy::config::{AccessLogTarget, Config, File};
-use linger_proxy::observe::AccessLog;
+use linger_proxy::AccessLog;
 use linger_proxy::Server;
 
 #[derive(Parser, Debug)]

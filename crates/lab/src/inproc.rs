@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use linger_proxy::config::File;
-use linger_proxy::observe::AccessLog;
+use linger_proxy::AccessLog;
 use linger_proxy::Server;
 use tokio::task::JoinHandle;
 

@@ -15,16 +15,17 @@
 //! does the same with `downstream.response_body.closed`.
 
 pub mod admin;
-pub mod body;
+mod body;
 pub mod config;
-pub mod downstream;
-pub mod forward;
-pub mod io;
-pub mod lifecycle;
-pub mod observe;
-pub mod retry;
+mod downstream;
+mod forward;
+mod io;
+mod lifecycle;
+mod observe;
+mod retry;
 pub mod server;
-pub mod upstream;
+mod upstream;
 
 pub use crate::config::{Config, File as ConfigFile};
+pub use crate::observe::AccessLog;
 pub use crate::server::Server;

@@ -866,7 +866,7 @@ impl DsService {
                         if let Some(r) = inflight.record.as_mut() {
                             r.first_byte_ms = Some(sent_at.elapsed().as_secs_f64() * 1000.0);
                         }
-                        break 'tries Ok((conn, resp, ep_idx));
+                        break 'tries Ok((conn, resp));
                     }
                     Ok(Err(mut e)) => {
                         cluster.end_try(ep_idx);
@@ -962,7 +962,7 @@ impl DsService {
             }
         };
 
-        let (conn, resp, ep_idx) = match result {
+        let (conn, resp) = match result {
             Ok(ok) => ok,
             Err((status, term, detail)) => {
                 return self.local(&mut inflight, status, term, detail, None);
@@ -1011,9 +1011,7 @@ impl DsService {
 
         let mut record = inflight.record.take().expect("record is taken once");
         inflight.upstream = None;
-        let upgrade_header = parts.headers.get(header::UPGRADE).cloned();
         forward::strip_hop_by_hop(&mut parts.headers);
-        let _ = upgrade_header;
         if self.listener.cfg.headers.via {
             forward::append_via(&mut parts.headers, parts.version);
         }
@@ -1029,7 +1027,6 @@ impl DsService {
         self.apply_decision(&mut parts.headers, decision, &mut record);
         parts.version = Version::HTTP_11;
         let status = parts.status.as_u16();
-        let _ = ep_idx;
         self.responding(status);
         let finish = Finish {
             svc: self.clone(),

@@ -136,10 +136,6 @@ impl IoStats {
         PeerClose::from_u8(self.peer.load(Ordering::Relaxed))
     }
 
-    pub fn fin_sent(&self) -> bool {
-        self.fin_sent.load(Ordering::Relaxed)
-    }
-
     pub fn errno(&self) -> Option<i32> {
         match self.errno.load(Ordering::Relaxed) {
             0 => None,
@@ -268,10 +264,6 @@ impl SensorIo {
 
     pub fn stats(&self) -> Arc<IoStats> {
         self.stats.clone()
-    }
-
-    pub fn stream(&self) -> &TcpStream {
-        &self.stream
     }
 
     pub fn into_stream(self) -> TcpStream {

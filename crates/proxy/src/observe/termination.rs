@@ -6,15 +6,6 @@
 
 use std::fmt;
 
-/// Who acted first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Actor {
-    Downstream,
-    Upstream,
-    Linger,
-    None,
-}
-
 /// How a request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Termination {
@@ -92,31 +83,6 @@ impl Termination {
             Self::DownstreamClosedStreaming => "downstream.response_body.closed",
             Self::DownstreamBodyError => "downstream.request_body.error",
             Self::RequestBodyTimeout => "downstream.request_body.timeout",
-        }
-    }
-
-    pub fn actor(self) -> Actor {
-        match self {
-            Self::Ok => Actor::None,
-            Self::BadRequest
-            | Self::MissingHost
-            | Self::HeadTooLarge
-            | Self::NoRoute
-            | Self::ResponseTimeout
-            | Self::RetryBudgetExhausted
-            | Self::RetriesExhausted => Actor::Linger,
-            Self::ConnectFailed
-            | Self::ConnectTimeout
-            | Self::UpstreamResetBeforeResponse
-            | Self::UpstreamClosedBeforeResponse
-            | Self::UpstreamDeadBeforeResponse
-            | Self::UpstreamProtocolError
-            | Self::UpstreamResetMidBody => Actor::Upstream,
-            Self::RequestHeadTimeout
-            | Self::DownstreamClosedWaiting
-            | Self::DownstreamClosedStreaming
-            | Self::DownstreamBodyError
-            | Self::RequestBodyTimeout => Actor::Downstream,
         }
     }
 }

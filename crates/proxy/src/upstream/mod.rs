@@ -458,8 +458,4 @@ impl Cluster {
             reused: false,
         })
     }
-
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
 }

@@ -31,10 +31,6 @@ impl Pool {
         }
     }
 
-    pub fn idle_count(&self) -> usize {
-        self.idle.lock().expect("pool lock").len()
-    }
-
     pub fn checkout(
         &self,
         now: Instant,

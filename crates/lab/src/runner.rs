@@ -119,6 +119,12 @@ pub struct Report {
 
 /// Runs `opts`; `progress` gets a line as each scenario starts and ends.
 pub async fn run(opts: &Options, progress: &(dyn Fn(&str) + Sync)) -> Report {
+    if opts.targets.contains(&TargetKind::Linger) {
+        // The settings in the report are the binary's own.
+        if let Err(e) = targets::load_linger_defaults(&opts.linger_bin) {
+            progress(&format!("cannot read linger's defaults: {e}"));
+        }
+    }
     let mut records = Vec::new();
     for &sc in &opts.scenarios {
         let n = opts.requests.for_scenario(sc);

@@ -114,6 +114,12 @@ fn setting(name: &str, value: Duration, default: Duration, by: Option<u32>) -> S
     }
 }
 
+/// Reads the linger binary's defaults (`linger check --print-config`) for the settings
+/// the report prints and the configs the lab writes; the first call wins.
+pub fn load_linger_defaults(bin: &std::path::Path) -> Result<linger::Defaults, String> {
+    linger::load_defaults(bin)
+}
+
 /// The settings `kind` runs with under `tuning`, as the report prints them.
 pub fn settings(kind: TargetKind, tuning: Tuning) -> Vec<String> {
     match kind {

@@ -273,6 +273,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         .enable_all()
         .build()
         .expect("the control runtime must start");
+    let access_log = server.access_log.clone();
     let code = rt.block_on(async move {
         if let Some(addr) = admin_addr {
             match tokio::net::TcpListener::bind(addr).await {
@@ -305,8 +306,9 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
         ExitCode::SUCCESS
     });
-    // Flush the access log thread's buffer by giving it a moment after the last record.
-    std::thread::sleep(Duration::from_millis(50));
+    if !access_log.flush(Duration::from_secs(5)) {
+        eprintln!("warning: the access log could not be flushed within 5 s");
+    }
     code
 }
 

@@ -1,5 +1,6 @@
 //! R10: SIGTERM to the linger binary under steady keep-alive load: clients that honour
-//! `Connection: close` lose nothing, in-flight requests complete, exit code 0.
+//! `Connection: close` lose nothing, in-flight requests complete, exit code 0, and the
+//! access log holds a line for every request when the process has exited.
 
 mod support;
 
@@ -11,7 +12,7 @@ use std::time::Duration;
 use linger_lab::peers::{KeepAliveClient, Origin, OriginConfig, Outcome};
 
 /// Starts the binary and returns it with the address it listens on (read from its log).
-fn spawn_linger(upstream: &str) -> (std::process::Child, String) {
+fn spawn_linger(upstream: &str, access_log: &str) -> (std::process::Child, String) {
     let (child, rx) = support::spawn_serve(&[
         "--listen",
         "127.0.0.1:0",
@@ -20,7 +21,7 @@ fn spawn_linger(upstream: &str) -> (std::process::Child, String) {
         "--admin",
         "off",
         "--access-log",
-        "off",
+        access_log,
         "--workers",
         "2",
     ]);
@@ -36,7 +37,9 @@ async fn sigterm_under_load_loses_no_request_and_exits_0() {
     })
     .await
     .unwrap();
-    let (mut child, addr) = spawn_linger(&origin.addr.to_string());
+    let log = std::env::temp_dir().join(format!("linger-drain-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let (mut child, addr) = spawn_linger(&origin.addr.to_string(), log.to_str().unwrap());
     let addr: std::net::SocketAddr = addr.parse().expect("a socket address");
     let ok = Arc::new(AtomicU64::new(0));
     let closes = Arc::new(AtomicU64::new(0));
@@ -107,5 +110,17 @@ async fn sigterm_under_load_loses_no_request_and_exits_0() {
         closes.load(Ordering::Relaxed),
         8,
         "every client was told to close"
+    );
+    // Flushed before exit, with no grace sleep: one line per answered request.
+    let text = std::fs::read_to_string(&log).expect("the access log exists");
+    let _ = std::fs::remove_file(&log);
+    let lines = text
+        .lines()
+        .filter(|l| l.contains("\"termination\":\"ok\""))
+        .count();
+    assert_eq!(
+        lines as u64,
+        ok.load(Ordering::Relaxed),
+        "access-log lines vs answers"
     );
 }

@@ -53,10 +53,18 @@ pub struct AccessRecord {
 }
 
 /// Where access-log lines go.
+/// What the writer thread is sent.
+#[derive(Debug)]
+pub enum Message {
+    Line(String),
+    /// Flush, then say so.
+    Flush(mpsc::Sender<()>),
+}
+
 #[derive(Debug, Clone)]
 pub enum AccessLog {
     Off,
-    Writer(mpsc::Sender<String>),
+    Writer(mpsc::Sender<Message>),
     /// Kept in memory; tests read it.
     Memory(Arc<Mutex<Vec<String>>>),
 }
@@ -81,17 +89,25 @@ impl AccessLog {
     }
 
     fn spawn_writer(out: Box<dyn Write + Send>) -> Self {
-        let (tx, rx) = mpsc::channel::<String>();
+        let (tx, rx) = mpsc::channel::<Message>();
         std::thread::Builder::new()
             .name("linger-access-log".into())
             .spawn(move || {
                 let mut w = BufWriter::with_capacity(64 * 1024, out);
-                while let Ok(line) = rx.recv() {
-                    let _ = w.write_all(line.as_bytes());
-                    let _ = w.write_all(b"\n");
-                    while let Ok(line) = rx.try_recv() {
+                let write = |w: &mut BufWriter<_>, m: Message| match m {
+                    Message::Line(line) => {
                         let _ = w.write_all(line.as_bytes());
                         let _ = w.write_all(b"\n");
+                    }
+                    Message::Flush(done) => {
+                        let _ = w.flush();
+                        let _ = done.send(());
+                    }
+                };
+                while let Ok(m) = rx.recv() {
+                    write(&mut w, m);
+                    while let Ok(m) = rx.try_recv() {
+                        write(&mut w, m);
                     }
                     let _ = w.flush();
                 }
@@ -99,6 +115,18 @@ impl AccessLog {
             })
             .expect("spawning the access-log thread must succeed");
         Self::Writer(tx)
+    }
+
+    /// Waits (at most `limit`) until every record written before this call is out of the
+    /// writer's buffer: at exit, so that no line is lost.
+    pub fn flush(&self, limit: std::time::Duration) -> bool {
+        match self {
+            Self::Writer(tx) => {
+                let (done_tx, done_rx) = mpsc::channel();
+                tx.send(Message::Flush(done_tx)).is_ok() && done_rx.recv_timeout(limit).is_ok()
+            }
+            Self::Off | Self::Memory(_) => true,
+        }
     }
 
     pub fn enabled(&self) -> bool {
@@ -110,7 +138,8 @@ impl AccessLog {
             Self::Off => {}
             Self::Writer(tx) => {
                 if let Ok(line) = serde_json::to_string(record) {
-                    let _ = tx.send(line);
+                    // The writer thread ends only with the process.
+                    let _ = tx.send(Message::Line(line));
                 }
             }
             Self::Memory(lines) => {

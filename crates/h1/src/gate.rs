@@ -31,6 +31,8 @@
 
 use std::fmt;
 
+use crate::body::{BodyDecoder, BodyError, Framing};
+
 /// What the guard refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FramingViolation {
@@ -45,6 +47,7 @@ pub enum FramingViolation {
     InvalidTarget,
     FramingHeaderLookalike,
     BareLineEnd,
+    TrailersTooLarge,
 }
 
 impl FramingViolation {
@@ -62,6 +65,7 @@ impl FramingViolation {
             Self::ObsFoldInTrailer => "obs-fold in a trailer",
             Self::InvalidTarget => "request target not in a form its method allows",
             Self::BareLineEnd => "a line in the request head not ended by CRLF",
+            Self::TrailersTooLarge => "trailers over the limit",
             Self::FramingHeaderLookalike => {
                 "header name that folds into Content-Length or Transfer-Encoding"
             }
@@ -77,8 +81,17 @@ impl fmt::Display for FramingViolation {
 
 impl std::error::Error for FramingViolation {}
 
-/// Longest chunk-size line accepted (size plus extensions).
-const MAX_CHUNK_LINE: usize = 4096;
+impl From<BodyError> for FramingViolation {
+    fn from(e: BodyError) -> Self {
+        match e {
+            BodyError::InvalidChunkLine | BodyError::Truncated => Self::InvalidChunkSize,
+            BodyError::MissingChunkCrlf => Self::MissingChunkCrlf,
+            BodyError::ObsFoldInTrailer => Self::ObsFoldInTrailer,
+            BodyError::TrailersTooLarge => Self::TrailersTooLarge,
+        }
+    }
+}
+
 /// Largest number of header fields the guard parses; more is left to hyper's 431.
 const MAX_HEADERS: usize = 256;
 
@@ -86,21 +99,8 @@ const MAX_HEADERS: usize = 256;
 enum State {
     /// Accumulating a request head.
     Head,
-    /// `remaining` bytes of a Content-Length body.
-    Body {
-        remaining: u64,
-    },
-    /// A chunk-size line.
-    ChunkSize,
-    /// Chunk data, then its CRLF.
-    ChunkData {
-        remaining: u64,
-    },
-    ChunkCrlf {
-        seen: u8,
-    },
-    /// Trailer lines until an empty line.
-    Trailers,
+    /// Following a request body.
+    Body(BodyDecoder),
     /// The guard stepped aside (upgrade, CONNECT, or a head hyper will refuse itself).
     Passthrough,
 }
@@ -212,57 +212,11 @@ impl FramingGuard {
                     self.state = self.check_head()?;
                     self.pending.clear();
                 }
-                State::Body { remaining } => {
-                    let n = (*remaining).min((input.len() - i) as u64);
-                    *remaining -= n;
-                    i += n as usize;
-                    if *remaining == 0 {
+                State::Body(body) => {
+                    let step = body.decode(&input[i..]).map_err(FramingViolation::from)?;
+                    i += step.consumed;
+                    if body.is_done() {
                         self.state = State::Head;
-                    }
-                }
-                State::ChunkSize | State::Trailers => {
-                    let rest = &input[i..];
-                    let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
-                        self.pending.extend_from_slice(rest);
-                        if self.pending.len() > MAX_CHUNK_LINE {
-                            return Err(FramingViolation::InvalidChunkSize);
-                        }
-                        return Ok(fed);
-                    };
-                    self.pending.extend_from_slice(&rest[..=nl]);
-                    i += nl + 1;
-                    let line = std::mem::take(&mut self.pending);
-                    self.state = if matches!(self.state, State::ChunkSize) {
-                        match parse_chunk_size(&line)? {
-                            0 => State::Trailers,
-                            n => State::ChunkData { remaining: n },
-                        }
-                    } else if line == b"\r\n" {
-                        State::Head
-                    } else if line.first().is_some_and(|&b| b == b' ' || b == b'\t') {
-                        return Err(FramingViolation::ObsFoldInTrailer);
-                    } else {
-                        State::Trailers
-                    };
-                }
-                State::ChunkData { remaining } => {
-                    let n = (*remaining).min((input.len() - i) as u64);
-                    *remaining -= n;
-                    i += n as usize;
-                    if *remaining == 0 {
-                        self.state = State::ChunkCrlf { seen: 0 };
-                    }
-                }
-                State::ChunkCrlf { seen } => {
-                    let want = if *seen == 0 { b'\r' } else { b'\n' };
-                    if input[i] != want {
-                        return Err(FramingViolation::MissingChunkCrlf);
-                    }
-                    i += 1;
-                    if *seen == 0 {
-                        *seen = 1;
-                    } else {
-                        self.state = State::ChunkSize;
                     }
                 }
             }
@@ -331,14 +285,14 @@ impl FramingGuard {
             return Ok(if method_switches {
                 State::Passthrough
             } else {
-                State::ChunkSize
+                State::Body(BodyDecoder::new(Framing::Chunked))
             });
         }
         if method_switches {
             return Ok(State::Passthrough);
         }
         Ok(match content_length {
-            Some(n) if n > 0 => State::Body { remaining: n },
+            Some(n) if n > 0 => State::Body(BodyDecoder::new(Framing::Length(n))),
             _ => State::Head,
         })
     }
@@ -443,76 +397,6 @@ fn folds_into_framing_header(name: &str) -> bool {
     }
     let letters = &letters[..n];
     letters == b"contentlength" || letters == b"transferencoding"
-}
-
-/// A chunk line, `size *( BWS ";" BWS name [ BWS "=" BWS value ] ) CRLF` (RFC 9112 §7.1.1),
-/// → the size. The name is a token; the value a token or a quoted string.
-fn parse_chunk_size(line: &[u8]) -> Result<u64, FramingViolation> {
-    let bad = FramingViolation::InvalidChunkSize;
-    let line = line.strip_suffix(b"\r\n").ok_or(bad)?;
-    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    if digits == 0 || digits > 16 {
-        return Err(bad);
-    }
-    let size = u64::from_str_radix(std::str::from_utf8(&line[..digits]).map_err(|_| bad)?, 16)
-        .map_err(|_| bad)?;
-    let mut rest = &line[digits..];
-    let bws = |r: &mut &[u8]| {
-        while let [b' ' | b'\t', tail @ ..] = *r {
-            *r = tail;
-        }
-    };
-    let token = |r: &mut &[u8]| -> Result<(), FramingViolation> {
-        let n = r.iter().take_while(|&&b| is_tchar(b)).count();
-        if n == 0 {
-            return Err(bad);
-        }
-        *r = &r[n..];
-        Ok(())
-    };
-    while !rest.is_empty() {
-        bws(&mut rest);
-        rest = rest.strip_prefix(b";").ok_or(bad)?;
-        bws(&mut rest);
-        token(&mut rest)?;
-        let mut after_name = rest;
-        bws(&mut after_name);
-        if let Some(value) = after_name.strip_prefix(b"=") {
-            rest = value;
-            bws(&mut rest);
-            if let Some(quoted) = rest.strip_prefix(b"\"") {
-                rest = quoted_string_rest(quoted).ok_or(bad)?;
-            } else {
-                token(&mut rest)?;
-            }
-        }
-    }
-    Ok(size)
-}
-
-/// The bytes after a quoted string's closing quote, given the bytes after its opening one.
-fn quoted_string_rest(mut s: &[u8]) -> Option<&[u8]> {
-    loop {
-        match s {
-            [b'"', rest @ ..] => return Some(rest),
-            [b'\\', c, rest @ ..] if *c == b'\t' || (0x20..=0x7e).contains(c) || *c >= 0x80 => {
-                s = rest;
-            }
-            [c, rest @ ..]
-                if *c == b'\t'
-                    || *c == b' '
-                    || *c >= 0x80
-                    || (0x21..=0x7e).contains(c) && *c != b'\\' =>
-            {
-                s = rest;
-            }
-            _ => return None,
-        }
-    }
-}
-
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 #[cfg(test)]

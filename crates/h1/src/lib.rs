@@ -6,6 +6,8 @@
 
 pub mod body;
 pub mod gate;
+pub mod response;
 
 pub use body::{BodyDecoder, BodyError, Framing};
 pub use gate::{Fed, FramingGuard, FramingViolation};
+pub use response::{response_framing, ResponseFraming, ResponseFramingError};

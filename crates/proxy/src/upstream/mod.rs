@@ -33,6 +33,12 @@ static UPSTREAM_CONN_IDS: AtomicU64 = AtomicU64::new(1);
 /// How long a connection's task waits, after the connection ended, for the request in
 /// flight to name the close.
 const JUDGEMENT_WAIT: Duration = Duration::from_secs(1);
+/// The most an upstream connection reads ahead of its client. A response body moves one
+/// read at a time: with a slow reader, one read waits in linger while the next fills this
+/// buffer, so it bounds the memory a slow client costs (256 KiB made 0.5 MiB per slow
+/// reader of a 1 MiB response; HAProxy's buffers are 16 KiB). 64 KiB reads still move a
+/// large body in few wake-ups.
+const UPSTREAM_READ_BUFFER: usize = 64 * 1024;
 
 /// State shared by an upstream connection's task and whoever holds the connection.
 #[derive(Debug)]
@@ -386,7 +392,7 @@ impl Cluster {
             judged: tokio::sync::Notify::new(),
         });
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
-            .max_buf_size(256 * 1024)
+            .max_buf_size(UPSTREAM_READ_BUFFER)
             .handshake::<_, UpBody>(TokioIo::new(io))
             .await
             .map_err(ConnectError::Handshake)?;

@@ -231,6 +231,20 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The admin listener is bound before anything is served, so that a port in use stops
+    // linger at once, with what to change.
+    let admin_socket = match admin_addr.map(std::net::TcpListener::bind).transpose() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!(
+                "error: the admin listener cannot bind {}: {e}\n\
+                 (another linger may be using it: set [admin] address = \"HOST:PORT\" in the \
+                 config, or pass --admin HOST:PORT, or --admin off)",
+                admin_addr.map(|a| a.to_string()).unwrap_or_default()
+            );
+            return ExitCode::from(2);
+        }
+    };
     for (l, s) in server.config.listeners.iter().zip(&sockets) {
         let addr = s.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!(listener = %l.name, %addr, workers, "listening");
@@ -275,15 +289,18 @@ fn serve(args: ServeArgs) -> ExitCode {
         .expect("the control runtime must start");
     let access_log = server.access_log.clone();
     let code = rt.block_on(async move {
-        if let Some(addr) = admin_addr {
-            match tokio::net::TcpListener::bind(addr).await {
+        if let Some(sock) = admin_socket {
+            let a = sock.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            let sock = sock
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::TcpListener::from_std(sock));
+            match sock {
                 Ok(sock) => {
-                    let a = sock.local_addr().map(|a| a.to_string()).unwrap_or_default();
                     tracing::info!(addr = %a, "admin listening (/metrics, /ready, /live)");
                     tokio::spawn(linger_proxy::admin::serve(server.clone(), sock));
                 }
                 Err(e) => {
-                    eprintln!("error: admin listener cannot bind {addr}: {e}");
+                    eprintln!("error: the admin listener {a}: {e}");
                     return ExitCode::from(2);
                 }
             }
@@ -316,9 +333,20 @@ async fn wait_for_signal() -> &'static str {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler must install");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler must install");
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler must install");
+    loop {
+        tokio::select! {
+            _ = term.recv() => return "SIGTERM",
+            _ = int.recv() => return "SIGINT",
+            _ = hup.recv() => {
+                // Conventionally "reload the configuration"; until linger can, it must not
+                // be the signal's default action, which kills the process mid-request.
+                tracing::warn!(
+                    "SIGHUP received: configuration reload is not supported yet; \
+                     still serving with the configuration loaded at start"
+                );
+            }
+        }
     }
 }
 

@@ -52,3 +52,52 @@ pub fn addresses(rx: &mpsc::Receiver<(String, String)>, admin: bool) -> (String,
     }
     (proxy.expect("proxy address"), admin_addr)
 }
+
+/// Starts `linger serve ARGS` and passes on every line it logs.
+pub fn spawn_serve_lines(args: &[&str]) -> (Child, mpsc::Receiver<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_linger"))
+        .arg("serve")
+        .args(args)
+        .env("LINGER_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the linger binary must start");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("linger: {line}");
+            let _ = tx.send(line);
+        }
+    });
+    (child, rx)
+}
+
+/// Waits (at most 20 s) for a logged line that contains `text`, and returns it.
+pub fn wait_for_line(rx: &mpsc::Receiver<String>, text: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains(text) => return line,
+            Ok(_) => {}
+            Err(_) => panic!("linger did not log {text:?} within 20 s"),
+        }
+    }
+}
+
+/// Waits (at most 20 s) for `child` to exit.
+pub fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(s) = child.try_wait().expect("wait for linger") {
+            return s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("linger did not exit within 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

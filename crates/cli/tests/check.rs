@@ -123,3 +123,25 @@ fn print_config_shows_every_default() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("keep_alive_margin = \"1s\""), "{out}");
 }
+
+/// The README's example config, as a newcomer pastes it, is valid and routes a request
+/// for any host (not only api.example.com) somewhere.
+#[test]
+fn the_readme_example_config_is_valid_and_routes_every_host() {
+    let readme = include_str!("../../../README.md");
+    let start = readme
+        .find("With one (`linger.toml`):\n\n```toml\n")
+        .expect("the README has its config example");
+    let body = &readme[start..];
+    let body = &body[body.find("```toml\n").unwrap() + 8..];
+    let toml = &body[..body.find("```").unwrap()];
+    let (code, out) = check("readme.toml", toml, &["--front-idle", "60s"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        toml.lines()
+            .collect::<Vec<_>>()
+            .windows(2)
+            .any(|w| w[0] == "[[route]]" && w[1].starts_with("cluster =")),
+        "a route without a host condition catches every other host:\n{toml}"
+    );
+}

@@ -1,6 +1,6 @@
 //! Every lab scenario, with small counts, against no proxy and the real linger binary:
 //! the race must show with no proxy (or the scenario proves nothing), and linger must keep
-//! the promise of incidents.md. Also `linger lab` itself: list, errors, the four-target
+//! the promise of docs/races.md. Also `linger lab` itself: list, errors, the four-target
 //! table and its JSON, and the seed replay.
 //!
 //! R6 needs network namespaces (root, `ip`, `nft`); without them it says why and passes,

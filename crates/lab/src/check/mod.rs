@@ -83,7 +83,7 @@ pub enum Severity {
 #[derive(Debug, Clone)]
 pub struct Finding {
     pub severity: Severity,
-    /// `R1`, `R2`, ... from incidents.md, or "" for a general remark.
+    /// `R1`, `R2`, ... from docs/races.md, or "" for a general remark.
     pub race: &'static str,
     /// The pair, e.g. `cluster "app" pool -> upstream 10.0.0.5:8080`.
     pub pair: String,

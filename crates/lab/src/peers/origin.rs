@@ -553,7 +553,7 @@ async fn serve_conn(
                     return;
                 }
                 n += 1;
-                // Like the server of seed 001: it never reads, so a FIN goes unnoticed.
+                // Like R5's SSE server behind an F5: it never reads, so a FIN goes unnoticed.
                 tokio::time::sleep(every).await;
             }
         }

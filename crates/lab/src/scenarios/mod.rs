@@ -1,4 +1,4 @@
-//! The lab's scenarios, one per race of `incidents.md`. Each file holds one: what happens
+//! The lab's scenarios, one per race of `docs/races.md`. Each file holds one: what happens
 //! and why it matters, the origin that makes it happen, the schedule its clients follow
 //! (drawn from the seed), and how the run is measured.
 
@@ -44,7 +44,7 @@ pub struct Scenario {
     pub about: &'static str,
     /// How the lab's peers make it happen, and what is measured.
     pub how: &'static str,
-    /// What linger promises here (from `incidents.md`).
+    /// What linger promises here (from `docs/races.md`).
     pub promise: &'static str,
     /// What counts as a loss in this race.
     pub loss: Loss,

@@ -22,7 +22,7 @@ pub(super) static SCENARIO: Scenario = Scenario {
             A client (or a proxy's pool) that writes its next request on that connection at \
             about the same moment gets a reset or an EOF instead of a response, and a proxy \
             turns that into a 502 or 503. It is the classic 'one 502 in every few hundred \
-            thousand requests' behind Envoy and ingress-nginx (seeds 003 and 004), and a \
+            thousand requests' behind Envoy and ingress-nginx (Envoy #2715, #6815), and a \
             request that is not idempotent cannot simply be sent again.",
     how: "The origin closes connections idle for 2 s (gunicorn's default) without a \
           Keep-Alive hint; its FIN reaches the peer 200 ms late, and a request that arrives \

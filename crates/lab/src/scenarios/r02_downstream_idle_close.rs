@@ -23,7 +23,7 @@ pub(super) static SCENARIO: Scenario = Scenario {
     about: "A load balancer keeps idle connections to the hop behind it for its own idle \
             timeout (60 s on AWS). When that hop closes idle connections sooner, the load \
             balancer sometimes sends a request on a connection the hop has just closed, and \
-            answers the client with a 502 or 504 (seed 000's ELB 504s; seed 004, Node's 5 s \
+            answers the client with a 502 or 504 (an ELB's 504s; Node's 5 s \
             behind a 60 s ingress). The hop facing the load balancer must keep idle \
             connections longer than the load balancer does.",
     how: "Every idle timeout is divided by 50: the clients play a load balancer that reuses \

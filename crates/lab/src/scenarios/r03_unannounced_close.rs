@@ -15,7 +15,7 @@ pub(super) static SCENARIO: Scenario = Scenario {
     name: "unannounced-close",
     title: "a close without Connection: close",
     about: "A server closes a connection right after a response that did not announce it, \
-            and even said `Connection: keep-alive` (seed 000: an application forwarded the \
+            and even said `Connection: keep-alive` (akka-http #2403: an application forwarded the \
             header it got). The load balancer, told the connection stays open, sends the \
             next request into it and loses it. Every hop must announce each close it makes \
             and must never pass a hop-by-hop header on.",

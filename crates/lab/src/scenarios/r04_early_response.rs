@@ -16,8 +16,8 @@ pub(super) static SCENARIO: Scenario = Scenario {
     about: "A server rejects an upload (413, 401) as soon as it has read the request head, \
             and closes the connection with the body still arriving. Closing a socket with \
             unread bytes makes the kernel send RST, and the client, still writing its body, \
-            gets 'connection reset' and never reads the answer (seed 000's akka warning; \
-            seed 003: behind Envoy a 413 became a 503). A proxy must deliver the answer and \
+            gets 'connection reset' and never reads the answer (akka-http's early-response warning; \
+            behind Envoy a 413 became a 503, #2929). A proxy must deliver the answer and \
             close gracefully: FIN, then read and discard what the client still sends.",
     how: "The origin answers 413 with `Connection: close` as soon as a request head \
           arrives and closes without reading the body (the kernel resets). The client \

@@ -17,7 +17,7 @@ pub(super) static SCENARIO: Scenario = Scenario {
     about: "A client behind a load balancer goes away during a server-sent-events stream; \
             the load balancer passes on only a FIN. The server never reads, so it never \
             sees the FIN, and keeps streaming keep-alive events forever: its actors, \
-            buffers and connections leak until a restart (seed 001, SSE behind an F5). The \
+            buffers and connections leak until a restart (an SSE service behind an F5). The \
             hop in front must treat the FIN as the end and close the stream upstream, so \
             that the server's next write fails and its cleanup runs.",
     how: "The origin streams an event every 50 ms and never reads from the connection. \

@@ -22,8 +22,8 @@ pub(super) static SCENARIO: Scenario = Scenario {
     about: "A NAT gateway, firewall or load balancer evicts the state of a flow that has \
             been idle, and from then on drops its packets without a word. Both ends still \
             believe the connection is up; the next request on it is retransmitted for about \
-            15 minutes (tcp_retries2) before anyone gives up (seed 002: Redis behind \
-            ElastiCache networking). A hop must find the dead path in seconds, fail the try, \
+            15 minutes (tcp_retries2) before anyone gives up (a request through a NAT gateway to \
+            ElastiCache). A hop must find the dead path in seconds, fail the try, \
             and retry it elsewhere when that is safe.",
     how: "Runs in two network namespaces joined by a veth pair: the clients and the proxy \
           in one, the origin in the other. Four keep-alive clients each send a GET; then \

@@ -18,7 +18,7 @@ pub(super) static SCENARIO: Scenario = Scenario {
     about: "A load balancer gives up on a slow request when its own timeout runs out and \
             closes its connection (FIN, or RST). A hop that does not watch the client while \
             it waits keeps the origin working for nobody, and later writes its answer (a \
-            504, or the late response) into a closed socket (seed 000: the ELB's FIN at \
+            504, or the late response) into a closed socket (an ELB's FIN at \
             60 s, the proxy's 504 half a second later). The origin should learn at once \
             that the client is gone.",
     how: "The origin takes 3 s to answer, and notices at once when its own connection \

@@ -18,7 +18,7 @@ pub(super) static SCENARIO: Scenario = Scenario {
             last close. Applied where nothing is left unread, for an HTTP/1.0 client or a \
             response whose end is the close itself, it adds a whole timeout to every \
             response: Envoy's delayed close made HTTP/1.0 clients wait a second for each \
-            response (seed 003, Envoy #19821). This is a cost only a proxy can add; the run \
+            response (Envoy #19821). This is a cost only a proxy can add; the run \
             with no proxy is the reference.",
     how: "The origin answers HTTP/1.0 without a length: the body ends when the connection \
           closes. The client sends HTTP/1.0 GETs without keep-alive, one connection each, \

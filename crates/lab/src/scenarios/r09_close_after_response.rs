@@ -15,7 +15,7 @@ pub(super) static SCENARIO: Scenario = Scenario {
     about: "The origin closes each connection right after its response, without saying so. \
             Its FIN reaches the proxy's kernel a moment after the response, before the \
             proxy's event loop has seen it, and a pool that hands the connection to the next \
-            request loses that request (Envoy PR 2871 and PR 7159, seed 003). With POSTs \
+            request loses that request (Envoy PR 2871 and PR 7159). With POSTs \
             nothing can be retried safely, so the pool itself must not make the mistake.",
     how: "The origin closes after every response with no `Connection: close`. One \
           keep-alive client sends POSTs back to back (gaps of 0-0.3 ms from the seed).",

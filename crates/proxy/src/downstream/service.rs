@@ -432,11 +432,16 @@ impl DsService {
         };
         self.apply_decision(&mut headers, decision, &mut record);
         self.responding(status.as_u16());
+        // What a client may know: the status, linger's code for what happened, and the
+        // request's name in the log and in /connections. The detail (addresses, errors)
+        // is in the log line above and in the access log.
         let body = format!(
-            "{} {}: {}\n",
+            "{} {}\n{} (request d{}#{})\n",
             status.as_u16(),
             status.canonical_reason().unwrap_or(""),
-            detail
+            term.as_str(),
+            self.conn.id,
+            record.index
         );
         let mut resp = Response::new(DownBody::full(
             body,

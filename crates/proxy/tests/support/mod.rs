@@ -258,3 +258,20 @@ pub async fn explained(linger: &InProcess, termination: &str, closes: &[(&str, &
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Waits (at most 5 s) for the access-log line whose termination is `termination`.
+pub async fn logged(linger: &InProcess, termination: &str) -> String {
+    let code = format!("\"termination\":\"{termination}\"");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(l) = linger.log_lines().into_iter().find(|l| l.contains(&code)) {
+            return l;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no access-log line with {termination}: {:#?}",
+            linger.log_lines()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

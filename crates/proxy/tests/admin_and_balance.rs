@@ -30,9 +30,16 @@ async fn metrics_ready_and_live_are_served_and_ready_turns_false_on_drain() {
     let mut s = send_raw(linger.addr, b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").await;
     let _ = read_response(&mut s).await;
     s.shutdown().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
-
-    let (head, body) = get(admin_addr, "/metrics").await;
+    // The request is counted once its response is done: wait for it.
+    let counted = "linger_requests_total{listener=\"main\",status=\"2xx\",termination=\"ok\"} 1";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let (head, body) = loop {
+        let (head, body) = get(admin_addr, "/metrics").await;
+        if body.contains(counted) || tokio::time::Instant::now() > deadline {
+            break (head, body);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(
         body.contains(

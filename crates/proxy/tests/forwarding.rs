@@ -312,8 +312,10 @@ async fn expect_answered_with_a_final_status_is_never_reused() {
         .unwrap();
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(body, b"ok\n");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The second request was answered, so its connection was accepted.
     assert_eq!(conns.load(Ordering::SeqCst), 2, "a fresh connection");
+    // That nothing more arrives on the first connection can only be watched for a while.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
         after_final.load(Ordering::SeqCst),
         0,

@@ -156,12 +156,16 @@ async fn r1_reset_on_reuse_retries_gets_and_never_duplicates_posts() {
             "a POST that failed gets a 502"
         );
     }
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Each failed POST has its line once its response is done; wait for them.
+    let is_refusal = |l: &String| l.contains("\"method\":\"POST\"") && l.contains("\"status\":502");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while linger.log_lines().iter().filter(|l| is_refusal(l)).count() < failed.len()
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let log = linger.log_lines();
-    let refusals: Vec<_> = log
-        .iter()
-        .filter(|l| l.contains("\"method\":\"POST\"") && l.contains("\"status\":502"))
-        .collect();
+    let refusals: Vec<_> = log.iter().filter(|l| is_refusal(l)).collect();
     assert_eq!(refusals.len(), failed.len());
     for l in refusals {
         assert!(
@@ -330,7 +334,7 @@ async fn r3_drain_close_says_connection_close() {
     .unwrap();
     let linger = InProcess::start(&[origin.addr], |_| {}).unwrap();
     let mut s = send_raw(linger.addr, b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_for_origin_requests(&origin, 1).await;
     linger.server.start_drain();
     let (head, body) = read_response(&mut s).await;
     assert!(
@@ -502,6 +506,18 @@ async fn r4_hold_policy_sends_the_early_response_after_the_body() {
 
 // ---------------------------------------------------------------- R5, R7
 
+/// Waits (at most 5 s) until the origin has received `n` requests.
+async fn wait_for_origin_requests(origin: &Origin, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while origin.stats.requests() < n {
+        assert!(
+            Instant::now() < deadline,
+            "the origin never got request {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 async fn wait_for_origin_close(origin: &Origin, since: Instant) -> Duration {
     let deadline = since + Duration::from_secs(5);
     while origin.stats.peer_closes() == 0 {
@@ -528,7 +544,8 @@ async fn r5_half_close_during_an_endless_stream_closes_the_origin_within_1s() {
     let mut buf = [0u8; 4096];
     let n = s.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).contains("200 OK"));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The stream is under way: more events arrive.
+    let _ = s.read(&mut buf).await.unwrap();
     // The load balancer sends only a FIN.
     s.shutdown().await.unwrap();
     let fin_at = Instant::now();
@@ -537,13 +554,7 @@ async fn r5_half_close_during_an_endless_stream_closes_the_origin_within_1s() {
         took < Duration::from_secs(1),
         "origin saw the close after {took:?}"
     );
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let log = linger.log_lines();
-    assert!(
-        log.iter()
-            .any(|l| l.contains("downstream.response_body.closed")),
-        "{log:?}"
-    );
+    logged(&linger, "downstream.response_body.closed").await;
     // The client closing ends linger's lingering close at once.
     drop(s);
     explained(
@@ -568,7 +579,7 @@ async fn r7_half_close_while_the_origin_thinks_closes_the_origin_within_1s() {
     .unwrap();
     let linger = InProcess::start(&[origin.addr], |_| {}).unwrap();
     let mut s = send_raw(linger.addr, b"GET /slow HTTP/1.1\r\nhost: a\r\n\r\n").await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_for_origin_requests(&origin, 1).await;
     s.shutdown().await.unwrap();
     let fin_at = Instant::now();
     let took = wait_for_origin_close(&origin, fin_at).await;
@@ -578,10 +589,7 @@ async fn r7_half_close_while_the_origin_thinks_closes_the_origin_within_1s() {
     );
     let (bytes, _) = read_to_close(&mut s).await;
     assert!(bytes.is_empty(), "nothing is written to a client that left");
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let log = linger.log_lines();
-    let line = log.last().expect("an access-log line");
-    assert!(line.contains("downstream.waiting.closed"), "{line}");
+    let line = logged(&linger, "downstream.waiting.closed").await;
     assert!(line.contains("client aborted while waiting"), "{line}");
     // The client closing ends linger's lingering close at once.
     drop(s);
@@ -619,10 +627,7 @@ async fn r7_half_close_allowed_still_gets_the_response() {
     assert!(text.ends_with("ok\n"), "the whole body arrives: {text}");
     assert!(matches!(end, End::Eof), "then a clean EOF");
     assert_eq!(origin.stats.requests(), 1);
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let log = linger.log_lines();
-    let line = log.last().expect("an access-log line");
-    assert!(line.contains("\"termination\":\"ok\""), "{line}");
+    logged(&linger, "ok").await;
     // With half-closes allowed, linger reads the client's FIN only after the response.
     // The client closing ends linger's lingering close at once.
     drop(s);
@@ -687,12 +692,7 @@ async fn mid_body_reset(chunked: bool) {
             body.len()
         );
     }
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let log = linger.log_lines();
-    assert!(
-        log.last().unwrap().contains("upstream.response_body.reset"),
-        "{log:?}"
-    );
+    logged(&linger, "upstream.response_body.reset").await;
     // The client closing ends linger's lingering close at once.
     drop(s);
     explained(

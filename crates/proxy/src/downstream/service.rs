@@ -890,6 +890,10 @@ impl DsService {
                         let reused = conn.reused;
                         conn.shared.stats.journal().record_with("failed", reason);
                         conn.abort(close);
+                        if let Some(r) = inflight.record.as_mut() {
+                            // The last try's connection, as the line's other upstream_* fields.
+                            r.upstream_conn_closed = Some(close.as_str());
+                        }
                         if progress.failed() {
                             break 'tries Err((
                                 StatusCode::BAD_REQUEST,
@@ -1204,6 +1208,8 @@ fn upstream_close_reason(peer: PeerClose) -> CloseReason {
     match peer {
         PeerClose::Rst => CloseReason::UpstreamRst,
         PeerClose::TimedOut => CloseReason::UpstreamDeadPeer,
+        // The upstream's own close: never named as one linger made.
+        PeerClose::Fin => CloseReason::UpstreamFinBusy,
         _ => CloseReason::Aborted,
     }
 }

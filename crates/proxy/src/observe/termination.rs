@@ -133,6 +133,8 @@ pub enum CloseReason {
     // upstream
     /// The upstream closed a pooled connection (FIN) while idle.
     UpstreamFinIdle,
+    /// The upstream closed (FIN) during an exchange, before or inside its response.
+    UpstreamFinBusy,
     /// The upstream sent bytes on an idle pooled connection.
     UpstreamUnexpectedData,
     /// linger's pool idle timeout (or the learned `Keep-Alive: timeout`).
@@ -178,6 +180,7 @@ impl CloseReason {
                 | Self::UpstreamUnexpectedData
                 | Self::Aborted
                 | Self::UpstreamRst
+                | Self::UpstreamFinBusy
                 | Self::UpstreamDeadPeer
                 | Self::UnknownState
         )
@@ -202,6 +205,7 @@ impl CloseReason {
             Self::SocketError => "socket_error",
             Self::UpgradeEnded => "upgrade_ended",
             Self::UpstreamFinIdle => "upstream_fin_idle",
+            Self::UpstreamFinBusy => "upstream_fin_busy",
             Self::UpstreamUnexpectedData => "upstream_unexpected_data",
             Self::PoolIdleTimeout => "pool_idle_timeout",
             Self::UpstreamConnectionClose => "upstream_connection_close",

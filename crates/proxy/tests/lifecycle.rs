@@ -219,6 +219,39 @@ async fn r2_request_at_the_idle_close_sees_eof_never_reset() {
     // Gaps past the idle timeout always meet the close: the race was really run.
     assert!(eofs > 0, "no request met linger's idle close");
     explained(&linger, "ok", &[("downstream", "idle_timeout")]).await;
+    // Every request that met the close has its line, named, with what it asked for.
+    let lost = |lines: &[String]| -> Vec<String> {
+        lines
+            .iter()
+            .filter(|l| l.contains("\"termination\":\"linger.idle_close.request_lost\""))
+            .cloned()
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lost(&linger.log_lines()).len() < eofs && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lines = lost(&linger.log_lines());
+    assert_eq!(
+        lines.len(),
+        eofs,
+        "one line per request that met the close: {lines:#?}"
+    );
+    for l in &lines {
+        assert!(
+            l.contains("\"method\":\"GET\"") && l.contains("\"path\":\"/\""),
+            "{l}"
+        );
+        assert!(l.contains("\"downstream_close\":\"idle_timeout\""), "{l}");
+    }
+    let metrics = linger.server.metrics.encode();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("linger_races_total{")
+            && l.contains("race=\"R2\"")
+            && l.contains("what=\"request_at_idle_close\"")
+            && l.ends_with(&format!(" {eofs}"))),
+        "{metrics}"
+    );
 }
 
 /// Reads what comes (a response, or nothing) until linger closes.

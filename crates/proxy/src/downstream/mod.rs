@@ -449,8 +449,10 @@ pub async fn serve_connection(
         }
     }
     stats.journal().set_state(ConnState::Closing);
+    // What arrived after linger's FIN: a request that met the close, if it parses as one.
+    let mut late = Vec::new();
     let outcome = match &stream {
-        Some(stream) => linger_close(stream, &stats, cfg.linger_time).await,
+        Some(stream) => linger_close(stream, &stats, cfg.linger_time, &mut late).await,
         // Upgraded: the socket belongs to the tunnel now; it closes when the tunnel ends.
         None => LingerOutcome::PeerAlreadyClosed,
     };
@@ -484,6 +486,13 @@ pub async fn serve_connection(
                 .record_with("lingered", format!("{discarded} bytes discarded"));
         }
         _ => {}
+    }
+    let idle_close = matches!(
+        reason,
+        CloseReason::IdleTimeout | CloseReason::Drain | CloseReason::MaxAge
+    );
+    if idle_close && !late.is_empty() {
+        log_request_at_idle_close(&worker, &listener, &conn, reason, &late);
     }
     worker.registry.close(&conn.entry, reason.as_str());
     if reason.is_abnormal() {
@@ -554,6 +563,73 @@ fn log_refusal(
         }),
         termination: term.as_str(),
         detail: Some(detail),
+        ..AccessRecord::default()
+    };
+    worker.access_log.write(&rec);
+}
+
+/// A request that reached linger just as it closed an idle connection (R2; R10 during a
+/// drain): it was never served, and the client saw the connection end without an answer.
+/// It gets its access-log line (with the method and path when its bytes parse), its
+/// termination code and a race count.
+fn log_request_at_idle_close(
+    worker: &WorkerCtx,
+    listener: &ListenerCtx,
+    conn: &DsConn,
+    reason: CloseReason,
+    late: &[u8],
+) {
+    let term = Termination::RequestAtIdleClose;
+    worker.metrics.race(
+        if reason == CloseReason::Drain {
+            "R10"
+        } else {
+            "R2"
+        },
+        "request_at_idle_close",
+    );
+    conn.stats.journal().record_with(
+        "request_lost",
+        format!("{} bytes after {reason}", late.len()),
+    );
+    worker
+        .metrics
+        .requests
+        .get_or_create(&crate::observe::metrics::RequestLabels {
+            listener: listener.name.clone(),
+            status: service::status_class(0),
+            termination: term.as_str(),
+        })
+        .inc();
+    tracing::info!(
+        downstream_conn = conn.id,
+        close = reason.as_str(),
+        bytes = late.len(),
+        "a request arrived as linger closed the idle connection"
+    );
+    if !worker.access_log.enabled() {
+        return;
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    // A head cut short still names its method and path once its first line is in; bytes
+    // that are no request leave them empty.
+    let parsed = req.parse(late).is_ok();
+    let rec = AccessRecord {
+        ts: crate::observe::access_log::unix_now(),
+        listener: listener.name.clone(),
+        downstream_conn: conn.id,
+        request_index: conn.requests() + 1,
+        client: conn.peer.to_string(),
+        method: req.method.filter(|_| parsed).unwrap_or_default().to_owned(),
+        path: req.path.filter(|_| parsed).unwrap_or_default().to_owned(),
+        downstream_close: Some(reason.as_str()),
+        termination: term.as_str(),
+        detail: Some(format!(
+            "{} bytes arrived after linger closed the idle connection ({reason}); the client \
+             saw the connection end without an answer",
+            late.len()
+        )),
         ..AccessRecord::default()
     };
     worker.access_log.write(&rec);

@@ -426,9 +426,18 @@ pub enum LingerOutcome {
     TimedOut { discarded: u64 },
 }
 
+/// How much of what arrives while lingering is kept, to name a request that came too late.
+pub const LINGER_KEEP: usize = 1024;
+
 /// Flushes nothing (writes are unbuffered here), sends FIN, then reads and discards until
 /// the peer closes or `linger` passes. Dropping the stream afterwards closes the socket.
-pub async fn linger_close(stream: &TcpStream, stats: &IoStats, linger: Duration) -> LingerOutcome {
+/// The first [`LINGER_KEEP`] bytes discarded are kept in `first`.
+pub async fn linger_close(
+    stream: &TcpStream,
+    stats: &IoStats,
+    linger: Duration,
+    first: &mut Vec<u8>,
+) -> LingerOutcome {
     send_fin(stream, stats);
     match stats.peer() {
         PeerClose::Fin | PeerClose::Rst | PeerClose::Error | PeerClose::TimedOut => {
@@ -457,6 +466,8 @@ pub async fn linger_close(stream: &TcpStream, stats: &IoStats, linger: Duration)
                 return LingerOutcome::PeerClosed { discarded };
             }
             Ok(Ok(n)) => {
+                let keep = n.min(LINGER_KEEP.saturating_sub(first.len()));
+                first.extend_from_slice(&scratch[..keep]);
                 discarded += n as u64;
                 stats.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
             }

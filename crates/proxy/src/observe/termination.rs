@@ -56,6 +56,9 @@ pub enum Termination {
     /// A request body linger was buffering stalled for `request_body_timeout`: 408,
     /// connection closed, nothing sent upstream.
     RequestBodyTimeout,
+    /// A request arrived just as linger closed the idle connection (idle timeout, drain,
+    /// age): never served, no answer (R2, R10).
+    RequestAtIdleClose,
 }
 
 // === impl Termination ===
@@ -83,6 +86,7 @@ impl Termination {
             Self::DownstreamClosedStreaming => "downstream.response_body.closed",
             Self::DownstreamBodyError => "downstream.request_body.error",
             Self::RequestBodyTimeout => "downstream.request_body.timeout",
+            Self::RequestAtIdleClose => "linger.idle_close.request_lost",
         }
     }
 }

@@ -571,10 +571,20 @@ impl File {
         serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let inner = e.into_inner();
+            let mut message = one_line(inner.message());
+            // `[listener]` instead of `[[listener]]`: one table where a list of them goes.
+            if message.starts_with("invalid type: map, expected a sequence")
+                && ["listener", "cluster", "route"].contains(&key.as_str())
+            {
+                message = format!(
+                    "[{key}] is a single table; {key}s are a list of tables (expected \
+                     [[{key}]], with two brackets, once per {key})"
+                );
+            }
             ConfigError {
                 file: source.to_string(),
                 key: if key == "." { String::new() } else { key },
-                message: one_line(inner.message()),
+                message,
             }
         })
     }
@@ -879,6 +889,13 @@ fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     if let Ok(a) = s.parse::<SocketAddr>() {
         return Ok(a);
     }
+    if let Some((scheme, rest)) = s.split_once("://") {
+        let host_port = rest.split('/').next().unwrap_or(rest);
+        return Err(format!(
+            "{s:?} is a URL (expected HOST:PORT, such as {host_port:?}; linger speaks plain \
+             HTTP/1.1 to every endpoint, so there is no {scheme:?} to give)"
+        ));
+    }
     let (host, port) = s
         .rsplit_once(':')
         .ok_or_else(|| format!("{s:?} is not HOST:PORT"))?;
@@ -998,6 +1015,27 @@ endpoints = ["127.0.0.1:3000"]
         let e = validate(&format!("{MINIMAL}\n[admin]\nbogus = 1\n")).unwrap_err();
         assert!(e.to_string().contains("bogus"), "{e}");
         assert!(e.to_string().starts_with("test.toml: admin"), "{e}");
+    }
+
+    #[test]
+    fn a_single_table_where_a_list_goes_says_to_write_two_brackets() {
+        let e = validate("[listener]\naddress = \"127.0.0.1:1\"\n[[cluster]]\nname=\"a\"\nendpoints=[\"127.0.0.1:1\"]")
+            .unwrap_err();
+        assert_eq!(e.key, "listener", "{e}");
+        assert!(e.message.contains("expected [[listener]]"), "{e}");
+    }
+
+    #[test]
+    fn an_endpoint_written_as_a_url_says_so() {
+        let e = validate("[[listener]]\naddress = \"127.0.0.1:1\"\n[[cluster]]\nname=\"a\"\nendpoints=[\"http://127.0.0.1:3000/\"]")
+            .unwrap_err();
+        assert_eq!(e.key, "cluster[0].endpoints[0]", "{e}");
+        assert!(
+            e.message
+                .contains("is a URL (expected HOST:PORT, such as \"127.0.0.1:3000\""),
+            "{e}"
+        );
+        assert!(!e.message.contains("resolve"), "{e}");
     }
 
     #[test]

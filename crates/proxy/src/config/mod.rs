@@ -892,8 +892,8 @@ fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     if let Some((scheme, rest)) = s.split_once("://") {
         let host_port = rest.split('/').next().unwrap_or(rest);
         return Err(format!(
-            "{s:?} is a URL (expected HOST:PORT, such as {host_port:?}; linger speaks plain \
-             HTTP/1.1 to every endpoint, so there is no {scheme:?} to give)"
+            "{s:?} is a URL (expected HOST:PORT, such as {host_port:?}: linger speaks plain \
+             HTTP/1.1 to its endpoints, so no scheme such as {scheme:?} is written)"
         ));
     }
     let (host, port) = s

@@ -87,15 +87,32 @@ pub struct ConfigError {
     pub file: String,
     pub key: String,
     pub message: String,
+    /// The file's other errors, after this first one: a file's errors are reported at once.
+    pub more: Vec<ConfigError>,
+}
+
+impl ConfigError {
+    /// Every error: this one, then the others.
+    pub fn all(&self) -> impl Iterator<Item = &ConfigError> {
+        std::iter::once(self).chain(self.more.iter())
+    }
 }
 
 impl fmt::Display for ConfigError {
+    /// One error per line; the lines after the first start with `error: ` as the first
+    /// does where linger prints it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.key.is_empty() {
-            write!(f, "{}: {}", self.file, self.message)
-        } else {
-            write!(f, "{}: {}: {}", self.file, self.key, self.message)
+        for (i, e) in self.all().enumerate() {
+            if i > 0 {
+                f.write_str("\nerror: ")?;
+            }
+            if e.key.is_empty() {
+                write!(f, "{}: {}", e.file, e.message)?;
+            } else {
+                write!(f, "{}: {}: {}", e.file, e.key, e.message)?;
+            }
         }
+        Ok(())
     }
 }
 
@@ -559,6 +576,7 @@ impl File {
             file: path.display().to_string(),
             key: String::new(),
             message: format!("cannot read the file: {e}"),
+            more: Vec::new(),
         })?;
         Self::parse(&text, &path.display().to_string())
     }
@@ -569,6 +587,7 @@ impl File {
             file: source.to_string(),
             key: String::new(),
             message: one_line(&e.to_string()),
+            more: Vec::new(),
         })?;
         serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
@@ -587,6 +606,7 @@ impl File {
                 file: source.to_string(),
                 key: if key == "." { String::new() } else { key },
                 message,
+                more: Vec::new(),
             }
         })
     }
@@ -602,10 +622,21 @@ impl File {
             file: source.to_string(),
             key,
             message,
+            more: Vec::new(),
         };
+        // Every error of the file is collected; a value in error is replaced by a stand-in
+        // so that the checks after it still run.
+        let mut errs: Vec<ConfigError> = Vec::new();
+        let nowhere = SocketAddr::from(([0, 0, 0, 0], 0));
 
         let admin = if self.admin.enabled {
-            Some(parse_addr(&self.admin.address).map_err(|m| err("admin.address".into(), m))?)
+            match parse_addr(&self.admin.address) {
+                Ok(a) => Some(a),
+                Err(m) => {
+                    errs.push(err("admin.address".into(), m));
+                    None
+                }
+            }
         } else {
             None
         };
@@ -614,16 +645,17 @@ impl File {
             "stdout" | "-" => AccessLogTarget::Stdout,
             "off" => AccessLogTarget::Off,
             "" => {
-                return Err(err(
+                errs.push(err(
                     "runtime.access_log".into(),
                     "is empty (expected \"stdout\", \"off\" or a file path)".into(),
-                ))
+                ));
+                AccessLogTarget::Off
             }
             path => AccessLogTarget::File(PathBuf::from(path)),
         };
 
         if self.listeners.is_empty() {
-            return Err(err(
+            errs.push(err(
                 "listener".into(),
                 "no listener is configured (expected at least one [[listener]] with an address)"
                     .into(),
@@ -632,12 +664,21 @@ impl File {
         let mut listeners = Vec::with_capacity(self.listeners.len());
         for (i, l) in self.listeners.iter().enumerate() {
             let k = |field: &str| format!("listener[{i}].{field}");
-            let address = parse_addr(&l.address).map_err(|m| err(k("address"), m))?;
-            positive(l.idle_timeout, &k("idle_timeout")).map_err(|m| err(k("idle_timeout"), m))?;
-            positive(l.header_read_timeout, "").map_err(|m| err(k("header_read_timeout"), m))?;
-            positive(l.request_body_timeout, "").map_err(|m| err(k("request_body_timeout"), m))?;
+            let address = parse_addr(&l.address).unwrap_or_else(|m| {
+                errs.push(err(k("address"), m));
+                nowhere
+            });
+            for (key, d) in [
+                ("idle_timeout", l.idle_timeout),
+                ("header_read_timeout", l.header_read_timeout),
+                ("request_body_timeout", l.request_body_timeout),
+            ] {
+                if let Err(m) = positive(d, "") {
+                    errs.push(err(k(key), m));
+                }
+            }
             if l.max_header_bytes < 8192 {
-                return Err(err(
+                errs.push(err(
                     k("max_header_bytes"),
                     format!(
                         "{} is too small (expected at least 8192)",
@@ -646,19 +687,21 @@ impl File {
                 ));
             }
             if l.max_headers == 0 || l.max_headers > 10_000 {
-                return Err(err(
+                errs.push(err(
                     k("max_headers"),
                     format!("{} is out of range (expected 1 to 10000)", l.max_headers),
                 ));
             }
-            check_tcp(&l.tcp).map_err(|(f, m)| err(k(&format!("tcp.{f}")), m))?;
+            if let Err((f, m)) = check_tcp(&l.tcp) {
+                errs.push(err(k(&format!("tcp.{f}")), m));
+            }
             let name = if l.name.is_empty() {
                 format!("listener{i}")
             } else {
                 l.name.clone()
             };
             if listeners.iter().any(|o: &ListenerConfig| o.name == name) {
-                return Err(err(k("name"), format!("{name:?} is used by two listeners")));
+                errs.push(err(k("name"), format!("{name:?} is used by two listeners")));
             }
             listeners.push(ListenerConfig {
                 name,
@@ -687,7 +730,7 @@ impl File {
         }
 
         if self.clusters.is_empty() {
-            return Err(err(
+            errs.push(err(
                 "cluster".into(),
                 "no cluster is configured (expected at least one [[cluster]] with endpoints)"
                     .into(),
@@ -697,30 +740,37 @@ impl File {
         for (i, c) in self.clusters.iter().enumerate() {
             let k = |field: &str| format!("cluster[{i}].{field}");
             if c.name.is_empty() {
-                return Err(err(k("name"), "is empty (expected a cluster name)".into()));
+                errs.push(err(k("name"), "is empty (expected a cluster name)".into()));
             }
             if clusters.iter().any(|o| o.name == c.name) {
-                return Err(err(
+                errs.push(err(
                     k("name"),
                     format!("{:?} is used by two clusters", c.name),
                 ));
             }
             if c.endpoints.is_empty() {
-                return Err(err(
+                errs.push(err(
                     k("endpoints"),
                     "is empty (expected at least one \"HOST:PORT\")".into(),
                 ));
             }
             let mut endpoints = Vec::with_capacity(c.endpoints.len());
             for (j, e) in c.endpoints.iter().enumerate() {
-                endpoints.push(
-                    parse_addr(e).map_err(|m| err(format!("cluster[{i}].endpoints[{j}]"), m))?,
-                );
+                match parse_addr(e) {
+                    Ok(a) => endpoints.push(a),
+                    Err(m) => errs.push(err(format!("cluster[{i}].endpoints[{j}]"), m)),
+                }
             }
-            positive(c.connect_timeout, "").map_err(|m| err(k("connect_timeout"), m))?;
-            positive(c.response_timeout, "").map_err(|m| err(k("response_timeout"), m))?;
+            for (key, d) in [
+                ("connect_timeout", c.connect_timeout),
+                ("response_timeout", c.response_timeout),
+            ] {
+                if let Err(m) = positive(d, "") {
+                    errs.push(err(k(key), m));
+                }
+            }
             if !(0.0..=10.0).contains(&c.retry.budget_ratio) {
-                return Err(err(
+                errs.push(err(
                     k("retry.budget_ratio"),
                     format!(
                         "{} is out of range (expected 0.0 to 10.0)",
@@ -729,7 +779,7 @@ impl File {
                 ));
             }
             if c.keep_alive_margin.0 < Duration::from_secs(1) {
-                return Err(err(
+                errs.push(err(
                     k("keep_alive_margin"),
                     format!(
                         "{} is below 1s (expected at least \"1s\")",
@@ -738,16 +788,18 @@ impl File {
                 ));
             }
             if c.upstream_idle_timeout.is_some_and(|d| d.0.is_zero()) {
-                return Err(err(
+                errs.push(err(
                     k("upstream_idle_timeout"),
                     "\"0s\" is not an idle close (expected a duration above 0, or no key when \
                      unknown)"
                         .into(),
                 ));
             }
-            check_tcp(&c.tcp).map_err(|(f, m)| err(k(&format!("tcp.{f}")), m))?;
+            if let Err((f, m)) = check_tcp(&c.tcp) {
+                errs.push(err(k(&format!("tcp.{f}")), m));
+            }
             if c.retry.backoff_base > c.retry.backoff_max {
-                return Err(err(
+                errs.push(err(
                     k("retry.backoff_base"),
                     format!(
                         "{} is longer than retry.backoff_max {} (expected base <= max)",
@@ -782,7 +834,7 @@ impl File {
         let mut routes = Vec::with_capacity(self.routes.len().max(1));
         if self.routes.is_empty() {
             if clusters.len() > 1 {
-                return Err(err(
+                errs.push(err(
                     "route".into(),
                     "no route is configured and there are several clusters (expected [[route]] entries naming a cluster)".into(),
                 ));
@@ -797,21 +849,19 @@ impl File {
         }
         for (i, r) in self.routes.iter().enumerate() {
             let k = |field: &str| format!("route[{i}].{field}");
-            let cluster = clusters
-                .iter()
-                .position(|c| c.name == r.cluster)
-                .ok_or_else(|| {
-                    let names: Vec<_> = clusters.iter().map(|c| c.name.as_str()).collect();
-                    err(
-                        k("cluster"),
-                        format!(
-                            "{:?} is not a cluster (expected one of {names:?})",
-                            r.cluster
-                        ),
-                    )
-                })?;
+            let cluster = clusters.iter().position(|c| c.name == r.cluster);
+            if cluster.is_none() {
+                let names: Vec<_> = clusters.iter().map(|c| c.name.as_str()).collect();
+                errs.push(err(
+                    k("cluster"),
+                    format!(
+                        "{:?} is not a cluster (expected one of {names:?})",
+                        r.cluster
+                    ),
+                ));
+            }
             if !r.path_prefix.starts_with('/') {
-                return Err(err(
+                errs.push(err(
                     k("path_prefix"),
                     format!("{:?} does not start with '/'", r.path_prefix),
                 ));
@@ -821,29 +871,38 @@ impl File {
             } else if listeners.iter().any(|l| l.name == r.listener) {
                 Some(r.listener.clone())
             } else {
-                return Err(err(
+                errs.push(err(
                     k("listener"),
                     format!("{:?} is not a listener name", r.listener),
                 ));
+                None
             };
             let host = match r.host.to_ascii_lowercase() {
                 h if h.is_empty() || h == "*" => HostMatch::Any,
                 h if h.starts_with("*.") => HostMatch::Suffix(h[1..].to_string()),
                 h if h.contains('*') => {
-                    return Err(err(
+                    errs.push(err(
                         k("host"),
                         format!("{:?} has a '*' that is not a leading \"*.\"", r.host),
-                    ))
+                    ));
+                    HostMatch::Any
                 }
                 h => HostMatch::Exact(h),
             };
-            routes.push(RouteConfig {
-                listener,
-                host,
-                path_prefix: r.path_prefix.clone(),
-                cluster,
-                request_buffer_bytes: r.request_buffer_bytes,
-            });
+            if let Some(cluster) = cluster {
+                routes.push(RouteConfig {
+                    listener,
+                    host,
+                    path_prefix: r.path_prefix.clone(),
+                    cluster,
+                    request_buffer_bytes: r.request_buffer_bytes,
+                });
+            }
+        }
+        if !errs.is_empty() {
+            let mut first = errs.remove(0);
+            first.more = errs;
+            return Err(first);
         }
 
         let workers = if self.runtime.workers == 0 {
@@ -1038,6 +1097,30 @@ endpoints = ["127.0.0.1:3000"]
             "{e}"
         );
         assert!(!e.message.contains("resolve"), "{e}");
+    }
+
+    #[test]
+    fn every_error_of_a_file_is_reported_at_once() {
+        let e = validate(
+            "[[listener]]\naddress = \"nope\"\nidle_timeout = \"0s\"\n[[cluster]]\nname=\"a\"\nendpoints=[\"http://127.0.0.1:1\"]\n[[route]]\ncluster = \"b\"\n",
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = e.all().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "listener[0].address",
+                "listener[0].idle_timeout",
+                "cluster[0].endpoints[0]",
+                "route[0].cluster"
+            ],
+            "{e}"
+        );
+        assert_eq!(
+            e.to_string().matches("\nerror: test.toml: ").count(),
+            3,
+            "{e}"
+        );
     }
 
     #[test]

@@ -143,6 +143,29 @@ fn wrap(text: &str, indent: &str, width: usize) -> String {
     out
 }
 
+/// The `--target` list without repeats, and this binary (the `linger` target); on an
+/// error, says it and gives exit status 2.
+fn targets_and_binary(names: &[String]) -> Result<(Vec<TargetKind>, PathBuf), ExitCode> {
+    let mut targets = Vec::new();
+    for t in names {
+        match TargetKind::parse(t) {
+            Ok(k) if !targets.contains(&k) => targets.push(k),
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("error: --target: {e}");
+                return Err(ExitCode::from(2));
+            }
+        }
+    }
+    match linger_bin() {
+        Ok(b) => Ok((targets, b)),
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
 fn linger_bin() -> Result<PathBuf, String> {
     std::env::current_exe().map_err(|e| format!("cannot find the linger binary: {e}"))
 }
@@ -176,23 +199,9 @@ fn run(args: RunArgs) -> ExitCode {
     if picked.is_empty() {
         picked = scenarios::all().to_vec();
     }
-    let mut targets = Vec::new();
-    for t in &args.target {
-        match TargetKind::parse(t) {
-            Ok(k) if !targets.contains(&k) => targets.push(k),
-            Ok(_) => {}
-            Err(e) => {
-                eprintln!("error: --target: {e}");
-                return ExitCode::from(2);
-            }
-        }
-    }
-    let linger_bin = match linger_bin() {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+    let (targets, linger_bin) = match targets_and_binary(&args.target) {
+        Ok(t) => t,
+        Err(code) => return code,
     };
     let opts = Options {
         scenarios: picked,
@@ -224,23 +233,9 @@ fn run(args: RunArgs) -> ExitCode {
 /// `linger lab conformance`: exits 1 when linger misses a row or a target that is
 /// installed fails to run; what the other proxies miss is a finding, not a failure.
 fn conformance(args: ConformanceArgs) -> ExitCode {
-    let mut targets = Vec::new();
-    for t in &args.target {
-        match TargetKind::parse(t) {
-            Ok(k) if !targets.contains(&k) => targets.push(k),
-            Ok(_) => {}
-            Err(e) => {
-                eprintln!("error: --target: {e}");
-                return ExitCode::from(2);
-            }
-        }
-    }
-    let linger_bin = match linger_bin() {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+    let (targets, linger_bin) = match targets_and_binary(&args.target) {
+        Ok(t) => t,
+        Err(code) => return code,
     };
     let mut rows = corpus::rows();
     if !args.source.is_empty() {

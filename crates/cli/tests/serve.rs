@@ -64,14 +64,7 @@ fn sighup_is_logged_and_linger_keeps_serving() {
         "off",
     ]);
     let line = support::wait_for_line(&rx, "listening");
-    let addr = line
-        .split("addr=")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned();
+    let addr = support::line_addr(&line).expect("the listening line has the address");
     assert!(get(&addr).starts_with("HTTP/1.1 200"));
     signal(child.id(), "-HUP");
     let logged = support::wait_for_line(&rx, "SIGHUP");

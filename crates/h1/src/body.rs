@@ -284,6 +284,16 @@ fn quoted_string_rest(mut s: &[u8]) -> Option<&[u8]> {
     }
 }
 
+/// A `Content-Length` value (surrounding whitespace allowed): only digits, at most 19 of
+/// them, so that it fits a u64.
+pub fn parse_length(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
 /// RFC 9110 §5.6.2 `tchar`.
 pub fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)

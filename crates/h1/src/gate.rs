@@ -31,7 +31,7 @@
 
 use std::fmt;
 
-use crate::body::{BodyDecoder, BodyError, Framing};
+use crate::body::{parse_length, BodyDecoder, BodyError, Framing};
 
 /// What the guard refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,16 +245,8 @@ impl FramingGuard {
             }
             if h.name.eq_ignore_ascii_case("content-length") {
                 cl_count += 1;
-                let v = trim(h.value);
-                if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-                    return Err(FramingViolation::InvalidContentLength);
-                }
-                content_length = Some(
-                    std::str::from_utf8(v)
-                        .ok()
-                        .and_then(|s| s.parse().ok())
-                        .ok_or(FramingViolation::InvalidContentLength)?,
-                );
+                content_length =
+                    Some(parse_length(h.value).ok_or(FramingViolation::InvalidContentLength)?);
             } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
                 let t = te.get_or_insert_with(Vec::new);
                 if !t.is_empty() {
@@ -276,7 +268,7 @@ impl FramingGuard {
             if http10 {
                 return Err(FramingViolation::TransferEncodingOnHttp10);
             }
-            let codings: Vec<&[u8]> = te.split(|&b| b == b',').map(trim).collect();
+            let codings: Vec<&[u8]> = te.split(|&b| b == b',').map(<[u8]>::trim_ascii).collect();
             let chunked = |c: &[u8]| c.eq_ignore_ascii_case(b"chunked");
             let last_chunked = codings.last().is_some_and(|c| chunked(c));
             if !last_chunked || codings.iter().filter(|c| chunked(c)).count() > 1 {
@@ -296,18 +288,6 @@ impl FramingGuard {
             _ => State::Head,
         })
     }
-}
-
-fn trim(v: &[u8]) -> &[u8] {
-    let start = v
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(v.len());
-    let end = v
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    &v[start..end]
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

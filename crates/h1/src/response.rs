@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::body::Framing;
+use crate::body::{parse_length, Framing};
 
 /// Why a response head cannot be framed safely.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,13 +57,12 @@ pub fn response_framing(
             let last = h
                 .value
                 .split(|&b| b == b',')
-                .map(trim)
+                .map(<[u8]>::trim_ascii)
                 .rfind(|c| !c.is_empty());
             te_last_chunked = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
         } else if h.name.eq_ignore_ascii_case("content-length") {
             for v in h.value.split(|&b| b == b',') {
-                lengths
-                    .push(parse_length(trim(v)).ok_or(ResponseFramingError::InvalidContentLength)?);
+                lengths.push(parse_length(v).ok_or(ResponseFramingError::InvalidContentLength)?);
             }
         }
     }
@@ -94,25 +93,6 @@ pub fn response_framing(
         framing: Framing::UntilClose,
         must_close: true,
     })
-}
-
-fn parse_length(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(v).ok()?.parse().ok()
-}
-
-fn trim(v: &[u8]) -> &[u8] {
-    let start = v
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(v.len());
-    let end = v
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    &v[start..end]
 }
 
 #[cfg(test)]

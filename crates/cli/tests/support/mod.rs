@@ -9,29 +9,24 @@ use std::time::{Duration, Instant};
 /// Starts `linger serve ARGS` with info logging. Its stderr is echoed to the test's, and
 /// every `NAME addr=HOST:PORT` line is passed on as (line, address).
 pub fn spawn_serve(args: &[&str]) -> (Child, mpsc::Receiver<(String, String)>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_linger"))
-        .arg("serve")
-        .args(args)
-        .env("LINGER_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the linger binary must start");
-    let stderr = child.stderr.take().expect("piped stderr");
+    let (child, lines) = spawn_serve_lines(args);
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line
-                .split("addr=")
-                .nth(1)
-                .and_then(|a| a.split_whitespace().next())
-            {
-                let _ = tx.send((line.clone(), addr.to_owned()));
+        for line in lines {
+            if let Some(addr) = line_addr(&line) {
+                let _ = tx.send((line, addr));
             }
-            eprintln!("linger: {line}");
         }
     });
     (child, rx)
+}
+
+/// The `addr=HOST:PORT` of a logged line, if it has one.
+pub fn line_addr(line: &str) -> Option<String> {
+    line.split("addr=")
+        .nth(1)
+        .and_then(|a| a.split_whitespace().next())
+        .map(str::to_owned)
 }
 
 /// Waits for the logged address of the proxy listener and, with `admin`, of the admin

@@ -133,108 +133,19 @@ if ((NEED_LINGER)); then
     LINGER_BIN=$(cd "$(dirname "$LINGER_BIN")" && pwd)/$(basename "$LINGER_BIN")
 fi
 
-# The proxies need ~10k fds each for the idle test; children inherit this.
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-NOFILE=$(ulimit -n)
-[[ $NOFILE == unlimited ]] && NOFILE=1048576
-# Connection limits configured into nginx/haproxy: leave fds for the rest.
-if ((NOFILE > 4000)); then CONN_LIMIT=$((NOFILE - 2000)); else CONN_LIMIT=$((NOFILE / 2)); fi
+# ------------------------------------------------------ process control ----
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/linger-bench.XXXXXX")
+SCRIPT=run.sh
+# shellcheck source=lib/proc.sh
+source "$LIB/proc.sh"
 if ((RUN_IDLE && IDLE_CONNS > CONN_LIMIT)); then
     echo "warning: --idle-conns $IDLE_CONNS exceeds what the fd limit ($NOFILE) allows; expect failures" >&2
 fi
-
-# ------------------------------------------------------ process control ----
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/linger-bench.XXXXXX")
 RUNS_JSONL="$WORK/runs.jsonl"
 IDLE_JSONL="$WORK/idle.jsonl"
-ERRORS_JSONL="$WORK/problems.jsonl"
-: >"$RUNS_JSONL"; : >"$IDLE_JSONL"; : >"$ERRORS_JSONL"
-STARTED_PIDS=()
-
-alive() { [[ -e /proc/$1/stat ]] && ! grep -q ') Z ' "/proc/$1/stat" 2>/dev/null; }
-
-descendants() {
-    local kid
-    for kid in $(ps -o pid= --ppid "$1" 2>/dev/null); do
-        echo "$kid"
-        descendants "$kid"
-    done
-}
-
-# Stop a process we started (and its descendants, e.g. nginx workers) by PID.
-stop_tree() {
-    local pid=$1 kids i k
-    kids=$(descendants "$pid")
-    if alive "$pid"; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for ((i = 0; i < 50; i++)); do alive "$pid" || break; sleep 0.1; done
-        alive "$pid" && kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-    for k in $kids; do
-        alive "$k" && kill -KILL "$k" 2>/dev/null || true
-    done
-    local keep=() p
-    for p in "${STARTED_PIDS[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
-    STARTED_PIDS=("${keep[@]}")
-}
-
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    local i
-    for ((i = ${#STARTED_PIDS[@]} - 1; i >= 0; i--)); do
-        stop_tree "${STARTED_PIDS[i]}"
-    done
-    if ((rc == 130 || rc == 143)); then
-        echo "run.sh: interrupted; all started processes stopped" >&2
-    elif ((rc != 0 && rc != 1)); then
-        echo "run.sh: exiting with status $rc; logs in $WORK:" >&2
-        local f
-        for f in "$WORK"/*/*.log "$WORK"/*.log; do
-            [[ -s $f ]] || continue
-            echo "--- $f (last 10 lines)" >&2
-            tail -n 10 "$f" >&2
-        done
-        KEEP_TMP=1
-    fi
-    ((rc == 1)) && KEEP_TMP=1 # problems were reported: keep the logs they point to
-    if ((KEEP_TMP)); then
-        echo "run.sh: temporary files kept in $WORK" >&2
-    else
-        rm -rf "$WORK"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-problem() { # target phase message
-    "$PY" -c 'import json,sys; print(json.dumps(dict(target=sys.argv[1], phase=sys.argv[2], message=sys.argv[3])))' \
-        "$1" "$2" "$3" >>"$ERRORS_JSONL"
-    echo "!! [$1/$2] $3" >&2
-}
-
-free_port() { "$PY" "$LIB/ports.py" free 1; }
-
-# wait_ready NAME PID PORT LOG -> 0 if ready; records a problem otherwise
-wait_ready() {
-    local name=$1 pid=$2 port=$3 log=$4 err
-    if err=$("$PY" "$LIB/ports.py" wait "$port" --pid "$pid" --timeout 20 --http 2>&1); then
-        return 0
-    fi
-    local tailtxt=""
-    [[ -s $log ]] && tailtxt=$(tail -n 8 "$log" | sed 's/^/   | /')
-    problem "$name" start "$err; last lines of $log:"$'\n'"${tailtxt:-   | <empty>}"
-    stop_tree "$pid"
-    return 1
-}
+: >"$RUNS_JSONL"; : >"$IDLE_JSONL"
 
 # ---------------------------------------------------------------- origin ---
-NGINX_TEMP_PATHS='client_body_temp_path tmp/body; proxy_temp_path tmp/proxy; fastcgi_temp_path tmp/fastcgi; uwsgi_temp_path tmp/uwsgi; scgi_temp_path tmp/scgi;'
-NGINX_USER=""
-[[ $(id -u) == 0 ]] && NGINX_USER="user root root;"
 
 ORIGIN_PORT=$(free_port)
 ORIGIN_DIR="$WORK/origin"

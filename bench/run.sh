@@ -182,86 +182,17 @@ wait_ready origin "$ORIGIN_PID" "$ORIGIN_PORT" "$ORIGIN_DIR/error.log" || die "o
 declare -A TPID TPORT
 
 start_nginx_proxy() { # threads
-    local T=$1 port dir
+    local T=$1 port
     port=$(free_port)
-    dir="$WORK/nginx-t$T-$port"
-    mkdir -p "$dir/tmp"
-    cat >"$dir/nginx.conf" <<EOF
-$NGINX_USER
-daemon off;
-master_process on;
-worker_processes $T;
-worker_rlimit_nofile $NOFILE;
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-events { worker_connections $CONN_LIMIT; }
-http {
-    access_log off;
-    $NGINX_TEMP_PATHS
-    keepalive_timeout 300s;
-    keepalive_requests 100000000;
-    upstream origin {
-        server 127.0.0.1:$ORIGIN_PORT;
-        keepalive 64;
-        keepalive_requests 100000000;
-        keepalive_timeout 300s;
-    }
-    server {
-        listen 127.0.0.1:$port backlog=4096;
-        location / {
-            proxy_pass http://origin;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-    }
-}
-EOF
-    "$NGINX" -e "$dir/error.log" -p "$dir" -c "$dir/nginx.conf" >"$dir/stdout.log" 2>&1 &
-    local pid=$!
-    STARTED_PIDS+=("$pid")
-    wait_ready nginx "$pid" "$port" "$dir/error.log" || return 1
-    TPID[nginx]=$pid TPORT[nginx]=$port
+    launch_nginx_proxy "$WORK/nginx-t$T-$port" "$port" "$T" || return 1
+    TPID[nginx]=$LAUNCHED_PID TPORT[nginx]=$port
 }
 
 start_haproxy() { # threads
-    local T=$1 port dir
+    local T=$1 port
     port=$(free_port)
-    dir="$WORK/haproxy-t$T-$port"
-    mkdir -p "$dir"
-    # maxconn must exceed the idle test's connection count; haproxy would
-    # want 2 fds per connection, but idle client connections need only one
-    # (server connections are pooled), so fix ulimit-n at our hard limit.
-    cat >"$dir/haproxy.cfg" <<EOF
-global
-    nbthread $T
-    maxconn $CONN_LIMIT
-    ulimit-n $NOFILE
-    no strict-limits
-    # no 'log' line: no logging at all
-
-defaults
-    mode http
-    option http-keep-alive
-    http-reuse always
-    maxconn $CONN_LIMIT
-    timeout connect 5s
-    timeout client 300s
-    timeout server 30s
-    timeout http-request 300s
-    timeout http-keep-alive 300s
-
-frontend fe
-    bind 127.0.0.1:$port
-    default_backend be
-
-backend be
-    server origin 127.0.0.1:$ORIGIN_PORT pool-max-conn 64
-EOF
-    "$HAPROXY" -db -f "$dir/haproxy.cfg" >"$dir/haproxy.log" 2>&1 &
-    local pid=$!
-    STARTED_PIDS+=("$pid")
-    wait_ready haproxy "$pid" "$port" "$dir/haproxy.log" || return 1
-    TPID[haproxy]=$pid TPORT[haproxy]=$port
+    launch_haproxy "$WORK/haproxy-t$T-$port" "$port" "$T" 30s || return 1
+    TPID[haproxy]=$LAUNCHED_PID TPORT[haproxy]=$port
 }
 
 start_linger() { # threads [config]

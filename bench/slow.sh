@@ -236,79 +236,16 @@ TPID="" TPORT="" TDIR=""
 start_nginx_proxy() { # run-dir
     local dir=$1 port
     port=$(free_port)
-    mkdir -p "$dir/tmp"
-    cat >"$dir/nginx.conf" <<EOF
-$NGINX_USER
-daemon off;
-master_process on;
-worker_processes 1;
-worker_rlimit_nofile $NOFILE;
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-events { worker_connections $CONN_LIMIT; }
-http {
-    access_log off;
-    $NGINX_TEMP_PATHS
-    keepalive_timeout 300s;
-    keepalive_requests 100000000;
-    upstream origin {
-        server 127.0.0.1:$ORIGIN_PORT;
-        keepalive 64;
-        keepalive_requests 100000000;
-        keepalive_timeout 300s;
-    }
-    server {
-        listen 127.0.0.1:$port backlog=4096;
-        location / {
-            proxy_pass http://origin;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-    }
-}
-EOF
-    "$NGINX" -e "$dir/error.log" -p "$dir" -c "$dir/nginx.conf" >"$dir/stdout.log" 2>&1 &
-    local pid=$!
-    STARTED_PIDS+=("$pid")
-    wait_ready nginx "$pid" "$port" "$dir/error.log" || return 1
-    TPID=$pid TPORT=$port
+    launch_nginx_proxy "$dir" "$port" 1 || return 1
+    TPID=$LAUNCHED_PID TPORT=$port
 }
 
 start_haproxy() { # run-dir
     local dir=$1 port
     port=$(free_port)
-    mkdir -p "$dir"
-    cat >"$dir/haproxy.cfg" <<EOF
-global
-    nbthread 1
-    maxconn $CONN_LIMIT
-    ulimit-n $NOFILE
-    no strict-limits
-    # no 'log' line: no logging at all
-
-defaults
-    mode http
-    option http-keep-alive
-    http-reuse always
-    maxconn $CONN_LIMIT
-    timeout connect 5s
-    timeout client 300s
-    timeout server 300s
-    timeout http-request 300s
-    timeout http-keep-alive 300s
-
-frontend fe
-    bind 127.0.0.1:$port
-    default_backend be
-
-backend be
-    server origin 127.0.0.1:$ORIGIN_PORT pool-max-conn 64
-EOF
-    "$HAPROXY" -db -f "$dir/haproxy.cfg" >"$dir/haproxy.log" 2>&1 &
-    local pid=$!
-    STARTED_PIDS+=("$pid")
-    wait_ready haproxy "$pid" "$port" "$dir/haproxy.log" || return 1
-    TPID=$pid TPORT=$port
+    # A slow reader keeps a response, and so the server side, busy for minutes.
+    launch_haproxy "$dir" "$port" 1 300s || return 1
+    TPID=$LAUNCHED_PID TPORT=$port
 }
 
 start_linger() { # run-dir nobuf(0|1)

@@ -4,7 +4,8 @@
 # - raises the fd limit and sets NOFILE and CONN_LIMIT (connections the proxies may take);
 # - keeps STARTED_PIDS and stops every started process by PID on exit (stop_tree);
 # - records problems in $WORK/problems.jsonl (ERRORS_JSONL);
-# - gives free_port, wait_ready, and the nginx config pieces NGINX_TEMP_PATHS, NGINX_USER.
+# - gives free_port, wait_ready, the nginx config pieces NGINX_TEMP_PATHS, NGINX_USER,
+#   and launch_nginx_proxy / launch_haproxy (which need NGINX, HAPROXY and ORIGIN_PORT).
 
 # Every proxy may hold thousands of connections: raise the fd limit; children inherit it.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -105,3 +106,85 @@ wait_ready() {
 NGINX_TEMP_PATHS='client_body_temp_path tmp/body; proxy_temp_path tmp/proxy; fastcgi_temp_path tmp/fastcgi; uwsgi_temp_path tmp/uwsgi; scgi_temp_path tmp/scgi;'
 NGINX_USER=""
 [[ $(id -u) == 0 ]] && NGINX_USER="user root root;"
+
+# launch_nginx_proxy DIR PORT WORKERS: nginx as a reverse proxy to the origin on
+# $ORIGIN_PORT (upstream keepalive 64, HTTP/1.1, empty Connection header), logs off; waits
+# until it answers and sets LAUNCHED_PID. Returns 1 (with a problem recorded) otherwise.
+launch_nginx_proxy() {
+    local dir=$1 port=$2 workers=$3
+    mkdir -p "$dir/tmp"
+    cat >"$dir/nginx.conf" <<EOF
+$NGINX_USER
+daemon off;
+master_process on;
+worker_processes $workers;
+worker_rlimit_nofile $NOFILE;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections $CONN_LIMIT; }
+http {
+    access_log off;
+    $NGINX_TEMP_PATHS
+    keepalive_timeout 300s;
+    keepalive_requests 100000000;
+    upstream origin {
+        server 127.0.0.1:$ORIGIN_PORT;
+        keepalive 64;
+        keepalive_requests 100000000;
+        keepalive_timeout 300s;
+    }
+    server {
+        listen 127.0.0.1:$port backlog=4096;
+        location / {
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+    "$NGINX" -e "$dir/error.log" -p "$dir" -c "$dir/nginx.conf" >"$dir/stdout.log" 2>&1 &
+    LAUNCHED_PID=$!
+    STARTED_PIDS+=("$LAUNCHED_PID")
+    wait_ready nginx "$LAUNCHED_PID" "$port" "$dir/error.log"
+}
+
+# launch_haproxy DIR PORT THREADS SERVER_TIMEOUT: HAProxy in http mode with keep-alive on
+# both sides and pooled server connections, logs off; as launch_nginx_proxy otherwise.
+# maxconn must exceed the idle test's connection count; HAProxy would want 2 fds per
+# connection, but idle client connections need only one (server connections are pooled),
+# so ulimit-n is fixed at our hard limit.
+launch_haproxy() {
+    local dir=$1 port=$2 threads=$3 server_timeout=$4
+    mkdir -p "$dir"
+    cat >"$dir/haproxy.cfg" <<EOF
+global
+    nbthread $threads
+    maxconn $CONN_LIMIT
+    ulimit-n $NOFILE
+    no strict-limits
+    # no 'log' line: no logging at all
+
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    maxconn $CONN_LIMIT
+    timeout connect 5s
+    timeout client 300s
+    timeout server $server_timeout
+    timeout http-request 300s
+    timeout http-keep-alive 300s
+
+frontend fe
+    bind 127.0.0.1:$port
+    default_backend be
+
+backend be
+    server origin 127.0.0.1:$ORIGIN_PORT pool-max-conn 64
+EOF
+    "$HAPROXY" -db -f "$dir/haproxy.cfg" >"$dir/haproxy.log" 2>&1 &
+    LAUNCHED_PID=$!
+    STARTED_PIDS+=("$LAUNCHED_PID")
+    wait_ready haproxy "$LAUNCHED_PID" "$port" "$dir/haproxy.log"
+}

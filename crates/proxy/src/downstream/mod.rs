@@ -536,25 +536,12 @@ fn log_refusal(
     conn.stats
         .journal()
         .record_with("refused", format!("{status} {term}"));
-    worker
-        .metrics
-        .requests
-        .get_or_create(&crate::observe::metrics::RequestLabels {
-            listener: listener.name.clone(),
-            status: service::status_class(status),
-            termination: term.as_str(),
-        })
-        .inc();
+    count_unserved(worker, listener, status, term);
     if !worker.access_log.enabled() {
         return;
     }
     // No request was parsed: no method, path, upstream or timings.
     let rec = AccessRecord {
-        ts: crate::observe::access_log::unix_now(),
-        listener: listener.name.clone(),
-        downstream_conn: conn.id,
-        request_index: conn.requests() + 1,
-        client: conn.peer.to_string(),
         status,
         downstream_close: Some(if term == Termination::RequestHeadTimeout {
             CloseReason::HeaderReadTimeout.as_str()
@@ -563,7 +550,7 @@ fn log_refusal(
         }),
         termination: term.as_str(),
         detail: Some(detail),
-        ..AccessRecord::default()
+        ..unserved_record(listener, conn)
     };
     worker.access_log.write(&rec);
 }
@@ -592,15 +579,7 @@ fn log_request_at_idle_close(
         "request_lost",
         format!("{} bytes after {reason}", late.len()),
     );
-    worker
-        .metrics
-        .requests
-        .get_or_create(&crate::observe::metrics::RequestLabels {
-            listener: listener.name.clone(),
-            status: service::status_class(0),
-            termination: term.as_str(),
-        })
-        .inc();
+    count_unserved(worker, listener, 0, term);
     tracing::info!(
         downstream_conn = conn.id,
         close = reason.as_str(),
@@ -616,11 +595,6 @@ fn log_request_at_idle_close(
     // that are no request leave them empty.
     let parsed = req.parse(late).is_ok();
     let rec = AccessRecord {
-        ts: crate::observe::access_log::unix_now(),
-        listener: listener.name.clone(),
-        downstream_conn: conn.id,
-        request_index: conn.requests() + 1,
-        client: conn.peer.to_string(),
         method: req.method.filter(|_| parsed).unwrap_or_default().to_owned(),
         path: req.path.filter(|_| parsed).unwrap_or_default().to_owned(),
         downstream_close: Some(reason.as_str()),
@@ -630,9 +604,36 @@ fn log_request_at_idle_close(
              saw the connection end without an answer",
             late.len()
         )),
-        ..AccessRecord::default()
+        ..unserved_record(listener, conn)
     };
     worker.access_log.write(&rec);
+}
+
+/// Counts a request linger never served (refused, or lost to a close) in
+/// `linger_requests_total`.
+fn count_unserved(worker: &WorkerCtx, listener: &ListenerCtx, status: u16, term: Termination) {
+    worker
+        .metrics
+        .requests
+        .get_or_create(&crate::observe::metrics::RequestLabels {
+            listener: listener.name.clone(),
+            status: service::status_class(status),
+            termination: term.as_str(),
+        })
+        .inc();
+}
+
+/// The access-log record of a request linger never served: what the connection knows;
+/// the rest is the record's default.
+fn unserved_record(listener: &ListenerCtx, conn: &DsConn) -> AccessRecord {
+    AccessRecord {
+        ts: crate::observe::access_log::unix_now(),
+        listener: listener.name.clone(),
+        downstream_conn: conn.id,
+        request_index: conn.requests() + 1,
+        client: conn.peer.to_string(),
+        ..AccessRecord::default()
+    }
 }
 
 /// Writes the journal of a connection that ended abnormally to the log.

@@ -318,6 +318,12 @@ fn serve(args: ServeArgs) -> ExitCode {
                 connections = left,
                 "drain deadline passed; closing the rest"
             );
+            // Each connection logs its close and its request's line as it goes.
+            server.cut();
+            let still = server.wait_drained(Duration::from_secs(2)).await;
+            if still > 0 {
+                tracing::warn!(connections = still, "connections still open at exit");
+            }
         } else {
             tracing::info!("drained");
         }

@@ -124,3 +124,76 @@ async fn sigterm_under_load_loses_no_request_and_exits_0() {
         "access-log lines vs answers"
     );
 }
+
+/// A stream still running at the drain deadline is cut then, and its request gets its
+/// access-log line (`linger.drain.deadline`) before linger exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cut_at_the_drain_deadline_is_logged() {
+    let origin = Origin::start(OriginConfig {
+        stream_every: Some(Duration::from_millis(50)),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("linger-cut-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("access.log");
+    let conf = dir.join("linger.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[admin]\nenabled = false\n\n[runtime]\naccess_log = {:?}\ndrain_timeout = \"300ms\"\n\n\
+             [[listener]]\naddress = \"127.0.0.1:0\"\n\n[[cluster]]\nname = \"origin\"\n\
+             endpoints = [\"{}\"]\n",
+            log.display().to_string(),
+            origin.addr
+        ),
+    )
+    .unwrap();
+    let (mut child, rx) = support::spawn_serve_lines(&["--config", conf.to_str().unwrap()]);
+    let line = support::wait_for_line(&rx, "listening");
+    let addr = support::line_addr(&line).expect("the listening line has the address");
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"GET /events HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    support::wait_for_line(&rx, "closed at the drain deadline");
+    // The stream ends: linger closed the connection.
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the stream did not end at the drain deadline"
+    );
+    let exit = tokio::task::spawn_blocking(move || support::wait_exit(&mut child))
+        .await
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+    let text = std::fs::read_to_string(&log).expect("the access log exists");
+    let _ = std::fs::remove_dir_all(&dir);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "one line for the one request: {text}");
+    assert!(
+        lines[0].contains("\"termination\":\"linger.drain.deadline\""),
+        "{text}"
+    );
+    assert!(
+        lines[0].contains("\"downstream_close\":\"drain_deadline\""),
+        "{text}"
+    );
+}

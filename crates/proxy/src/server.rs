@@ -133,7 +133,13 @@ impl Server {
     }
 
     pub fn is_draining(&self) -> bool {
-        *self.drain_tx.borrow() == Drain::Draining
+        *self.drain_tx.borrow() != Drain::Running
+    }
+
+    /// The drain deadline passed: every connection still open closes now, each with its
+    /// close reason and its request's access-log line.
+    pub fn cut(&self) {
+        self.drain_tx.send_replace(Drain::Cut);
     }
 
     /// Waits until every downstream connection has closed, or `deadline` passes. Returns the

@@ -46,6 +46,8 @@ const DRAIN_IDLE_GRACE: Duration = Duration::from_millis(500);
 pub enum Drain {
     Running,
     Draining,
+    /// The drain deadline passed: every connection still open is closed now.
+    Cut,
 }
 
 /// Counts open downstream connections so a drain can wait for them.
@@ -99,7 +101,7 @@ pub struct WorkerCtx {
 
 impl WorkerCtx {
     pub fn is_draining(&self) -> bool {
-        *self.drain.borrow() == Drain::Draining
+        *self.drain.borrow() != Drain::Running
     }
 }
 
@@ -199,6 +201,8 @@ pub struct DsConn {
     close_reason: Mutex<Option<CloseReason>>,
     /// The service already logged the request that broke its framing (a bad chunk).
     pub(crate) violation_logged: std::sync::atomic::AtomicBool,
+    /// linger closed the connection at the drain deadline, whatever it was doing.
+    pub(crate) cut: std::sync::atomic::AtomicBool,
 }
 
 // === impl DsConn ===
@@ -255,7 +259,7 @@ impl DsConn {
 pub async fn accept_loop(worker: Arc<WorkerCtx>, listener: Arc<ListenerCtx>, socket: TcpListener) {
     let mut drain = worker.drain.clone();
     loop {
-        if *drain.borrow() == Drain::Draining {
+        if *drain.borrow() != Drain::Running {
             break;
         }
         tokio::select! {
@@ -305,6 +309,8 @@ fn spawn_connection(
 enum Ending {
     Hyper(Result<(), hyper::Error>),
     HeaderTimeout,
+    /// The drain deadline passed with the connection still open.
+    Cut,
 }
 
 const RESPONSE_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-type: text/plain\r\ncontent-length: 48\r\n\r\n408 Request Timeout: request head not received\n";
@@ -360,6 +366,7 @@ pub async fn serve_connection(
         }),
         close_reason: Mutex::new(None),
         violation_logged: std::sync::atomic::AtomicBool::new(false),
+        cut: std::sync::atomic::AtomicBool::new(false),
     });
     let svc = DsService {
         worker: worker.clone(),
@@ -383,7 +390,11 @@ pub async fn serve_connection(
         .into_parts()
         .map(|parts| parts.io.into_inner().into_stream());
     let mut bad_request = false;
+    let cut = matches!(ending, Ending::Cut);
     match ending {
+        Ending::Cut => {
+            tracing::info!(downstream_conn = conn.id, "closed at the drain deadline");
+        }
         Ending::HeaderTimeout => {
             // hyper never sent a response for the half-read head and is no longer polled;
             // answer 408 ourselves.
@@ -452,7 +463,11 @@ pub async fn serve_connection(
     // What arrived after linger's FIN: a request that met the close, if it parses as one.
     let mut late = Vec::new();
     let outcome = match &stream {
-        Some(stream) => linger_close(stream, &stats, cfg.linger_time, &mut late).await,
+        // At the drain deadline there is no time left to linger: FIN, and close.
+        Some(stream) => {
+            let linger = if cut { Duration::ZERO } else { cfg.linger_time };
+            linger_close(stream, &stats, linger, &mut late).await
+        }
         // Upgraded: the socket belongs to the tunnel now; it closes when the tunnel ends.
         None => LingerOutcome::PeerAlreadyClosed,
     };
@@ -667,12 +682,24 @@ async fn drive(
     let mut drain_rx = worker.drain.clone();
     let mut drain_changed: Option<Pin<Box<dyn Future<Output = ()> + Send + '_>>> =
         Some(Box::pin(async move {
-            let _ = drain_rx.wait_for(|d| *d == Drain::Draining).await;
+            let _ = drain_rx.wait_for(|d| *d != Drain::Running).await;
         }));
+    let mut cut_rx = worker.drain.clone();
+    let mut cut: Pin<Box<dyn Future<Output = ()> + Send + '_>> = Box::pin(async move {
+        // An error means the server is gone: then nothing will cut.
+        if cut_rx.wait_for(|d| *d == Drain::Cut).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    });
     let mut shutting_down = false;
     std::future::poll_fn(|cx| loop {
         if let Poll::Ready(r) = Pin::new(&mut *hconn).poll(cx) {
             return Poll::Ready(Ending::Hyper(r));
+        }
+        if cut.as_mut().poll(cx).is_ready() {
+            conn.cut.store(true, Ordering::Relaxed);
+            conn.set_close_reason(CloseReason::DrainDeadline);
+            return Poll::Ready(Ending::Cut);
         }
         if let Some(d) = drain_changed.as_mut() {
             if d.as_mut().poll(cx).is_ready() {

@@ -123,6 +123,12 @@ impl Drop for Inflight {
                 self.svc.finish(record, 400, 0, Termination::BadRequest);
                 return;
             }
+            if self.svc.conn.cut.load(std::sync::atomic::Ordering::Relaxed) {
+                record.detail = Some("cut at the drain deadline while waiting".into());
+                record.downstream_close = Some(CloseReason::DrainDeadline);
+                self.svc.finish(record, 0, 0, Termination::DrainDeadline);
+                return;
+            }
             self.svc
                 .worker
                 .metrics
@@ -208,6 +214,13 @@ impl Exchange for Finish {
             cluster.end_try(conn.endpoint);
             record.upstream_conn_closed = Some(CloseReason::Aborted.as_str());
             conn.abort(CloseReason::Aborted);
+        }
+        if self.svc.conn.cut.load(std::sync::atomic::Ordering::Relaxed) {
+            record.detail = Some("cut at the drain deadline during the response body".into());
+            record.downstream_close = Some(CloseReason::DrainDeadline);
+            self.svc
+                .finish(record, self.status, bytes_out, Termination::DrainDeadline);
+            return;
         }
         self.svc
             .worker

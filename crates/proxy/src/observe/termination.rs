@@ -59,6 +59,9 @@ pub enum Termination {
     /// A request arrived just as linger closed the idle connection (idle timeout, drain,
     /// age): never served, no answer (R2, R10).
     RequestAtIdleClose,
+    /// linger was still waiting for, or sending, the response when the drain deadline
+    /// passed: the connection was closed (R10).
+    DrainDeadline,
 }
 
 // === impl Termination ===
@@ -87,6 +90,7 @@ impl Termination {
             Self::DownstreamBodyError => "downstream.request_body.error",
             Self::RequestBodyTimeout => "downstream.request_body.timeout",
             Self::RequestAtIdleClose => "linger.idle_close.request_lost",
+            Self::DrainDeadline => "linger.drain.deadline",
         }
     }
 }
@@ -119,6 +123,8 @@ pub enum CloseReason {
     MaxAge,
     /// linger is draining (SIGTERM).
     Drain,
+    /// The drain deadline passed with the connection still open: closed at once.
+    DrainDeadline,
     /// The request asked for `Connection: close`, or was HTTP/1.0 without keep-alive.
     RequestedClose,
     /// An early response (R4) or an unread request body.
@@ -201,6 +207,7 @@ impl CloseReason {
             Self::MaxRequests => "max_requests",
             Self::MaxAge => "max_age",
             Self::Drain => "drain",
+            Self::DrainDeadline => "drain_deadline",
             Self::RequestedClose => "requested_close",
             Self::EarlyResponse => "early_response",
             Self::BadRequest => "bad_request",

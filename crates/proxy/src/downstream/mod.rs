@@ -41,8 +41,8 @@ static DOWNSTREAM_CONN_IDS: AtomicU64 = AtomicU64::new(1);
 /// request before linger closes it.
 const DRAIN_IDLE_GRACE: Duration = Duration::from_millis(500);
 
-/// The drain state every connection watches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The drain state every connection watches, in the order it moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Drain {
     Running,
     Draining,
@@ -679,32 +679,24 @@ async fn drive(
 ) -> Ending {
     let first_deadline = idle_deadline(conn, cfg, conn.started);
     let mut sleep = Box::pin(tokio::time::sleep_until(first_deadline));
-    let mut drain_rx = worker.drain.clone();
-    let mut drain_changed: Option<Pin<Box<dyn Future<Output = ()> + Send + '_>>> =
-        Some(Box::pin(async move {
-            let _ = drain_rx.wait_for(|d| *d != Drain::Running).await;
-        }));
-    let mut cut_rx = worker.drain.clone();
-    let mut cut: Pin<Box<dyn Future<Output = ()> + Send + '_>> = Box::pin(async move {
-        // An error means the server is gone: then nothing will cut.
-        if cut_rx.wait_for(|d| *d == Drain::Cut).await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    });
+    // One watch on the drain state, in two stages: until the drain starts (then the loop
+    // below closes idle connections), then until the deadline cuts what is left.
+    let mut cutting = false;
+    let mut drain_watch = Box::pin(drain_reaches(worker.drain.clone(), Drain::Draining));
     let mut shutting_down = false;
     std::future::poll_fn(|cx| loop {
         if let Poll::Ready(r) = Pin::new(&mut *hconn).poll(cx) {
             return Poll::Ready(Ending::Hyper(r));
         }
-        if cut.as_mut().poll(cx).is_ready() {
-            conn.cut.store(true, Ordering::Relaxed);
-            conn.set_close_reason(CloseReason::DrainDeadline);
-            return Poll::Ready(Ending::Cut);
-        }
-        if let Some(d) = drain_changed.as_mut() {
-            if d.as_mut().poll(cx).is_ready() {
-                drain_changed = None;
+        if drain_watch.as_mut().poll(cx).is_ready() {
+            if cutting {
+                conn.cut.store(true, Ordering::Relaxed);
+                conn.set_close_reason(CloseReason::DrainDeadline);
+                return Poll::Ready(Ending::Cut);
             }
+            cutting = true;
+            drain_watch.set(drain_reaches(worker.drain.clone(), Drain::Cut));
+            continue;
         }
         let (in_flight, idle_since) = conn.state();
         let head_started = stats.first_read_at();
@@ -764,6 +756,13 @@ async fn drive(
         }
     })
     .await
+}
+
+/// Resolves once the drain state is `at` or past it; never, if the server is gone.
+async fn drain_reaches(mut rx: watch::Receiver<Drain>, at: Drain) {
+    if rx.wait_for(|d| *d >= at).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 fn idle_deadline(conn: &DsConn, cfg: &ListenerConfig, idle_since: Instant) -> Instant {

@@ -89,6 +89,9 @@ pub struct BodyDecoder {
     state: State,
     /// The current chunk or trailer line, as far as it has arrived.
     line: Vec<u8>,
+    /// The trailer lines of a chunked body, each with its CRLF (bounded by
+    /// [`MAX_TRAILERS`]).
+    trailers: Vec<u8>,
 }
 
 // === impl BodyDecoder ===
@@ -104,7 +107,14 @@ impl BodyDecoder {
         Self {
             state,
             line: Vec::new(),
+            trailers: Vec::new(),
         }
+    }
+
+    /// The trailer fields that followed the last chunk, each line with its CRLF; empty
+    /// when there were none.
+    pub fn take_trailers(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.trailers)
     }
 
     /// Whether the body has ended.
@@ -192,6 +202,7 @@ impl BodyDecoder {
                             } else if total + line.len() > MAX_TRAILERS {
                                 return Err(BodyError::TrailersTooLarge);
                             } else {
+                                self.trailers.extend_from_slice(&line);
                                 State::Trailers {
                                     total: total + line.len(),
                                 }
@@ -400,6 +411,21 @@ mod tests {
             every_split(Framing::Chunked, &many),
             Err(BodyError::TrailersTooLarge)
         );
+    }
+
+    #[test]
+    fn trailers_are_kept_for_whoever_forwards_them() {
+        let mut d = BodyDecoder::new(Framing::Chunked);
+        let input = b"2\r\nhi\r\n0\r\nx-sum: 1\r\nx-b: 2\r\n\r\n";
+        let mut i = 0;
+        while !d.is_done() {
+            i += d.decode(&input[i..]).unwrap().consumed;
+        }
+        assert_eq!(i, input.len());
+        assert_eq!(d.take_trailers(), b"x-sum: 1\r\nx-b: 2\r\n");
+        let mut d = BodyDecoder::new(Framing::Chunked);
+        d.decode(b"0\r\n\r\n").unwrap();
+        assert!(d.is_done() && d.take_trailers().is_empty());
     }
 
     #[test]

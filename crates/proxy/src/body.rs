@@ -1,10 +1,13 @@
 //! Bodies in both directions, streamed frame by frame (hyper's backpressure: a frame is
 //! only polled when the other side can take it), with progress tracking.
 //!
-//! * [`UpBody`]: the request body linger sends upstream.
+//! * [`UpBody`]: the request body linger streams upstream.
+//! * [`UpstreamBody`]: a response body read from an upstream connection (framed by
+//!   `linger_h1`'s decoder), which owns the connection until the body ends and meanwhile
+//!   sends what is left of a request body that was still streaming.
 //! * [`DownBody`]: the response body linger sends downstream; its [`Exchange`] guard
 //!   finishes the request when the body ends, fails or is dropped (access log, metrics,
-//!   pool check-in or abort).
+//!   pool check-in or close, with the connection handed back).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,7 +17,13 @@ use std::task::{Context, Poll, Waker};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::sync::Notify;
+use linger_h1::{BodyDecoder, Framing};
+use std::task::ready;
+
+use crate::error::BodyFailure;
+use crate::upstream::exchange::{encode_data, encode_end, Tail};
+use crate::upstream::UpstreamConn;
+use bytes::Buf;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -24,7 +33,6 @@ pub struct BodyProgress {
     bytes: AtomicU64,
     done: AtomicBool,
     failed: AtomicBool,
-    pub changed: Notify,
 }
 
 // === impl BodyProgress ===
@@ -45,18 +53,6 @@ impl BodyProgress {
 
     pub fn mark_done(&self) {
         self.done.store(true, Ordering::Release);
-        self.changed.notify_waiters();
-    }
-
-    /// Waits until the body is done or failed.
-    pub async fn finished(&self) {
-        loop {
-            let notified = self.changed.notified();
-            if self.is_done() || self.failed() {
-                return;
-            }
-            notified.await;
-        }
     }
 }
 
@@ -117,12 +113,9 @@ impl StreamBody {
     }
 }
 
-/// The request body linger sends upstream.
+/// The request body linger streams upstream.
 #[derive(Debug)]
 pub enum UpBody {
-    Empty,
-    /// A body held in memory (a replayable buffer).
-    Full(Option<Bytes>),
     Stream(Box<StreamBody>),
 }
 
@@ -135,8 +128,6 @@ impl Body for UpBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            UpBody::Empty => Poll::Ready(None),
-            UpBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             UpBody::Stream(s) => {
                 if s.ended {
                     return Poll::Ready(None);
@@ -180,7 +171,6 @@ impl Body for UpBody {
                     Poll::Ready(Some(Err(e))) => {
                         s.ended = true;
                         s.progress.failed.store(true, Ordering::Relaxed);
-                        s.progress.changed.notify_waiters();
                         Poll::Ready(Some(Err(Box::new(e))))
                     }
                 }
@@ -190,16 +180,12 @@ impl Body for UpBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            UpBody::Empty => true,
-            UpBody::Full(b) => b.is_none(),
             UpBody::Stream(s) => s.ended || (s.first.is_none() && s.inner.is_end_stream()),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            UpBody::Empty => SizeHint::with_exact(0),
-            UpBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             UpBody::Stream(s) => {
                 let first = s
                     .first
@@ -218,14 +204,160 @@ impl Body for UpBody {
     }
 }
 
-/// Finishes a request when its response body ends, fails or is dropped.
+/// A response body read from an upstream connection, which it owns until the body ends.
+#[derive(Debug)]
+pub struct UpstreamBody {
+    conn: Option<UpstreamConn>,
+    /// The rest of the request body, sent as the response is read.
+    tail: Option<(Tail, UpBody)>,
+    decoder: BodyDecoder,
+    /// Bytes left of a `Content-Length` body, for the size hint.
+    remaining: Option<u64>,
+    trailers_sent: bool,
+}
+
+// === impl UpstreamBody ===
+
+impl UpstreamBody {
+    pub fn new(conn: UpstreamConn, framing: Framing, tail: Option<(Tail, UpBody)>) -> Self {
+        Self {
+            conn: Some(conn),
+            tail,
+            decoder: BodyDecoder::new(framing),
+            remaining: match framing {
+                Framing::Length(n) => Some(n),
+                Framing::Empty => Some(0),
+                _ => None,
+            },
+            trailers_sent: false,
+        }
+    }
+
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyFailure>>> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if let Some((tail, body)) = self.tail.as_mut() {
+            if poll_tail(tail, body, conn, cx) {
+                self.tail = None;
+            }
+        }
+        loop {
+            if self.decoder.is_done() {
+                self.tail = None;
+                if !self.trailers_sent {
+                    self.trailers_sent = true;
+                    let raw = self.decoder.take_trailers();
+                    if !raw.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::trailers(parse_trailers(&raw)))));
+                    }
+                }
+                return Poll::Ready(None);
+            }
+            if !conn.buf.is_empty() {
+                let step = match self.decoder.decode(&conn.buf) {
+                    Ok(s) => s,
+                    Err(e) => return Poll::Ready(Some(Err(BodyFailure::Malformed(e)))),
+                };
+                let used = conn.buf.split_to(step.consumed).freeze();
+                if let Some(r) = step.data.filter(|r| !r.is_empty()) {
+                    if let Some(left) = self.remaining.as_mut() {
+                        *left -= r.len() as u64;
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(used.slice(r)))));
+                }
+                continue;
+            }
+            match ready!(conn.poll_fill(cx)) {
+                Ok(0) => {
+                    if let Err(e) = self.decoder.eof() {
+                        let _ = e;
+                        return Poll::Ready(Some(Err(BodyFailure::PeerGone(conn.stats.peer()))));
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return Poll::Ready(Some(Err(BodyFailure::PeerGone(conn.stats.peer())))),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.conn.is_none()
+            || (self.decoder.is_done() && self.trailers_sent)
+            || self.remaining == Some(0)
+    }
+}
+
+/// Sends what it can of a request body's rest without waiting; true when there is
+/// nothing more to send (sent, failed, or the upstream stopped taking it).
+fn poll_tail(
+    tail: &mut Tail,
+    body: &mut UpBody,
+    conn: &UpstreamConn,
+    cx: &mut Context<'_>,
+) -> bool {
+    loop {
+        if !tail.pending.is_empty() {
+            match conn.poll_write_some(cx, &tail.pending) {
+                Poll::Ready(Ok(n)) => tail.pending.advance(n),
+                Poll::Ready(Err(_)) => return true,
+                Poll::Pending => return false,
+            }
+            continue;
+        }
+        if tail.stream_ended {
+            return true;
+        }
+        match Pin::new(&mut *body).poll_frame(cx) {
+            Poll::Pending => return false,
+            Poll::Ready(Some(Err(_))) => return true,
+            Poll::Ready(None) => {
+                tail.pending = encode_end(None, tail.chunked);
+                tail.stream_ended = true;
+            }
+            Poll::Ready(Some(Ok(f))) => match f.into_data() {
+                Ok(d) => tail.pending = encode_data(d, tail.chunked),
+                Err(f) => {
+                    tail.pending = encode_end(f.trailers_ref(), tail.chunked);
+                    tail.stream_ended = true;
+                }
+            },
+        }
+    }
+}
+
+/// Trailer lines (each with its CRLF) as header fields; lines that are no field are left
+/// out.
+fn parse_trailers(raw: &[u8]) -> http::HeaderMap {
+    let mut map = http::HeaderMap::new();
+    for line in raw.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(&line[..colon]),
+            http::HeaderValue::from_bytes(line[colon + 1..].trim_ascii()),
+        ) else {
+            continue;
+        };
+        map.append(name, value);
+    }
+    map
+}
+
+/// Finishes a request when its response body ends, fails or is dropped. The upstream
+/// connection the body came from, if any, is handed back with the outcome.
 pub trait Exchange: Send + Sync + 'static {
     /// The body was sent to its end.
-    fn complete(&mut self, bytes_out: u64);
+    fn complete(&mut self, bytes_out: u64, conn: Option<UpstreamConn>);
     /// The upstream body failed mid-way; the downstream response is being aborted (R11).
-    fn upstream_failed(&mut self, bytes_out: u64, error: &hyper::Error);
+    fn upstream_failed(&mut self, bytes_out: u64, error: BodyFailure, conn: Option<UpstreamConn>);
     /// The body was dropped before its end: the downstream went away (R5).
-    fn dropped(&mut self, bytes_out: u64);
+    fn dropped(&mut self, bytes_out: u64, conn: Option<UpstreamConn>);
 }
 
 /// The response body linger sends downstream.
@@ -237,7 +369,7 @@ pub struct DownBody {
 
 enum DownKind {
     Full(Option<Bytes>),
-    Upstream(Incoming),
+    Upstream(Box<UpstreamBody>),
 }
 
 impl std::fmt::Debug for DownBody {
@@ -260,17 +392,25 @@ impl DownBody {
         }
     }
 
-    pub fn upstream(body: Incoming, exchange: Box<dyn Exchange>) -> Self {
+    pub fn upstream(body: UpstreamBody, exchange: Box<dyn Exchange>) -> Self {
         Self {
-            kind: DownKind::Upstream(body),
+            kind: DownKind::Upstream(Box::new(body)),
             bytes_out: 0,
             exchange: Some(exchange),
         }
     }
 
+    fn take_conn(&mut self) -> Option<UpstreamConn> {
+        match &mut self.kind {
+            DownKind::Upstream(b) => b.conn.take(),
+            DownKind::Full(_) => None,
+        }
+    }
+
     fn finish(&mut self) {
         if let Some(mut ex) = self.exchange.take() {
-            ex.complete(self.bytes_out);
+            let conn = self.take_conn();
+            ex.complete(self.bytes_out, conn);
         }
     }
 }
@@ -289,14 +429,17 @@ impl Body for DownBody {
                 Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
                 None => Poll::Ready(None),
             },
-            DownKind::Upstream(inner) => match Pin::new(inner).poll_frame(cx) {
+            DownKind::Upstream(inner) => match inner.poll_frame(cx) {
                 Poll::Ready(Some(Err(e))) => {
                     if let Some(mut ex) = this.exchange.take() {
-                        ex.upstream_failed(this.bytes_out, &e);
+                        let conn = this.take_conn();
+                        ex.upstream_failed(this.bytes_out, e, conn);
                     }
                     return Poll::Ready(Some(Err(Box::new(e))));
                 }
-                other => other.map(|o| o.map(|r| r.map_err(|e| Box::new(e) as BoxError))),
+                Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
             },
         };
         match &polled {
@@ -326,7 +469,10 @@ impl Body for DownBody {
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             DownKind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            DownKind::Upstream(i) => i.size_hint(),
+            DownKind::Upstream(i) => match i.remaining {
+                Some(n) => SizeHint::with_exact(n),
+                None => SizeHint::default(),
+            },
         }
     }
 }
@@ -334,14 +480,12 @@ impl Body for DownBody {
 impl Drop for DownBody {
     fn drop(&mut self) {
         if let Some(mut ex) = self.exchange.take() {
-            let ended = match &self.kind {
-                DownKind::Full(b) => b.is_none(),
-                DownKind::Upstream(i) => i.is_end_stream(),
-            };
+            let ended = self.is_end_stream();
+            let conn = self.take_conn();
             if ended {
-                ex.complete(self.bytes_out);
+                ex.complete(self.bytes_out, conn);
             } else {
-                ex.dropped(self.bytes_out);
+                ex.dropped(self.bytes_out, conn);
             }
         }
     }

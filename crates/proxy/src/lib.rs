@@ -2,22 +2,26 @@
 //! lifecycle on both sides.
 //!
 //! * `downstream/`: the client side (hyper server `conn`), its timers and its close.
-//! * `upstream/`: clusters, our own per-endpoint pool, the connector (hyper client `conn`).
+//! * `upstream/`: clusters, our own per-endpoint pool of bare sockets, the connector, and
+//!   linger's own HTTP/1.1 client exchange, driven in the request's task.
 //! * `lifecycle/`: sans-io decisions (reuse, keep-alive, close) that the two sides drive.
-//! * `io/`: the socket wrapper through which every socket passes, and socket options.
+//! * `io/`: the downstream socket wrapper, the lingering close, and socket options.
+//! * `error.rs`: typed errors of a try (side, kind, retry class).
 //! * `observe/`: termination codes, metrics, the access log.
 //!
 //! # Cancel safety
 //!
 //! When the downstream closes while linger waits for an upstream response, hyper drops the
-//! request future; dropping it aborts the upstream connection (the origin sees its socket
-//! close) and logs `downstream.waiting.closed`. Dropping a response body before its end
-//! does the same with `downstream.response_body.closed`.
+//! request future; the upstream connection it holds is dropped with it (the origin sees
+//! its socket close, counted as `aborted`) and the request is logged as
+//! `downstream.waiting.closed`. Dropping a response body before its end does the same with
+//! `downstream.response_body.closed`.
 
 pub mod admin;
 mod body;
 pub mod config;
 mod downstream;
+mod error;
 mod forward;
 mod io;
 mod lifecycle;

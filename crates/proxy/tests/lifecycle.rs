@@ -684,6 +684,15 @@ async fn r9_origin_closing_after_each_response_loses_no_post() {
     assert!(failures(&outcomes).is_empty(), "{:?}", failures(&outcomes));
     assert_eq!(origin.stats.duplicates(), 0);
     explained(&linger, "ok", &[("upstream", "upstream_fin_idle")]).await;
+    // linger learned that the origin closes after each response: POSTs go to fresh
+    // connections rather than race its FIN.
+    let metrics = linger.server.metrics.encode();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("linger_races_total{")
+            && l.contains("what=\"close_after_response_learned\"")
+            && !l.ends_with(" 0")),
+        "{metrics}"
+    );
 }
 
 async fn mid_body_reset(chunked: bool) {

@@ -1,9 +1,9 @@
 //! The request path: one downstream request → route → upstream tries → one response.
 //!
 //! Cancel safety: hyper drops this future when the downstream closes while linger waits
-//! for the upstream (R7). [`Inflight`]'s `Drop` then aborts the upstream connection (the
-//! origin sees its connection close at once, nothing is written to the gone client) and
-//! logs `downstream.waiting.closed`.
+//! for the upstream (R7). The upstream connection the try holds is dropped with it (the
+//! origin sees its connection close at once, nothing is written to the gone client), and
+//! [`Inflight`]'s `Drop` logs `downstream.waiting.closed`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -20,26 +20,24 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::{DsConn, ListenerCtx, WorkerCtx};
-use crate::body::{BodyProgress, DownBody, Exchange, ExpectGate, StreamBody, UpBody};
+use linger_h1::Framing;
+use tokio::io::AsyncWriteExt;
+
+use crate::body::{BodyProgress, DownBody, Exchange, ExpectGate, StreamBody, UpBody, UpstreamBody};
 use crate::config::{EarlyResponsePolicy, HostMatch};
+use crate::error::{BodyFailure, TryError, TryErrorKind};
 use crate::forward;
-use crate::io::PeerClose;
 use crate::lifecycle::downstream::{ConnDecision, ResponseFacts};
 use crate::lifecycle::upstream::{connection_has, Exchange as UpExchange, Reuse};
 use crate::observe::access_log::unix_now;
 use crate::observe::metrics::{RequestLabels, RetryLabels};
 use crate::observe::{AccessRecord, CloseReason, ConnState, RetryEntry, Termination};
 use crate::retry::{self, Decision, TryFailure};
-use crate::upstream::{Cluster, ConnShared, ConnectError, UpstreamConn};
-
-/// How long an `Expect: 100-continue` body waits for the upstream's 100 before it is sent
-/// anyway (curl waits 1 s).
-const EXPECT_WAIT: Duration = Duration::from_secs(1);
+use crate::upstream::exchange::{exchange, write_request_head, Answered, Outgoing, ResponseHead};
+use crate::upstream::{Cluster, UpstreamConn};
 /// How long a response that arrived before the request body was fully forwarded waits for
 /// the body to finish before it is treated as an early response (R4).
 const EARLY_RESPONSE_GRACE: Duration = Duration::from_millis(20);
-/// Pooled connections found closed at checkout that may be skipped per request.
-const MAX_STALE_SKIPS: u32 = 16;
 
 /// The hyper service for one downstream connection.
 #[derive(Clone)]
@@ -99,16 +97,12 @@ struct Record {
 struct Inflight {
     svc: DsService,
     record: Option<Record>,
-    upstream: Option<Arc<ConnShared>>,
     endpoint_in_flight: Option<(Arc<Cluster>, usize)>,
 }
 
 impl Drop for Inflight {
     fn drop(&mut self) {
         if let Some(record) = self.record.take() {
-            if let Some(up) = self.upstream.take() {
-                up.abort(CloseReason::Aborted);
-            }
             if let Some((cluster, ep)) = self.endpoint_in_flight.take() {
                 cluster.end_try(ep);
             }
@@ -151,28 +145,31 @@ struct Finish {
     status: u16,
     /// The code logged when the body completes: `ok`, or why linger answered itself.
     termination: Termination,
-    upstream: Option<(Arc<Cluster>, UpstreamConn, Reuse)>,
+    /// The cluster, the endpoint whose try this is, and what becomes of the connection.
+    upstream: Option<(Arc<Cluster>, usize, Reuse)>,
 }
 
 impl Exchange for Finish {
-    fn complete(&mut self, bytes_out: u64) {
+    fn complete(&mut self, bytes_out: u64, conn: Option<UpstreamConn>) {
         let Some(mut record) = self.record.take() else {
             return;
         };
-        if let Some((cluster, mut conn, reuse)) = self.upstream.take() {
-            cluster.end_try(conn.endpoint);
-            conn.shared.stats.journal().record("response_end");
-            match reuse {
-                Reuse::Keep {
-                    idle_for,
-                    requests_left,
-                } => {
-                    conn.requests_left = requests_left;
-                    cluster.checkin(conn, idle_for);
-                }
-                Reuse::Close(reason) => {
-                    record.upstream_conn_closed = Some(reason.as_str());
-                    conn.abort(reason);
+        if let Some((cluster, endpoint, reuse)) = self.upstream.take() {
+            cluster.end_try(endpoint);
+            if let Some(mut conn) = conn {
+                conn.stats.journal().record("response_end");
+                match reuse {
+                    Reuse::Keep {
+                        idle_for,
+                        requests_left,
+                    } => {
+                        conn.requests_left = requests_left;
+                        cluster.checkin(conn, idle_for);
+                    }
+                    Reuse::Close(reason) => {
+                        record.upstream_conn_closed = Some(reason.as_str());
+                        conn.close(reason);
+                    }
                 }
             }
         }
@@ -180,15 +177,17 @@ impl Exchange for Finish {
             .finish(record, self.status, bytes_out, self.termination);
     }
 
-    fn upstream_failed(&mut self, bytes_out: u64, error: &hyper::Error) {
+    fn upstream_failed(&mut self, bytes_out: u64, error: BodyFailure, conn: Option<UpstreamConn>) {
         let Some(mut record) = self.record.take() else {
             return;
         };
-        if let Some((cluster, conn, _)) = self.upstream.take() {
-            cluster.end_try(conn.endpoint);
-            let reason = upstream_close_reason(conn.shared.stats.peer());
+        if let Some((cluster, endpoint, _)) = self.upstream.take() {
+            cluster.end_try(endpoint);
+        }
+        if let Some(conn) = conn {
+            let reason = error.close_reason();
             record.upstream_conn_closed = Some(reason.as_str());
-            conn.abort(reason);
+            conn.close(reason);
         }
         // The downstream response is cut short: hyper closes the connection without the
         // final chunk, or before the announced length (R11).
@@ -206,14 +205,16 @@ impl Exchange for Finish {
         );
     }
 
-    fn dropped(&mut self, bytes_out: u64) {
+    fn dropped(&mut self, bytes_out: u64, conn: Option<UpstreamConn>) {
         let Some(mut record) = self.record.take() else {
             return;
         };
-        if let Some((cluster, conn, _)) = self.upstream.take() {
-            cluster.end_try(conn.endpoint);
+        if let Some((cluster, endpoint, _)) = self.upstream.take() {
+            cluster.end_try(endpoint);
+        }
+        if let Some(conn) = conn {
             record.upstream_conn_closed = Some(CloseReason::Aborted.as_str());
-            conn.abort(CloseReason::Aborted);
+            conn.close(CloseReason::Aborted);
         }
         if self.svc.conn.cut.load(std::sync::atomic::Ordering::Relaxed) {
             record.detail = Some("cut at the drain deadline during the response body".into());
@@ -236,6 +237,50 @@ impl Exchange for Finish {
             bytes_out,
             Termination::DownstreamClosedStreaming,
         );
+    }
+}
+
+/// The request as every try sends it.
+struct Prepared {
+    method: Method,
+    /// The origin-form target.
+    target: String,
+    /// Forwarded with linger's other changes; `Host` is set per try unless preserved.
+    headers: HeaderMap,
+    preserve_host: bool,
+    /// A body read whole (sent again on a retry).
+    replay: Option<Bytes>,
+    /// A body that streams from the client.
+    stream: Option<UpBody>,
+    /// The streamed body goes with chunked encoding (its length is unknown).
+    chunked: bool,
+    gate: Option<Arc<ExpectGate>>,
+    /// How long a response that came before the body ended waits for the body (R4).
+    early_wait: Duration,
+    /// Could a try that failed after sending be sent again (idempotent, body replayable)?
+    may_retry: bool,
+}
+
+// === impl Prepared ===
+
+impl Prepared {
+    /// The head for a try on `endpoint` (its `Host`, unless the client's is preserved),
+    /// with a buffered body after it.
+    fn head(&self, endpoint: &str) -> Vec<u8> {
+        let host = (!self.preserve_host).then_some(endpoint);
+        let mut out = Vec::with_capacity(512 + self.replay.as_ref().map_or(0, Bytes::len));
+        write_request_head(
+            &mut out,
+            &self.method,
+            &self.target,
+            &self.headers,
+            host,
+            self.chunked,
+        );
+        if let Some(b) = &self.replay {
+            out.extend_from_slice(b);
+        }
+        out
     }
 }
 
@@ -407,9 +452,6 @@ impl DsService {
         close: Option<CloseReason>,
     ) -> Response<DownBody> {
         let mut record = inflight.record.take().expect("record is taken once");
-        if let Some(up) = inflight.upstream.take() {
-            up.abort(CloseReason::Aborted);
-        }
         if let Some((cluster, ep)) = inflight.endpoint_in_flight.take() {
             cluster.end_try(ep);
         }
@@ -539,7 +581,6 @@ impl DsService {
         let mut inflight = Inflight {
             svc: self.clone(),
             record: Some(record),
-            upstream: None,
             endpoint_in_flight: None,
         };
 
@@ -685,13 +726,8 @@ impl DsService {
                 let mut body = body;
                 let mut first = None;
                 if expect_continue {
-                    let g = Arc::new(ExpectGate::default());
-                    let timer = g.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(EXPECT_WAIT).await;
-                        timer.open();
-                    });
-                    gate = Some(g);
+                    // Opened by the upstream's 100, or by the exchange's timer.
+                    gate = Some(Arc::new(ExpectGate::default()));
                 } else {
                     // Wait for the first body bytes before touching an upstream: a body
                     // that is broken from its first byte never reaches one (R12).
@@ -728,311 +764,150 @@ impl DsService {
         }
         let replayable = stream.is_none();
         cluster.budget.deposit();
+        let chunked = stream.is_some() && !headers.contains_key(header::CONTENT_LENGTH);
+        let mut req = Prepared {
+            method,
+            target: uri.to_string(),
+            preserve_host: self.listener.cfg.headers.preserve_host && original_host.is_some(),
+            headers,
+            replay,
+            stream: stream.map(UpBody::Stream),
+            chunked,
+            gate,
+            early_wait: match self.listener.cfg.early_response {
+                EarlyResponsePolicy::Hold => self.listener.cfg.early_response_hold,
+                EarlyResponsePolicy::Close => EARLY_RESPONSE_GRACE,
+            },
+            may_retry: idempotent && replayable,
+        };
 
         // --- tries ---
         let mut retries_done = 0u32;
-        let mut stale_skips = 0u32;
         let mut avoid: Vec<usize> = Vec::new();
-        let mut stream = stream;
-        let m = self.worker.metrics.clone();
-        let result = 'tries: loop {
+        let (conn, answered) = loop {
             let ep_idx = cluster.pick(&avoid);
-            let endpoint_label = cluster.endpoints[ep_idx].label.as_str();
-            if logging {
-                if let Some(r) = inflight.record.as_mut() {
-                    r.endpoint = Some(endpoint_label.to_owned());
-                }
-            }
-            let failed: FailedTry = 'attempt: {
-                let conn = match cluster.checkout(ep_idx) {
-                    Some(mut c) => {
-                        c.reused = true;
-                        c
-                    }
-                    None => {
-                        let t0 = Instant::now();
-                        match cluster.connect(ep_idx).await {
-                            Ok(c) => {
-                                if let Some(r) = inflight.record.as_mut() {
-                                    r.connect_ms = Some(t0.elapsed().as_secs_f64() * 1000.0);
-                                }
-                                c
-                            }
-                            Err(e) => {
-                                let (term, reason) = match e {
-                                    ConnectError::Timeout(_) => {
-                                        (Termination::ConnectTimeout, "connect_timeout")
-                                    }
-                                    _ => (Termination::ConnectFailed, "connect_failed"),
-                                };
-                                break 'attempt FailedTry {
-                                    failure: TryFailure::Unsent,
-                                    replayable,
-                                    reason,
-                                    status: StatusCode::BAD_GATEWAY,
-                                    term,
-                                    detail: format!("upstream {endpoint_label}: {e}"),
-                                    upstream_health: true,
-                                };
-                            }
-                        }
-                    }
-                };
-                let mut conn = conn;
-                if conn.sender.ready().await.is_err() {
-                    // Closed between checkout and use: nothing was sent.
-                    m.race("R9", "closed_after_checkout");
-                    stale_skips += 1;
-                    if stale_skips > MAX_STALE_SKIPS {
-                        break 'tries Err((
-                            StatusCode::BAD_GATEWAY,
-                            Termination::RetriesExhausted,
-                            format!(
-                                "upstream {endpoint_label}: every pooled connection was closed"
-                            ),
-                        ));
-                    }
-                    continue 'tries;
-                }
-                conn.requests += 1;
-                conn.shared.entry.add_request();
-                if conn.reused {
-                    cluster.reused_requests.inc();
-                } else {
-                    cluster.fresh_requests.inc();
-                }
-                self.journal().record_with(
-                    "upstream",
-                    format!(
-                        "u{} {} ({endpoint_label})",
-                        conn.id(),
-                        if conn.reused { "reused" } else { "new" }
-                    ),
-                );
-                conn.shared
-                    .stats
-                    .journal()
-                    .record_with("request_head", format!("{method} for d{}", self.conn.id));
-                if let Some(r) = inflight.record.as_mut() {
-                    r.upstream_conn = Some(conn.id());
-                    r.upstream_reused = Some(conn.reused);
-                    r.upstream_conn_requests = Some(conn.requests);
-                    r.upstream_conn_age_ms = Some(conn.created.elapsed().as_secs_f64() * 1000.0);
-                }
-                let body = if let Some(b) = &replay {
-                    UpBody::Full(Some(b.clone()))
-                } else if let Some(s) = stream.take() {
-                    UpBody::Stream(s)
-                } else {
-                    UpBody::Empty
-                };
-                let mut up_req = Request::new(body);
-                *up_req.method_mut() = method.clone();
-                *up_req.uri_mut() = uri.clone();
-                *up_req.version_mut() = Version::HTTP_11;
-                *up_req.headers_mut() = headers.clone();
-                if !self.listener.cfg.headers.preserve_host || original_host.is_none() {
-                    if let Ok(v) = HeaderValue::from_str(endpoint_label) {
-                        up_req.headers_mut().insert(header::HOST, v);
-                    }
-                }
-                if let Some(g) = &gate {
-                    let g = g.clone();
-                    hyper::ext::on_informational(&mut up_req, move |res| {
-                        if res.status() == StatusCode::CONTINUE {
-                            g.open();
-                        }
-                    });
-                }
-                if upgrade.is_some() {
-                    conn.shared.mark_upgrading();
-                }
-                inflight.upstream = Some(conn.shared.clone());
-                cluster.begin_try(ep_idx);
-                inflight.endpoint_in_flight = Some((cluster.clone(), ep_idx));
-                let written_before = conn.shared.stats.bytes_written();
-                let sent_at = Instant::now();
-                let _judging = conn.shared.open_exchange();
-                let fut = conn.sender.try_send_request(up_req);
-                let outcome = tokio::time::timeout(cluster.cfg.response_timeout, fut).await;
-                inflight.endpoint_in_flight = None;
-                match outcome {
-                    Ok(Ok(resp)) => {
-                        conn.shared
-                            .stats
-                            .journal()
-                            .record_with("response_head", resp.status().as_str().to_owned());
-                        // `Connection: close` or HTTP/1.0 ends the connection as soon as the
-                        // body is read, maybe before linger is done with the exchange: name
-                        // the close now (R9).
-                        let may_close = resp.version() != Version::HTTP_11
-                            || resp.headers().contains_key(header::CONNECTION);
-                        if ambiguous_body {
-                            // linger asked for the close (`Connection: close` went up).
-                            conn.shared.note_close_reason(CloseReason::AmbiguousRequest);
-                        } else if may_close {
-                            if let Reuse::Close(reason) = cluster.reuse.after_response(UpExchange {
-                                version: resp.version(),
-                                headers: resp.headers(),
-                                served: conn.requests,
-                                requests_left: conn.requests_left,
-                                request_body_complete: true,
-                            }) {
-                                conn.shared.note_close_reason(reason);
-                            }
-                        }
-                        if let Some(r) = inflight.record.as_mut() {
-                            r.first_byte_ms = Some(sent_at.elapsed().as_secs_f64() * 1000.0);
-                        }
-                        break 'tries Ok((conn, resp));
-                    }
-                    Ok(Err(mut e)) => {
-                        cluster.end_try(ep_idx);
-                        inflight.upstream = None;
-                        let returned = e.take_message();
-                        let peer = conn.shared.stats.peer();
-                        let nothing_written = conn.shared.stats.bytes_written() == written_before;
-                        let err = e.into_error();
-                        let (term, reason) = classify(&err, peer, conn.reused);
-                        let detail = format!(
-                            "upstream {endpoint_label} (conn {}, {}): {err}",
-                            conn.id(),
-                            if conn.reused { "reused" } else { "new" }
-                        );
-                        let close = upstream_close_reason(peer);
-                        let reused = conn.reused;
-                        conn.shared.stats.journal().record_with("failed", reason);
-                        conn.abort(close);
-                        if let Some(r) = inflight.record.as_mut() {
-                            // The last try's connection, as the line's other upstream_* fields.
-                            r.upstream_conn_closed = Some(close.as_str());
-                        }
-                        if progress.failed() {
-                            break 'tries Err((
-                                StatusCode::BAD_REQUEST,
-                                Termination::DownstreamBodyError,
-                                "the request body failed while it was forwarded".into(),
-                            ));
-                        }
-                        let failure = if returned.is_some() || nothing_written {
-                            TryFailure::Unsent
-                        } else {
-                            TryFailure::MaybeSent
-                        };
-                        // A body handed back unsent can be sent again as it is.
-                        if let Some(req) = returned {
-                            if let UpBody::Stream(s) = req.into_body() {
-                                stream = Some(s);
-                            }
-                        }
-                        if reused {
-                            m.race("R1", "reused_connection_failed");
-                        }
-                        FailedTry {
-                            failure,
-                            replayable: replayable || stream.is_some(),
-                            reason,
-                            status: StatusCode::BAD_GATEWAY,
-                            term,
-                            detail,
-                            // A stale pooled connection says nothing about the upstream's health.
-                            upstream_health: !reused,
-                        }
-                    }
-                    Err(_elapsed) => {
-                        cluster.end_try(ep_idx);
-                        inflight.upstream = None;
-                        conn.shared
-                            .stats
-                            .journal()
-                            .record_with("failed", "per_try_timeout");
-                        conn.abort(CloseReason::Aborted);
-                        FailedTry {
-                            failure: TryFailure::MaybeSent,
-                            replayable,
-                            reason: "per_try_timeout",
-                            status: StatusCode::GATEWAY_TIMEOUT,
-                            term: Termination::ResponseTimeout,
-                            detail: format!(
-                                "upstream {endpoint_label}: no response head within {:?}",
-                                cluster.cfg.response_timeout
-                            ),
-                            upstream_health: true,
-                        }
-                    }
-                }
+            let err = match self
+                .attempt(&cluster, ep_idx, &mut req, &mut inflight)
+                .await
+            {
+                Ok(ok) => break ok,
+                Err(e) => e,
             };
-            // One step for every failed try: retry (after a backoff, on another endpoint
-            // when the failure says something about this one), or answer the refusal.
+            if progress.failed() {
+                return self.local(
+                    &mut inflight,
+                    StatusCode::BAD_REQUEST,
+                    Termination::DownstreamBodyError,
+                    "the request body failed while it was forwarded".into(),
+                    None,
+                );
+            }
+            let (term, reason) = err.classify();
+            if err.reused && matches!(err.kind, TryErrorKind::PeerGone(_)) {
+                self.worker.metrics.race("R1", "reused_connection_failed");
+            }
+            let detail = match err.conn {
+                Some(id) => format!(
+                    "upstream {} (conn {id}, {}): {err}",
+                    cluster.endpoints[ep_idx].label,
+                    if err.reused { "reused" } else { "new" }
+                ),
+                None => format!("upstream {}: {err}", cluster.endpoints[ep_idx].label),
+            };
+            // A body handed on in part cannot be sent again; one never touched can.
+            let replayable = replayable || !err.written;
             match self.retry_decision(
                 &cluster,
                 &mut inflight,
-                failed.failure,
+                err.failure(),
                 idempotent,
-                failed.replayable,
+                replayable,
                 retries_done,
-                failed.reason,
+                reason,
             ) {
                 Decision::Retry => {
                     retries_done += 1;
-                    if failed.upstream_health {
+                    if err.says_upstream_unhealthy() {
                         avoid.push(ep_idx);
                         self.backoff(&cluster, retries_done).await;
                     }
                 }
-                d => break Err((failed.status, refusal_term(d, failed.term), failed.detail)),
+                d => {
+                    let status = if term == Termination::ResponseTimeout {
+                        StatusCode::GATEWAY_TIMEOUT
+                    } else {
+                        StatusCode::BAD_GATEWAY
+                    };
+                    return self.local(&mut inflight, status, refusal_term(d, term), detail, None);
+                }
             }
         };
+        let rest = req.stream.take();
+        self.respond(
+            &mut inflight,
+            cluster,
+            conn,
+            answered,
+            rest,
+            ds_upgrade,
+            upgrade,
+            ambiguous_body,
+            ds_wants_close,
+        )
+    }
 
-        let (conn, resp) = match result {
-            Ok(ok) => ok,
-            Err((status, term, detail)) => {
-                return self.local(&mut inflight, status, term, detail, None);
+    /// The response head came back: decide both connections' reuse and hand the response
+    /// to the downstream, its body read from the upstream connection as it goes.
+    #[allow(clippy::too_many_arguments)] // each argument is one fact of the exchange
+    fn respond(
+        &self,
+        inflight: &mut Inflight,
+        cluster: Arc<Cluster>,
+        conn: UpstreamConn,
+        answered: Answered,
+        rest: Option<UpBody>,
+        ds_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        upgrade: Option<HeaderValue>,
+        ambiguous_body: bool,
+        ds_wants_close: bool,
+    ) -> Response<DownBody> {
+        let Answered {
+            head: ResponseHead { mut parts, framing },
+            body_complete,
+            tail,
+        } = answered;
+        if !body_complete {
+            self.worker.metrics.race("R4", "early_response");
+        }
+        // The upstream's own announcement names the close first; then what linger knows
+        // of the exchange.
+        let announced = cluster.reuse.after_response(UpExchange {
+            version: parts.version,
+            headers: &parts.headers,
+            served: conn.requests,
+            requests_left: conn.requests_left,
+            request_body_complete: true,
+        });
+        let reuse = match announced {
+            _ if ambiguous_body => Reuse::Close(CloseReason::AmbiguousRequest),
+            Reuse::Close(r) => Reuse::Close(r),
+            // Both Content-Length and Transfer-Encoding: another hop may read it otherwise.
+            _ if framing.must_close && framing.framing != Framing::UntilClose => {
+                Reuse::Close(CloseReason::UnknownState)
             }
+            // A final status before the whole body went up: the upstream's view of the
+            // framing is unknown (R12).
+            _ if !body_complete => Reuse::Close(CloseReason::UnknownState),
+            keep => keep,
         };
-
-        // --- the response ---
-        let (mut parts, up_body) = resp.into_parts();
-        let mut body_complete = replay.is_some() || progress.is_done();
-        if !body_complete {
-            // The response head came before the whole request body was forwarded. Often the
-            // rest is already on its way and done in microseconds; a true early response
-            // (R4) is held (policy `hold`) or sent with `Connection: close` after a grace.
-            let wait = match self.listener.cfg.early_response {
-                EarlyResponsePolicy::Hold => self.listener.cfg.early_response_hold,
-                EarlyResponsePolicy::Close => EARLY_RESPONSE_GRACE,
-            };
-            let _ = tokio::time::timeout(wait, progress.finished()).await;
-            body_complete = progress.is_done();
-        }
-        if !body_complete {
-            m.race("R4", "early_response");
-        }
-        let reuse = if ambiguous_body {
-            Reuse::Close(CloseReason::AmbiguousRequest)
-        } else {
-            cluster.reuse.after_response(UpExchange {
-                version: parts.version,
-                headers: &parts.headers,
-                served: conn.requests,
-                requests_left: conn.requests_left,
-                request_body_complete: body_complete,
-            })
-        };
-        if let Reuse::Close(reason) = reuse {
-            // Decided now, on the head: if the upstream's FIN ends the connection before the
-            // body is done, the close is still explained by this reason.
-            conn.shared.note_close_reason(reason);
-        }
-
         if parts.status == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(ds_upgrade) = ds_upgrade {
-                return self.upgrade(&mut inflight, conn, parts, up_body, ds_upgrade, upgrade);
+                return self.upgrade(inflight, conn, parts, ds_upgrade, upgrade);
             }
         }
-
         let mut record = inflight.record.take().expect("record is taken once");
-        inflight.upstream = None;
+        // The try goes on until the body ends: the exchange's finish ends it.
+        inflight.endpoint_in_flight = None;
         forward::strip_hop_by_hop(&mut parts.headers);
         if self.listener.cfg.headers.via {
             forward::append_via(&mut parts.headers, parts.version);
@@ -1055,45 +930,158 @@ impl DsService {
             record: Some(record),
             status,
             termination: Termination::Ok,
-            upstream: Some((cluster, conn, reuse)),
+            upstream: Some((cluster, conn.endpoint, reuse)),
         };
-        Response::from_parts(parts, DownBody::upstream(up_body, Box::new(finish)))
+        let body = UpstreamBody::new(conn, framing.framing, tail.zip(rest));
+        Response::from_parts(parts, DownBody::upstream(body, Box::new(finish)))
+    }
+
+    /// One try: a pooled or new connection to `ep_idx`, the request, the response head.
+    async fn attempt(
+        &self,
+        cluster: &Arc<Cluster>,
+        ep_idx: usize,
+        req: &mut Prepared,
+        inflight: &mut Inflight,
+    ) -> Result<(UpstreamConn, Answered), TryError> {
+        let label = cluster.endpoints[ep_idx].label.as_str();
+        let logging = self.worker.access_log.enabled();
+        if logging {
+            if let Some(r) = inflight.record.as_mut() {
+                r.endpoint = Some(label.to_owned());
+            }
+        }
+        let mut conn = match cluster.checkout(ep_idx, req.may_retry) {
+            Some(mut c) => {
+                c.reused = true;
+                c
+            }
+            None => {
+                let t0 = Instant::now();
+                let c = cluster.connect(ep_idx).await?;
+                if let Some(r) = inflight.record.as_mut() {
+                    r.connect_ms = Some(t0.elapsed().as_secs_f64() * 1000.0);
+                }
+                c
+            }
+        };
+        self.note_try(cluster, &mut conn, label, &req.method, inflight);
+        let head = req.head(label);
+        cluster.begin_try(ep_idx);
+        inflight.endpoint_in_flight = Some((cluster.clone(), ep_idx));
+        let written_before = conn.stats.bytes_written();
+        let sent_at = Instant::now();
+        let out = Outgoing {
+            head: &head,
+            body: req.stream.as_mut(),
+            chunked: req.chunked,
+            gate: req.gate.as_deref(),
+            early_wait: req.early_wait,
+            hold: self.listener.cfg.early_response == EarlyResponsePolicy::Hold,
+            method: &req.method,
+        };
+        let outcome = tokio::time::timeout(cluster.cfg.response_timeout, exchange(&mut conn, out))
+            .await
+            .unwrap_or(Err(TryErrorKind::ResponseTimeout(
+                cluster.cfg.response_timeout,
+            )));
+        let written = conn.stats.bytes_written() > written_before;
+        match outcome {
+            Ok(answered) => {
+                conn.stats.journal().record_with(
+                    "response_head",
+                    answered.head.parts.status.as_str().to_owned(),
+                );
+                if let Some(r) = inflight.record.as_mut() {
+                    r.first_byte_ms = Some(sent_at.elapsed().as_secs_f64() * 1000.0);
+                }
+                Ok((conn, answered))
+            }
+            Err(kind) => {
+                inflight.endpoint_in_flight = None;
+                cluster.end_try(ep_idx);
+                let mut err = TryError::new(kind, written, conn.reused);
+                err.conn = Some(conn.id);
+                let (_, reason) = err.classify();
+                conn.stats.journal().record_with("failed", reason);
+                let close = err.close_reason();
+                if let Some(r) = inflight.record.as_mut() {
+                    // The last try's connection, as the line's other upstream_* fields.
+                    r.upstream_conn_closed = Some(close.as_str());
+                }
+                conn.close(close);
+                Err(err)
+            }
+        }
+    }
+
+    /// Counts a try on `conn` and notes it in both journals and the access record.
+    fn note_try(
+        &self,
+        cluster: &Cluster,
+        conn: &mut UpstreamConn,
+        label: &str,
+        method: &Method,
+        inflight: &mut Inflight,
+    ) {
+        conn.requests += 1;
+        conn.entry.add_request();
+        if conn.reused {
+            cluster.reused_requests.inc();
+        } else {
+            cluster.fresh_requests.inc();
+        }
+        self.journal().record_with(
+            "upstream",
+            format!(
+                "u{} {} ({label})",
+                conn.id,
+                if conn.reused { "reused" } else { "new" }
+            ),
+        );
+        conn.stats
+            .journal()
+            .record_with("request_head", format!("{method} for d{}", self.conn.id));
+        if let Some(r) = inflight.record.as_mut() {
+            r.upstream_conn = Some(conn.id);
+            r.upstream_reused = Some(conn.reused);
+            r.upstream_conn_requests = Some(conn.requests);
+            r.upstream_conn_age_ms = Some(conn.created.elapsed().as_secs_f64() * 1000.0);
+        }
     }
 
     fn upgrade(
         &self,
         inflight: &mut Inflight,
-        conn: UpstreamConn,
+        mut conn: UpstreamConn,
         mut parts: http::response::Parts,
-        up_body: Incoming,
         ds_upgrade: hyper::upgrade::OnUpgrade,
         upgrade: Option<HeaderValue>,
     ) -> Response<DownBody> {
         let mut record = inflight.record.take().expect("record is taken once");
-        inflight.upstream = None;
-        let up_resp = Response::from_parts(parts.clone(), up_body);
-        let up_upgrade = hyper::upgrade::on(up_resp);
+        if let Some((cluster, ep)) = inflight.endpoint_in_flight.take() {
+            cluster.end_try(ep);
+        }
         let conn_id = self.conn.id;
-        let shared = conn.shared.clone();
+        conn.stats.journal().record("upgraded");
+        conn.set_close_reason(CloseReason::UpgradeEnded);
         tokio::spawn(async move {
-            let (ds, up) = match tokio::join!(ds_upgrade, up_upgrade) {
-                (Ok(ds), Ok(up)) => (ds, up),
-                (ds, up) => {
-                    tracing::info!(
-                        downstream_conn = conn_id,
-                        downstream_ok = ds.is_ok(),
-                        upstream_ok = up.is_ok(),
-                        "upgrade failed"
-                    );
-                    shared.abort(CloseReason::Aborted);
+            let ds = match ds_upgrade.await {
+                Ok(ds) => ds,
+                Err(e) => {
+                    tracing::info!(downstream_conn = conn_id, error = %e, "upgrade failed");
+                    conn.close(CloseReason::Aborted);
                     return;
                 }
             };
             let mut ds = hyper_util::rt::TokioIo::new(ds);
-            let mut up = hyper_util::rt::TokioIo::new(up);
-            let r = tokio::io::copy_bidirectional(&mut ds, &mut up).await;
+            // Bytes the upstream sent right after its 101 go first.
+            let early = std::mem::take(&mut conn.buf);
+            if !early.is_empty() && ds.write_all(&early).await.is_err() {
+                return;
+            }
+            let r = tokio::io::copy_bidirectional(&mut ds, conn.stream_mut()).await;
             tracing::debug!(downstream_conn = conn_id, result = ?r, "upgraded tunnel ended");
-            drop(conn);
         });
         let upgrade_value = parts.headers.get(header::UPGRADE).cloned().or(upgrade);
         forward::strip_hop_by_hop(&mut parts.headers);
@@ -1200,33 +1188,6 @@ fn refusal_term(d: Decision, failed: Termination) -> Termination {
     }
 }
 
-/// A try that failed, and what the retry decision needs to know about it.
-struct FailedTry {
-    failure: TryFailure,
-    /// Can the request body be sent again?
-    replayable: bool,
-    /// The retry reason logged with the decision.
-    reason: &'static str,
-    /// The answer, and its termination code, if no retry follows.
-    status: StatusCode,
-    term: Termination,
-    detail: String,
-    /// Does the failure say something about the endpoint's health? Then the retry backs
-    /// off and prefers another endpoint.
-    upstream_health: bool,
-}
-
-/// Why an upstream connection that failed during an exchange is closed.
-fn upstream_close_reason(peer: PeerClose) -> CloseReason {
-    match peer {
-        PeerClose::Rst => CloseReason::UpstreamRst,
-        PeerClose::TimedOut => CloseReason::UpstreamDeadPeer,
-        // The upstream's own close: never named as one linger made.
-        PeerClose::Fin => CloseReason::UpstreamFinBusy,
-        _ => CloseReason::Aborted,
-    }
-}
-
 /// Path characters kept in a journal event.
 const JOURNAL_PATH_CHARS: usize = 64;
 
@@ -1234,37 +1195,5 @@ fn truncated(s: &str, max: usize) -> &str {
     match s.char_indices().nth(max) {
         Some((i, _)) => &s[..i],
         None => s,
-    }
-}
-
-/// Names a failed try: its termination code and the retry reason.
-fn classify(err: &hyper::Error, peer: PeerClose, reused: bool) -> (Termination, &'static str) {
-    if err.is_parse() {
-        return (
-            Termination::UpstreamProtocolError,
-            "upstream_protocol_error",
-        );
-    }
-    match (peer, reused) {
-        (PeerClose::TimedOut, true) => (
-            Termination::UpstreamDeadBeforeResponse,
-            "reused_connection_dead",
-        ),
-        (PeerClose::TimedOut, false) => {
-            (Termination::UpstreamDeadBeforeResponse, "connection_dead")
-        }
-        (PeerClose::Rst, true) => (
-            Termination::UpstreamResetBeforeResponse,
-            "reused_connection_reset",
-        ),
-        (PeerClose::Rst, false) => (Termination::UpstreamResetBeforeResponse, "connection_reset"),
-        (_, true) => (
-            Termination::UpstreamClosedBeforeResponse,
-            "reused_connection_closed",
-        ),
-        (_, false) => (
-            Termination::UpstreamClosedBeforeResponse,
-            "connection_closed",
-        ),
     }
 }

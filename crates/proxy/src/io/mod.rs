@@ -1,4 +1,5 @@
-//! The IO seam: every downstream and upstream socket passes through [`SensorIo`].
+//! The downstream IO seam: every downstream socket passes through [`SensorIo`]; upstream
+//! sockets are read and written by `upstream::UpstreamConn`, with the same [`IoStats`].
 //!
 //! `SensorIo` observes what the peer did (bytes, FIN, RST) and owns how linger closes a
 //! socket: hyper's `poll_shutdown` becomes a write-side shutdown (a FIN right after the last
@@ -124,6 +125,11 @@ impl IoStats {
         self.peer_closed_busy.load(Ordering::Relaxed)
     }
 
+    /// `n` bytes were read from the socket by whoever owns it.
+    pub(crate) fn add_read(&self, n: usize) {
+        self.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
     pub fn bytes_read(&self) -> u64 {
         self.bytes_read.load(Ordering::Relaxed)
     }
@@ -143,7 +149,7 @@ impl IoStats {
         }
     }
 
-    fn record_peer(&self, p: PeerClose) {
+    pub(crate) fn record_peer(&self, p: PeerClose) {
         // The first observation wins: a FIN followed by a failed write is still a FIN.
         if self
             .peer
@@ -174,7 +180,7 @@ impl IoStats {
         }
     }
 
-    fn written(&self, r: io::Result<usize>) -> io::Result<usize> {
+    pub(crate) fn written(&self, r: io::Result<usize>) -> io::Result<usize> {
         match &r {
             Ok(n) => {
                 self.bytes_written.fetch_add(*n as u64, Ordering::Relaxed);
@@ -184,7 +190,7 @@ impl IoStats {
         r
     }
 
-    fn record_error(&self, e: &io::Error) {
+    pub(crate) fn record_error(&self, e: &io::Error) {
         if e.kind() == io::ErrorKind::WouldBlock {
             return;
         }
@@ -216,11 +222,6 @@ pub struct SensorIo {
     guard: Option<Box<FramingGuard>>,
     /// Bytes the guard held back and has released, handed on before anything else.
     released: Vec<u8>,
-    /// An upstream socket: a write that fails because the peer reset is reported to hyper
-    /// as done, and the read side reports the end (see [`SensorIo::upstream`]).
-    defer_write_reset: bool,
-    /// The peer reset while we wrote: later writes are discarded.
-    write_dead: bool,
 }
 
 // === impl SensorIo ===
@@ -232,24 +233,6 @@ impl SensorIo {
             stats: Arc::new(IoStats::default()),
             guard: None,
             released: Vec::new(),
-            defer_write_reset: false,
-            write_dead: false,
-        }
-    }
-
-    /// An upstream socket. An origin that answers early (413, 401) and closes with the
-    /// request body unread makes its kernel send RST; the answer it sent before is still
-    /// in our receive buffer. hyper's client fails the exchange on the first failed body
-    /// write, before it reads that answer (R4, Envoy #2929's 413 that became a 503). So a
-    /// write that fails with ECONNRESET or EPIPE is recorded (the peer state says RST),
-    /// reported to hyper as written, and every later write is discarded: hyper goes on to
-    /// read, gets the answer if there is one, and otherwise the EOF that follows a reset.
-    /// Bytes discarded this way are not counted as written, so "nothing reached the
-    /// upstream" stays exact for the retry rules.
-    pub fn upstream(stream: TcpStream) -> Self {
-        Self {
-            defer_write_reset: true,
-            ..Self::new(stream)
         }
     }
 
@@ -268,23 +251,6 @@ impl SensorIo {
 
     pub fn into_stream(self) -> TcpStream {
         self.stream
-    }
-
-    fn after_write(&mut self, r: io::Result<usize>, len: usize) -> io::Result<usize> {
-        let r = self.stats.written(r);
-        match r {
-            Err(e)
-                if self.defer_write_reset
-                    && matches!(
-                        e.kind(),
-                        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
-                    ) =>
-            {
-                self.write_dead = true;
-                Ok(len)
-            }
-            other => other,
-        }
     }
 }
 
@@ -360,11 +326,8 @@ impl AsyncWrite for SensorIo {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.write_dead {
-            return Poll::Ready(Ok(buf.len()));
-        }
         let r = ready!(Pin::new(&mut this.stream).poll_write(cx, buf));
-        Poll::Ready(this.after_write(r, buf.len()))
+        Poll::Ready(this.stats.written(r))
     }
 
     fn poll_write_vectored(
@@ -373,12 +336,8 @@ impl AsyncWrite for SensorIo {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let len = bufs.iter().map(|b| b.len()).sum();
-        if this.write_dead {
-            return Poll::Ready(Ok(len));
-        }
         let r = ready!(Pin::new(&mut this.stream).poll_write_vectored(cx, bufs));
-        Poll::Ready(this.after_write(r, len))
+        Poll::Ready(this.stats.written(r))
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -44,8 +44,7 @@ pub enum Termination {
     UpstreamResetMidBody,
     /// A retry was needed but the retry budget was spent: 502.
     RetryBudgetExhausted,
-    /// Every allowed try failed: 502.
-    RetriesExhausted,
+
     // --- downstream went away ---
     /// The downstream closed (FIN or RST) while linger waited for the upstream (R7).
     DownstreamClosedWaiting,
@@ -84,7 +83,6 @@ impl Termination {
             Self::UpstreamProtocolError => "upstream.waiting.protocol_error",
             Self::UpstreamResetMidBody => "upstream.response_body.reset",
             Self::RetryBudgetExhausted => "linger.retry.budget_exhausted",
-            Self::RetriesExhausted => "linger.retry.exhausted",
             Self::DownstreamClosedWaiting => "downstream.waiting.closed",
             Self::DownstreamClosedStreaming => "downstream.response_body.closed",
             Self::DownstreamBodyError => "downstream.request_body.error",

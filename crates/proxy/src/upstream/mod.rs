@@ -1,166 +1,35 @@
 //! The upstream side: clusters of endpoints, our own per-endpoint connection pool, the
-//! connector, and the balancer.
+//! connector, the balancer, and linger's own HTTP/1.1 client exchange.
 //!
-//! Each upstream connection is a hyper client `conn` driven by its own task. The task keeps
-//! reading while the connection sits idle in the pool, so an upstream FIN or unexpected
-//! bytes end it at once (R1, R9); checkout skips connections whose task saw that, and takes
-//! the most recently used connection first.
+//! An upstream connection is a bare socket with its reuse state ([`UpstreamConn`]). The
+//! request that holds it drives the exchange in its own task; in the pool, a peek at
+//! checkout and the reaper's sweeps catch an upstream FIN, an RST or stray bytes (R1, R9).
 
+mod conn;
+pub mod exchange;
+mod learn;
 mod pool;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::body::UpBody;
 use crate::config::{Balance, ClusterConfig};
-use crate::io::{self, IoStats, PeerClose, SensorIo};
+use crate::error::{TryError, TryErrorKind};
+use crate::io::{self, IoStats};
 use crate::lifecycle::upstream::ReusePolicy;
-use crate::observe::metrics::{CloseLabels, ClusterLabels, Name};
-use crate::observe::{CloseReason, ConnEntry, ConnState, Metrics, Registry, Side};
+use crate::observe::metrics::{ClusterLabels, Name};
+use crate::observe::{ConnEntry, ConnState, Metrics, Registry, Side};
 
+use self::conn::ConnCtx;
+pub use self::conn::UpstreamConn;
 pub use self::pool::Pool;
 
 static UPSTREAM_CONN_IDS: AtomicU64 = AtomicU64::new(1);
-
-/// How long a connection's task waits, after the connection ended, for the request in
-/// flight to name the close.
-const JUDGEMENT_WAIT: Duration = Duration::from_secs(1);
-/// The most an upstream connection reads ahead of its client. A response body moves one
-/// read at a time: with a slow reader, one read waits in linger while the next fills this
-/// buffer, so it bounds the memory a slow client costs (256 KiB made 0.5 MiB per slow
-/// reader of a 1 MiB response; HAProxy's buffers are 16 KiB). 64 KiB reads still move a
-/// large body in few wake-ups.
-const UPSTREAM_READ_BUFFER: usize = 64 * 1024;
-
-/// State shared by an upstream connection's task and whoever holds the connection.
-#[derive(Debug)]
-pub struct ConnShared {
-    pub id: u64,
-    pub stats: Arc<IoStats>,
-    /// Its entry in the registry (journal).
-    pub entry: Arc<ConnEntry>,
-    abort: Mutex<Option<oneshot::Sender<()>>>,
-    reason: Mutex<Option<CloseReason>>,
-    /// Set before an upgrade request is sent: when hyper hands the socket over after a
-    /// 101, the connection task must not close it.
-    upgrading: std::sync::atomic::AtomicBool,
-    /// A request was sent and its outcome (response head or error) is not judged yet.
-    exchange_open: std::sync::atomic::AtomicBool,
-    judged: tokio::sync::Notify,
-}
-
-/// Held while a request's outcome is being judged; dropping it says the judgement (and
-/// any close reason it names) is done.
-#[derive(Debug)]
-pub struct ExchangeGuard(Arc<ConnShared>);
-
-impl Drop for ExchangeGuard {
-    fn drop(&mut self) {
-        self.0.exchange_open.store(false, Ordering::Release);
-        self.0.judged.notify_waiters();
-    }
-}
-
-// === impl ConnShared ===
-
-impl ConnShared {
-    pub fn mark_upgrading(&self) {
-        self.upgrading.store(true, Ordering::Release);
-    }
-
-    /// Closes the connection now, recording why (the first reason wins).
-    pub fn abort(&self, reason: CloseReason) {
-        self.set_reason(reason);
-        if let Some(tx) = self.abort.lock().expect("abort lock").take() {
-            let _ = tx.send(());
-        }
-    }
-
-    /// Marks a request as sent; its outcome is judged until the guard drops. hyper can end
-    /// the connection (a `Connection: close` response, the upstream's FIN) before the
-    /// request's task has read the response head and named the close: the connection's
-    /// task waits for that judgement before it counts the close.
-    pub fn open_exchange(self: &Arc<Self>) -> ExchangeGuard {
-        self.exchange_open.store(true, Ordering::Release);
-        ExchangeGuard(self.clone())
-    }
-
-    /// Waits (at most `bound`) until no request's outcome is still being judged.
-    async fn judgement(&self, bound: Duration) {
-        let judged = self.judged.notified();
-        tokio::pin!(judged);
-        judged.as_mut().enable();
-        if self.exchange_open.load(Ordering::Acquire) {
-            let _ = tokio::time::timeout(bound, judged).await;
-        }
-    }
-
-    /// Records why the connection will close, without closing it yet (the first reason
-    /// wins).
-    pub fn note_close_reason(&self, reason: CloseReason) {
-        self.set_reason(reason);
-    }
-
-    fn set_reason(&self, reason: CloseReason) {
-        let mut r = self.reason.lock().expect("close reason lock");
-        if r.is_none() {
-            *r = Some(reason);
-        }
-    }
-}
-
-/// A connection checked out of the pool (or fresh), owned by one request at a time.
-#[derive(Debug)]
-pub struct UpstreamConn {
-    pub sender: SendRequest<UpBody>,
-    pub shared: Arc<ConnShared>,
-    pub endpoint: usize,
-    pub created: Instant,
-    /// Requests sent on it so far.
-    pub requests: u64,
-    /// Further requests allowed by a `Keep-Alive: max` hint or the configured limit.
-    pub requests_left: Option<u64>,
-    /// Did this request get it from the pool?
-    pub reused: bool,
-}
-
-// === impl UpstreamConn ===
-
-impl UpstreamConn {
-    pub fn id(&self) -> u64 {
-        self.shared.id
-    }
-
-    pub fn abort(self, reason: CloseReason) {
-        self.shared.abort(reason);
-    }
-}
-
-/// Why a connect failed.
-#[derive(Debug)]
-pub enum ConnectError {
-    Timeout(Duration),
-    Io(std::io::Error),
-    Handshake(hyper::Error),
-}
-
-impl std::fmt::Display for ConnectError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Timeout(d) => write!(f, "connect timed out after {d:?}"),
-            Self::Io(e) => write!(f, "connect failed: {e}"),
-            Self::Handshake(e) => write!(f, "handshake failed: {e}"),
-        }
-    }
-}
 
 /// One upstream endpoint and its idle connections (per worker).
 #[derive(Debug)]
@@ -169,6 +38,8 @@ pub struct Endpoint {
     pub label: String,
     pub pool: Pool,
     pub in_flight: AtomicUsize,
+    /// What linger learned of how it closes connections.
+    pub learned: learn::Learned,
 }
 
 /// A cluster as one worker sees it: endpoints, pools, balancer state, retry budget.
@@ -186,6 +57,7 @@ pub struct Cluster {
     rr: AtomicUsize,
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
+    ctx: Arc<ConnCtx>,
 }
 
 // === impl Cluster ===
@@ -201,6 +73,7 @@ impl Cluster {
                 label: a.to_string(),
                 pool: Pool::new(cfg.max_idle_per_endpoint),
                 in_flight: AtomicUsize::new(0),
+                learned: learn::Learned::default(),
             })
             .collect();
         let reuse_counter = |reused: &'static str| {
@@ -220,7 +93,15 @@ impl Cluster {
                 cluster: name.clone(),
             })
             .clone();
+        let ctx = Arc::new(ConnCtx {
+            metrics: metrics.clone(),
+            registry: registry.clone(),
+            labels: ClusterLabels {
+                cluster: name.clone(),
+            },
+        });
         Self {
+            ctx,
             reused_requests,
             fresh_requests,
             pool_idle,
@@ -305,13 +186,18 @@ impl Cluster {
     }
 
     /// The most recently used live idle connection, if any.
-    pub fn checkout(&self, endpoint: usize) -> Option<UpstreamConn> {
-        let conn = self.endpoints[endpoint].pool.checkout(
-            Instant::now(),
-            &self.metrics,
-            &self.pool_idle,
-        )?;
-        let journal = conn.shared.stats.journal();
+    /// A request that may not be retried (`may_retry` false) takes none when the endpoint
+    /// is known to close right after its responses (R9): it goes on a fresh connection.
+    pub fn checkout(&self, endpoint: usize, may_retry: bool) -> Option<UpstreamConn> {
+        let ep = &self.endpoints[endpoint];
+        let now = Instant::now();
+        if !may_retry && ep.learned.closes_after_response(now) {
+            return None;
+        }
+        let conn = ep
+            .pool
+            .checkout(now, &self.metrics, &self.pool_idle, &ep.learned)?;
+        let journal = conn.stats.journal();
         journal.set_state(ConnState::Active);
         journal.record("reused");
         Some(conn)
@@ -319,52 +205,49 @@ impl Cluster {
 
     /// Returns a connection after a complete exchange, or closes it.
     pub fn checkin(&self, conn: UpstreamConn, idle_for: Duration) {
-        let journal = conn.shared.stats.journal();
+        let journal = conn.stats.journal();
         journal.set_state(ConnState::Pooled);
         journal.record_with("pooled", format!("reusable for {idle_for:?}"));
         let ep = &self.endpoints[conn.endpoint];
-        ep.pool
-            .checkin(conn, Instant::now() + idle_for, &self.pool_idle);
+        if conn.reused {
+            ep.learned.reuse_worked();
+        }
+        ep.pool.checkin(
+            conn,
+            Instant::now() + idle_for,
+            &self.pool_idle,
+            &self.metrics,
+            &ep.learned,
+        );
     }
 
     /// Closes idle connections past their deadline; the worker's reaper calls this.
     pub fn reap(&self) {
         let now = Instant::now();
         for ep in &self.endpoints {
-            ep.pool.reap(now, &self.pool_idle);
+            ep.pool
+                .reap(now, &self.pool_idle, &self.metrics, &ep.learned);
         }
     }
 
-    /// Opens a new connection and starts its task.
-    pub async fn connect(&self, endpoint: usize) -> Result<UpstreamConn, ConnectError> {
+    /// Opens a new connection.
+    pub async fn connect(&self, endpoint: usize) -> Result<UpstreamConn, TryError> {
         let ep = &self.endpoints[endpoint];
-        let labels = self.labels();
         let started = Instant::now();
-        let stream =
-            match tokio::time::timeout(self.cfg.connect_timeout, TcpStream::connect(ep.addr)).await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    self.metrics
-                        .upstream_connect_errors
-                        .get_or_create(&labels)
-                        .inc();
-                    return Err(ConnectError::Io(e));
-                }
-                Err(_) => {
-                    self.metrics
-                        .upstream_connect_errors
-                        .get_or_create(&labels)
-                        .inc();
-                    return Err(ConnectError::Timeout(self.cfg.connect_timeout));
-                }
-            };
+        let connect = tokio::time::timeout(self.cfg.connect_timeout, TcpStream::connect(ep.addr));
+        let stream = match connect.await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(self.connect_failed(TryErrorKind::Connect(e))),
+            Err(_) => {
+                let kind = TryErrorKind::ConnectTimeout(self.cfg.connect_timeout);
+                return Err(self.connect_failed(kind));
+            }
+        };
         if let Err(e) = io::socket::apply(&stream, &self.cfg.tcp) {
             tracing::warn!(error = %e, "setting upstream socket options failed");
         }
         let local = stream.local_addr().ok();
-        let io = SensorIo::upstream(stream);
-        let (abort_tx, abort_rx) = oneshot::channel::<()>();
+        let stats = Arc::new(IoStats::default());
         let id = UPSTREAM_CONN_IDS.fetch_add(1, Ordering::Relaxed);
         let entry = self.registry.open(ConnEntry::new(
             id,
@@ -372,96 +255,24 @@ impl Cluster {
             self.name.clone(),
             ep.addr,
             local,
-            io.stats(),
+            stats.clone(),
         ));
-        let journal = io.stats();
-        let journal = journal.journal();
+        let journal = stats.journal();
         journal.set_state(ConnState::Active);
         journal.record_with(
             "connected",
             format!("{} in {:?}", ep.label, started.elapsed()),
         );
-        let shared = Arc::new(ConnShared {
-            id,
-            stats: io.stats(),
-            entry,
-            abort: Mutex::new(Some(abort_tx)),
-            reason: Mutex::new(None),
-            upgrading: std::sync::atomic::AtomicBool::new(false),
-            exchange_open: std::sync::atomic::AtomicBool::new(false),
-            judged: tokio::sync::Notify::new(),
-        });
-        let (sender, conn) = hyper::client::conn::http1::Builder::new()
-            .max_buf_size(UPSTREAM_READ_BUFFER)
-            .handshake::<_, UpBody>(TokioIo::new(io))
-            .await
-            .map_err(ConnectError::Handshake)?;
-        self.metrics.upstream_connects.get_or_create(&labels).inc();
-        self.metrics.upstream_open.get_or_create(&labels).inc();
-        let created = Instant::now();
-        let task_shared = shared.clone();
-        let metrics = self.metrics.clone();
-        let registry = self.registry.clone();
-        tokio::spawn(async move {
-            let conn = conn.with_upgrades();
-            let (result, aborted) = tokio::select! {
-                biased;
-                r = conn => (r.err(), false),
-                _ = abort_rx => (None, true),
-            };
-            if !aborted && result.is_none() && task_shared.upgrading.load(Ordering::Acquire) {
-                // hyper handed the socket to the upgraded tunnel; the tunnel owns it now.
-                metrics.upstream_open.get_or_create(&labels).dec();
-                registry.close(&task_shared.entry, "upgraded");
-                return;
-            }
-            // A request whose response head or error is still being judged names the
-            // close (R9: `Connection: close`); wait for it, briefly.
-            task_shared.judgement(JUDGEMENT_WAIT).await;
-            let reason = {
-                let r = task_shared.reason.lock().expect("close reason lock");
-                *r
-            };
-            let reason = reason.unwrap_or_else(|| match (task_shared.stats.peer(), &result) {
-                (PeerClose::Rst, _) => CloseReason::UpstreamRst,
-                (_, Some(e)) if e.is_parse() || e.to_string().contains("unexpected") => {
-                    CloseReason::UpstreamUnexpectedData
-                }
-                (PeerClose::Fin, _) => CloseReason::UpstreamFinIdle,
-                (PeerClose::TimedOut, _) => CloseReason::UpstreamDeadPeer,
-                (PeerClose::Error, _) => CloseReason::SocketError,
-                (PeerClose::Open, _) => CloseReason::Aborted,
-            });
-            // Dropping the connection closes the socket: hyper already sent FIN on a clean
-            // close; an aborted exchange is cut short on purpose.
-            let close = CloseLabels {
-                side: "upstream",
-                reason: reason.as_str(),
-            };
-            metrics.closes.get_or_create(&close).inc();
-            metrics
-                .connection_lifetime
-                .get_or_create(&close)
-                .observe(created.elapsed().as_secs_f64());
-            metrics.upstream_open.get_or_create(&labels).dec();
-            registry.close(&task_shared.entry, reason.as_str());
-            if reason.is_abnormal() {
-                crate::downstream::log_journal(&task_shared.entry, reason);
-            }
-            tracing::debug!(
-                upstream_conn = task_shared.id,
-                reason = reason.as_str(),
-                "upstream connection closed"
-            );
-        });
-        Ok(UpstreamConn {
-            sender,
-            shared,
-            endpoint,
-            created,
-            requests: 0,
-            requests_left: self.cfg.max_requests_per_connection,
-            reused: false,
-        })
+        let mut conn = UpstreamConn::new(id, stream, stats, entry, endpoint, self.ctx.clone());
+        conn.requests_left = self.cfg.max_requests_per_connection;
+        Ok(conn)
+    }
+
+    fn connect_failed(&self, kind: TryErrorKind) -> TryError {
+        self.metrics
+            .upstream_connect_errors
+            .get_or_create(&self.labels())
+            .inc();
+        TryError::new(kind, false, false)
     }
 }

@@ -1,0 +1,253 @@
+//! One upstream connection: a bare socket, its read buffer and its reuse state, owned by
+//! one request at a time (or by the pool). No task of its own: whoever holds it reads and
+//! writes it, and the pool looks at it while it is idle.
+//!
+//! Its close is explained by whoever ends it ([`UpstreamConn::close`]); a connection
+//! dropped without a reason (the request that held it was cancelled) is `aborted`. The
+//! close is counted, and entered in the registry, exactly once, in `Drop`.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::io::{IoStats, PeerClose};
+use crate::observe::metrics::{CloseLabels, ClusterLabels};
+use crate::observe::{CloseReason, ConnEntry, Metrics, Registry};
+
+/// The most an upstream connection reads ahead of its client. A response body moves one
+/// read at a time: with a slow reader, one read waits in linger while the next fills this
+/// buffer, so it bounds the memory a slow client costs (256 KiB made 0.5 MiB per slow
+/// reader of a 1 MiB response; HAProxy's buffers are 16 KiB). 64 KiB reads still move a
+/// large body in few wake-ups.
+pub const UPSTREAM_READ_BUFFER: usize = 64 * 1024;
+/// The first read of an exchange: enough for most response heads and small bodies.
+const FIRST_READ: usize = 16 * 1024;
+
+/// What a look at an idle connection found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// Nothing arrived: the connection looks usable.
+    Open,
+    /// The upstream closed or reset it, or it failed.
+    Gone(PeerClose),
+    /// Bytes arrived that no request asked for (R9).
+    StrayBytes,
+}
+
+/// What an upstream connection needs to report its close.
+#[derive(Debug)]
+pub struct ConnCtx {
+    pub metrics: Arc<Metrics>,
+    pub registry: Arc<Registry>,
+    pub labels: ClusterLabels,
+}
+
+/// A connection to one endpoint.
+#[derive(Debug)]
+pub struct UpstreamConn {
+    pub id: u64,
+    stream: TcpStream,
+    pub stats: Arc<IoStats>,
+    /// Its entry in the registry (journal, request count).
+    pub entry: Arc<ConnEntry>,
+    pub endpoint: usize,
+    pub created: Instant,
+    /// Requests sent on it so far.
+    pub requests: u64,
+    /// Further requests allowed by a `Keep-Alive: max` hint or the configured limit.
+    pub requests_left: Option<u64>,
+    /// Did the current request get it from the pool?
+    pub reused: bool,
+    /// Bytes read and not used yet. Empty (and released) while the connection is idle.
+    pub buf: BytesMut,
+    ctx: Arc<ConnCtx>,
+    reason: Option<CloseReason>,
+}
+
+// === impl UpstreamConn ===
+
+impl UpstreamConn {
+    pub fn new(
+        id: u64,
+        stream: TcpStream,
+        stats: Arc<IoStats>,
+        entry: Arc<ConnEntry>,
+        endpoint: usize,
+        ctx: Arc<ConnCtx>,
+    ) -> Self {
+        ctx.metrics
+            .upstream_connects
+            .get_or_create(&ctx.labels)
+            .inc();
+        ctx.metrics.upstream_open.get_or_create(&ctx.labels).inc();
+        Self {
+            id,
+            stream,
+            stats,
+            entry,
+            endpoint,
+            created: Instant::now(),
+            requests: 0,
+            requests_left: None,
+            reused: false,
+            buf: BytesMut::new(),
+            ctx,
+            reason: None,
+        }
+    }
+
+    /// Closes the connection, naming why.
+    pub fn close(mut self, reason: CloseReason) {
+        self.reason = Some(reason);
+    }
+
+    /// Writes all of `bytes`; what the socket took is counted even when a later write
+    /// fails.
+    pub async fn write_all(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            let n = self.stats.written(self.stream.write(bytes).await)?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            bytes = &bytes[n..];
+        }
+        Ok(())
+    }
+
+    /// Reads what the socket has into `buf`: `Ok(0)` is the upstream's FIN.
+    pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        poll_fill(&self.stream, &mut self.buf, &self.stats, cx)
+    }
+
+    /// The socket, the read buffer and the counters, apart: for an exchange that writes
+    /// the request body while it reads the response.
+    pub fn split(&mut self) -> (&TcpStream, &mut BytesMut, &IoStats) {
+        (&self.stream, &mut self.buf, &self.stats)
+    }
+
+    /// Writes some of `bytes` if the socket takes them now.
+    pub fn poll_write_some(&self, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.stream.poll_write_ready(cx))?;
+            match self.stream.try_write(bytes) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return Poll::Ready(self.stats.written(r)),
+            }
+        }
+    }
+
+    /// Looks, without reading, at what the upstream did since the last exchange: a FIN,
+    /// an RST or stray bytes make the connection unusable.
+    pub fn liveness(&self) -> Liveness {
+        if !self.buf.is_empty() {
+            return Liveness::StrayBytes;
+        }
+        match self.stats.peer() {
+            PeerClose::Open => {}
+            p => return Liveness::Gone(p),
+        }
+        let mut one = [MaybeUninit::<u8>::uninit(); 1];
+        match socket2::SockRef::from(&self.stream).peek(&mut one) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Liveness::Open,
+            Err(e) => {
+                self.stats.record_error(&e);
+                Liveness::Gone(self.stats.peer())
+            }
+            Ok(0) => {
+                self.stats.record_peer(PeerClose::Fin);
+                Liveness::Gone(PeerClose::Fin)
+            }
+            Ok(_) => Liveness::StrayBytes,
+        }
+    }
+
+    /// The socket, for a tunnel after a `101` (which owns the connection until it ends).
+    pub fn stream_mut(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+
+    /// Names the close without closing yet (a tunnel names it before it starts).
+    pub fn set_close_reason(&mut self, reason: CloseReason) {
+        self.reason = Some(reason);
+    }
+}
+
+/// Reads what `stream` has into `buf` (growing it for the read); `Ok(0)` is the FIN.
+pub fn poll_fill(
+    stream: &TcpStream,
+    buf: &mut BytesMut,
+    stats: &IoStats,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(if buf.capacity() == 0 {
+            FIRST_READ
+        } else {
+            UPSTREAM_READ_BUFFER
+        });
+    }
+    loop {
+        if let Err(e) = ready!(stream.poll_read_ready(cx)) {
+            stats.record_error(&e);
+            return Poll::Ready(Err(e));
+        }
+        match stream.try_read_buf(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => {
+                stats.record_error(&e);
+                return Poll::Ready(Err(e));
+            }
+            Ok(0) => {
+                stats.record_peer(PeerClose::Fin);
+                return Poll::Ready(Ok(0));
+            }
+            Ok(n) => {
+                stats.add_read(n);
+                return Poll::Ready(Ok(n));
+            }
+        }
+    }
+}
+
+/// Writes some of `bytes` to `stream`, counted in `stats`.
+pub async fn write_some(stream: &TcpStream, stats: &IoStats, bytes: &[u8]) -> io::Result<usize> {
+    loop {
+        stream.writable().await?;
+        match stream.try_write(bytes) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            r => return stats.written(r),
+        }
+    }
+}
+
+impl Drop for UpstreamConn {
+    fn drop(&mut self) {
+        let reason = self.reason.unwrap_or(CloseReason::Aborted);
+        let ctx = &self.ctx;
+        let close = CloseLabels {
+            side: "upstream",
+            reason: reason.as_str(),
+        };
+        ctx.metrics.closes.get_or_create(&close).inc();
+        ctx.metrics
+            .connection_lifetime
+            .get_or_create(&close)
+            .observe(self.created.elapsed().as_secs_f64());
+        ctx.metrics.upstream_open.get_or_create(&ctx.labels).dec();
+        ctx.registry.close(&self.entry, reason.as_str());
+        if reason.is_abnormal() {
+            crate::downstream::log_journal(&self.entry, reason);
+        }
+        tracing::debug!(
+            upstream_conn = self.id,
+            reason = reason.as_str(),
+            "upstream connection closed"
+        );
+    }
+}

@@ -1,0 +1,409 @@
+//! One request on one upstream connection, up to its response head, in the request's own
+//! task: the head and the body go out while the response is read, so an answer that comes
+//! before the body is done (R4, `Expect: 100-continue`) is seen at once.
+//!
+//! The request head arrives serialized ([`write_request_head`]); the response head is
+//! parsed with `httparse` and framed by `linger_h1::response_framing` (RFC 9112 §6.3).
+
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Version};
+use http_body_util::BodyExt;
+use linger_h1::{response_framing, ResponseFraming};
+use tokio::time::Instant;
+
+use super::conn::{poll_fill, write_some, UpstreamConn};
+use crate::body::{ExpectGate, UpBody};
+use crate::error::TryErrorKind;
+use crate::io::PeerClose;
+use crate::lifecycle::upstream::connection_has;
+
+/// How long an `Expect: 100-continue` body waits for the upstream's 100 before it is sent
+/// anyway (curl waits 1 s).
+pub const EXPECT_WAIT: Duration = Duration::from_secs(1);
+/// The largest response head linger reads.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// The most header fields a response head may have.
+const MAX_RESPONSE_HEADERS: usize = 128;
+
+/// A parsed response head and how its body is framed.
+#[derive(Debug)]
+pub struct ResponseHead {
+    pub parts: http::response::Parts,
+    pub framing: ResponseFraming,
+}
+
+/// The request as it goes out.
+#[derive(Debug)]
+pub struct Outgoing<'a> {
+    /// The serialized head, with any buffered body after it.
+    pub head: &'a [u8],
+    /// A body that streams from the downstream, if any.
+    pub body: Option<&'a mut UpBody>,
+    /// Send the streamed body with chunked encoding (its length is unknown).
+    pub chunked: bool,
+    /// Opened by a `100 Continue` or after [`EXPECT_WAIT`].
+    pub gate: Option<&'a ExpectGate>,
+    /// How long to go on sending the body after a response head arrived before it ended.
+    pub early_wait: Duration,
+    /// Hold an early response until the client's body has ended, even when the upstream
+    /// reads no more of it (the listener's `early_response = "hold"`).
+    pub hold: bool,
+    pub method: &'a Method,
+}
+
+/// What came back.
+#[derive(Debug)]
+pub struct Answered {
+    pub head: ResponseHead,
+    /// The whole request body went out before the response head was handed on.
+    pub body_complete: bool,
+    /// What is left to send of a body still streaming: it goes on while the response
+    /// body is read (an origin may answer as it reads, as an echo does).
+    pub tail: Option<Tail>,
+}
+
+/// The rest of a request body that was still streaming when the response head came.
+#[derive(Debug)]
+pub struct Tail {
+    /// Encoded bytes not written yet.
+    pub pending: Bytes,
+    pub chunked: bool,
+    /// The body's last frame was taken (`pending` holds the end).
+    pub stream_ended: bool,
+}
+
+/// Sends `req` on `conn` and reads up to the final response head.
+pub async fn exchange(
+    conn: &mut UpstreamConn,
+    req: Outgoing<'_>,
+) -> Result<Answered, TryErrorKind> {
+    let Outgoing {
+        head,
+        body,
+        chunked,
+        gate,
+        early_wait,
+        hold,
+        method,
+    } = req;
+    // The head (and a buffered body) in one write; a reset here may still have left an
+    // answer in the receive buffer (R4), so it is read before anything is concluded.
+    let mut write_dead = conn.write_all(head).await.is_err();
+    let mut body = body;
+    let mut stream_ended = body.is_none();
+    let mut pending = Bytes::new();
+    let gate_deadline = Instant::now() + EXPECT_WAIT;
+    let mut gate_waiting = gate.is_some_and(|g| !g.is_open());
+    let mut final_head: Option<ResponseHead> = None;
+    let mut early_deadline: Option<Instant> = None;
+    let mut discarding = false;
+    let (stream, buf, stats) = conn.split();
+    loop {
+        while final_head.is_none() {
+            let Some(h) = parse_response_head(buf, method)? else {
+                break;
+            };
+            match h.parts.status.as_u16() {
+                100 => {
+                    if let Some(g) = gate {
+                        g.open();
+                    }
+                }
+                101 => final_head = Some(h),
+                102..=199 => {}
+                _ => final_head = Some(h),
+            }
+        }
+        let body_done = stream_ended && pending.is_empty();
+        if let Some(h) = final_head.take() {
+            if !body_done && !discarding && announces_close(&h) {
+                // The upstream answered before the body ended and will close: it reads no
+                // more of it (R4). The response goes at once, or, held, once the client's
+                // rest was read and dropped.
+                discarding = true;
+                pending = Bytes::new();
+            }
+            let deadline = *early_deadline.get_or_insert_with(|| Instant::now() + early_wait);
+            let now_is_late = Instant::now() >= deadline || (discarding && !hold);
+            if body_done || write_dead || now_is_late {
+                let body_complete = body_done && !discarding;
+                let tail = (!body_complete && !write_dead && !discarding).then_some(Tail {
+                    pending,
+                    chunked,
+                    stream_ended,
+                });
+                return Ok(Answered {
+                    head: h,
+                    body_complete,
+                    tail,
+                });
+            }
+            final_head = Some(h);
+        }
+        let sending = !write_dead && !body_done;
+        tokio::select! {
+            biased;
+            r = std::future::poll_fn(|cx| poll_fill(stream, buf, stats, cx)), if final_head.is_none() => {
+                match r {
+                    Ok(0) => return Err(TryErrorKind::PeerGone(peer_or(stats.peer(), PeerClose::Fin))),
+                    Ok(_) => {}
+                    Err(_) => return Err(TryErrorKind::PeerGone(peer_or(stats.peer(), PeerClose::Error))),
+                }
+            }
+            w = write_some(stream, stats, &pending), if sending && !discarding && !pending.is_empty() => {
+                match w {
+                    Ok(n) => pending.advance(n),
+                    Err(_) => {
+                        write_dead = true;
+                        pending = Bytes::new();
+                    }
+                }
+            }
+            f = next_frame(&mut body), if sending && pending.is_empty() && !stream_ended => {
+                match f {
+                    Frame::Data(_) if discarding => {}
+                    Frame::Data(d) => pending = encode_data(d, chunked),
+                    Frame::Trailers(_) | Frame::End if discarding => stream_ended = true,
+                    Frame::Trailers(t) => {
+                        pending = encode_end(Some(&t), chunked);
+                        stream_ended = true;
+                    }
+                    Frame::End => {
+                        pending = encode_end(None, chunked);
+                        stream_ended = true;
+                    }
+                    Frame::Failed => return Err(TryErrorKind::RequestBody),
+                }
+            }
+            _ = tokio::time::sleep_until(gate_deadline), if gate_waiting => {
+                gate_waiting = false;
+                if let Some(g) = gate {
+                    g.open();
+                }
+            }
+            _ = tokio::time::sleep_until(early_deadline.unwrap_or(gate_deadline)), if early_deadline.is_some() => {}
+        }
+    }
+}
+
+/// Does the response say the upstream closes after it?
+fn announces_close(h: &ResponseHead) -> bool {
+    let headers = &h.parts.headers;
+    connection_has(headers, "close")
+        || (h.parts.version == Version::HTTP_10 && !connection_has(headers, "keep-alive"))
+        || h.framing.framing == linger_h1::Framing::UntilClose
+}
+
+fn peer_or(seen: PeerClose, otherwise: PeerClose) -> PeerClose {
+    if seen == PeerClose::Open {
+        otherwise
+    } else {
+        seen
+    }
+}
+
+enum Frame {
+    Data(Bytes),
+    Trailers(HeaderMap),
+    End,
+    Failed,
+}
+
+async fn next_frame(body: &mut Option<&mut UpBody>) -> Frame {
+    let Some(body) = body.as_mut() else {
+        return Frame::End;
+    };
+    match body.frame().await {
+        None => Frame::End,
+        Some(Err(_)) => Frame::Failed,
+        Some(Ok(f)) => match f.into_data() {
+            Ok(d) => Frame::Data(d),
+            Err(f) => match f.into_trailers() {
+                Ok(t) => Frame::Trailers(t),
+                Err(_) => Frame::End,
+            },
+        },
+    }
+}
+
+pub fn encode_data(d: Bytes, chunked: bool) -> Bytes {
+    if !chunked || d.is_empty() {
+        return d;
+    }
+    let mut out = BytesMut::with_capacity(d.len() + 20);
+    out.put_slice(format!("{:x}\r\n", d.len()).as_bytes());
+    out.put_slice(&d);
+    out.put_slice(b"\r\n");
+    out.freeze()
+}
+
+pub fn encode_end(trailers: Option<&HeaderMap>, chunked: bool) -> Bytes {
+    if !chunked {
+        return Bytes::new();
+    }
+    let mut out = BytesMut::from(&b"0\r\n"[..]);
+    if let Some(t) = trailers {
+        write_fields(&mut out, t);
+    }
+    out.put_slice(b"\r\n");
+    out.freeze()
+}
+
+fn write_fields(out: &mut BytesMut, headers: &HeaderMap) {
+    for (name, value) in headers {
+        out.put_slice(name.as_str().as_bytes());
+        out.put_slice(b": ");
+        out.put_slice(value.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+}
+
+/// Serializes a request head for the upstream: `METHOD target HTTP/1.1`, `Host` (when
+/// given, in place of the field's own), the fields, and chunked framing when asked (a
+/// body of known length keeps its `Content-Length` among the fields).
+pub fn write_request_head(
+    out: &mut Vec<u8>,
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    host: Option<&str>,
+    chunked: bool,
+) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if let Some(h) = host {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in headers {
+        if host.is_some() && name == http::header::HOST {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Parses a response head from the front of `buf`, taking it out when complete.
+pub fn parse_response_head(
+    buf: &mut BytesMut,
+    method: &Method,
+) -> Result<Option<ResponseHead>, TryErrorKind> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let mut res = httparse::Response::new(&mut fields);
+    let len = match res.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_RESPONSE_HEAD => {
+            return Err(TryErrorKind::Protocol("response head too large"))
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(TryErrorKind::Protocol(httparse_error(e))),
+    };
+    let status = StatusCode::from_u16(res.code.unwrap_or(0))
+        .map_err(|_| TryErrorKind::Protocol("invalid status code"))?;
+    let framing = response_framing(method.as_str(), status.as_u16(), res.headers)
+        .map_err(|_| TryErrorKind::Protocol("invalid Content-Length in a response"))?;
+    let mut headers = HeaderMap::with_capacity(res.headers.len());
+    for h in res.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| TryErrorKind::Protocol("invalid header name"))?;
+        let value = HeaderValue::from_bytes(h.value)
+            .map_err(|_| TryErrorKind::Protocol("invalid header value"))?;
+        headers.append(name, value);
+    }
+    let reason = res
+        .reason
+        .filter(|r| Some(*r) != status.canonical_reason() && !r.is_empty())
+        .map(|r| Bytes::copy_from_slice(r.as_bytes()));
+    let mut builder = http::Response::builder()
+        .status(status)
+        .version(if res.version == Some(0) {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        });
+    if let Some(r) = reason.and_then(|r| hyper::ext::ReasonPhrase::try_from(r).ok()) {
+        builder = builder.extension(r);
+    }
+    let mut parts = builder
+        .body(())
+        .map_err(|_| TryErrorKind::Protocol("invalid response head"))?
+        .into_parts()
+        .0;
+    parts.headers = headers;
+    buf.advance(len);
+    Ok(Some(ResponseHead { parts, framing }))
+}
+
+fn httparse_error(e: httparse::Error) -> &'static str {
+    match e {
+        httparse::Error::HeaderName => "invalid header name",
+        httparse::Error::HeaderValue => "invalid header value",
+        httparse::Error::NewLine => "invalid line ending",
+        httparse::Error::Status => "invalid status line",
+        httparse::Error::Token => "invalid token",
+        httparse::Error::TooManyHeaders => "too many header fields",
+        httparse::Error::Version => "invalid HTTP version",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn response_heads_parse_and_frame() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-a: 1\r\n\r\nhiHTTP/1.1"[..],
+        );
+        let h = parse_response_head(&mut buf, &Method::GET)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.parts.status, 200);
+        assert_eq!(h.framing.framing, linger_h1::Framing::Length(2));
+        assert_eq!(h.parts.headers["x-a"], "1");
+        assert_eq!(&buf[..], b"hiHTTP/1.1");
+        let mut partial = BytesMut::from(&b"HTTP/1.1 200 OK\r\nx-a"[..]);
+        assert!(parse_response_head(&mut partial, &Method::GET)
+            .unwrap()
+            .is_none());
+        let mut bad = BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n"[..]);
+        assert!(matches!(
+            parse_response_head(&mut bad, &Method::GET),
+            Err(TryErrorKind::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn request_heads_carry_their_framing() {
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("a"));
+        let mut out = Vec::new();
+        write_request_head(&mut out, &Method::POST, "/x?y", &h, None, true);
+        assert_eq!(
+            out,
+            b"POST /x?y HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        out.clear();
+        write_request_head(&mut out, &Method::GET, "/", &h, Some("10.0.0.1:80"), false);
+        assert_eq!(out, b"GET / HTTP/1.1\r\nhost: 10.0.0.1:80\r\n\r\n");
+        assert_eq!(
+            &encode_data(Bytes::from_static(b"hello"), true)[..],
+            b"5\r\nhello\r\n"
+        );
+        assert_eq!(&encode_end(None, true)[..], b"0\r\n\r\n");
+        assert!(encode_end(None, false).is_empty());
+    }
+}

@@ -213,7 +213,8 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition.
+    /// The OpenMetrics text exposition (see [`super::exposition`] for the Prometheus text
+    /// format).
     pub fn encode(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);
         prometheus_client::encoding::text::encode(&mut out, &self.registry)

@@ -1,8 +1,9 @@
-//! Observability: termination codes, metrics, the access log, and the connection registry
-//! with each connection's journal.
+//! Observability: termination codes, metrics and their exposition formats, the access log,
+//! and the connection registry with each connection's journal.
 
 pub mod access_log;
 pub mod connections;
+pub mod exposition;
 pub mod journal;
 pub mod metrics;
 pub mod termination;

@@ -10,6 +10,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 pub type Name = Arc<String>;
@@ -59,6 +60,7 @@ pub struct RaceLabels {
 /// Every metric linger exports.
 #[derive(Debug)]
 pub struct Metrics {
+    /// Unprefixed: the `process_*` collector, and the `linger_` sub-registry.
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: Family<ListenerLabels, Histogram>,
@@ -106,7 +108,15 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("linger");
+        let mut root = Registry::default();
+        #[cfg(target_os = "linux")]
+        root.register_collector(Box::new(super::process::ProcessCollector));
+        let registry = root.sub_registry_with_prefix("linger");
+        registry.register(
+            "build",
+            "linger's version",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "requests",
@@ -195,7 +205,7 @@ impl Metrics {
             races.clone(),
         );
         Self {
-            registry,
+            registry: root,
             requests,
             request_duration,
             downstream_accepted,

@@ -6,6 +6,8 @@ pub mod connections;
 pub mod exposition;
 pub mod journal;
 pub mod metrics;
+#[cfg(target_os = "linux")]
+pub mod process;
 pub mod termination;
 
 pub use self::access_log::{AccessLog, AccessRecord, RetryEntry};

@@ -34,7 +34,7 @@ pub struct Server {
 
 impl Server {
     pub fn new(config: Config, access_log: AccessLog) -> Arc<Self> {
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::for_config(&config));
         let listeners = config
             .listeners
             .iter()

@@ -1,7 +1,8 @@
 //! The admin listener (127.0.0.1 by default):
 //! * `/` the live page: connections by state, closes by reason over time, the connection
 //!   table and a chosen connection's journal as a timeline (one self-contained file);
-//! * `/metrics` Prometheus (OpenMetrics text);
+//! * `/metrics` Prometheus: the text format 0.0.4, or OpenMetrics text when the `Accept`
+//!   header asks for it first;
 //! * `/stats` the page's numbers as JSON; `/connections` and `/connections/{id}` the
 //!   registry and journals as JSON;
 //! * `/ready` (503 once a drain starts) and `/live`.
@@ -19,6 +20,7 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
+use crate::observe::exposition::{self, Format};
 use crate::observe::journal::wall_ms;
 use crate::server::Server;
 
@@ -51,11 +53,15 @@ fn route(server: &Server, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     match path {
         "/" => text(StatusCode::OK, "text/html; charset=utf-8", PAGE.into()),
-        "/metrics" => text(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics_text(server),
-        ),
+        "/metrics" => {
+            let format = Format::negotiate(accept(req).as_deref());
+            let openmetrics = metrics_text(server);
+            let body = match format {
+                Format::OpenMetrics => openmetrics,
+                Format::Text => exposition::to_text(&openmetrics),
+            };
+            text(StatusCode::OK, format.content_type(), body)
+        }
         "/stats" => text(StatusCode::OK, JSON, stats_json(server)),
         "/connections" => text(StatusCode::OK, JSON, server.registry.list_json()),
         "/live" => text(StatusCode::OK, "text/plain", "live\n".into()),
@@ -93,8 +99,19 @@ fn route(server: &Server, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     }
 }
 
+/// The request's `Accept` header lines, joined as one list; `None` without any.
+fn accept(req: &Request<Incoming>) -> Option<String> {
+    let values: Vec<&str> = req
+        .headers()
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.join(","))
+}
+
 /// The registered metrics plus open connections by side and state, computed at scrape time
-/// from the registry.
+/// from the registry, as OpenMetrics text.
 fn metrics_text(server: &Server) -> String {
     let mut out = server.metrics.encode();
     if out.ends_with("# EOF\n") {

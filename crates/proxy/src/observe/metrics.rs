@@ -2,15 +2,23 @@
 //!
 //! Label values are `Arc<String>` or `&'static str` so the request path never allocates a
 //! label.
+//!
+//! Every family is listed from start-up, with a zero sample for each label set known then
+//! (each listener, each cluster, each race): a scrape before any traffic already shows what
+//! can be counted.
 
 use std::sync::Arc;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Metric, Registry};
+
+use crate::config::Config;
 
 pub type Name = Arc<String>;
 
@@ -56,9 +64,25 @@ pub struct RaceLabels {
     pub what: &'static str,
 }
 
+/// Every race counter linger has, as `(race, what)`: each is listed with a zero from
+/// start-up. A test checks this list against the `race(...)` calls in the source.
+pub const RACES: &[(&str, &str)] = &[
+    ("R1", "idle_close_detected_before_reuse"),
+    ("R1", "reused_connection_failed"),
+    ("R2", "request_at_idle_close"),
+    ("R4", "early_response"),
+    ("R5", "downstream_closed_while_streaming"),
+    ("R7", "downstream_closed_while_waiting"),
+    ("R9", "closed_after_checkout"),
+    ("R10", "request_at_idle_close"),
+    ("R11", "upstream_failed_mid_body"),
+    ("R12", "ambiguous_framing_refused"),
+];
+
 /// Every metric linger exports.
 #[derive(Debug)]
 pub struct Metrics {
+    /// Unprefixed: the `process_*` collector, and the `linger_` sub-registry.
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: Family<ListenerLabels, Histogram>,
@@ -104,116 +128,171 @@ impl Default for Metrics {
     }
 }
 
+/// A family registered so that its HELP and TYPE are written even before its first label
+/// set exists (prometheus-client leaves an empty family out of the exposition).
+#[derive(Debug)]
+struct Listed<M>(M);
+
+impl<M: EncodeMetric> EncodeMetric for Listed<M> {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        self.0.metric_type()
+    }
+
+    fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+/// Registers `metric` as a family listed from start-up and hands it back.
+fn listed<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, Listed(metric.clone()));
+    metric
+}
+
 impl Metrics {
+    /// The families, with no label set yet.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("linger");
-        let requests = Family::<RequestLabels, Counter>::default();
+        let mut root = Registry::default();
+        #[cfg(target_os = "linux")]
+        root.register_collector(Box::new(super::process::ProcessCollector));
+        let registry = root.sub_registry_with_prefix("linger");
         registry.register(
-            "requests",
-            "Requests by listener, status and termination code",
-            requests.clone(),
+            "build",
+            "linger's version",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
         );
-        let request_duration =
-            Family::<ListenerLabels, Histogram>::new_with_constructor(seconds_buckets as fn() -> _);
-        registry.register(
-            "request_duration_seconds",
-            "Time from request head to the end of the response",
-            request_duration.clone(),
-        );
-        let downstream_accepted = Family::<ListenerLabels, Counter>::default();
-        registry.register(
-            "downstream_connections",
-            "Downstream connections accepted",
-            downstream_accepted.clone(),
-        );
-        let downstream_open = Family::<ListenerLabels, Gauge>::default();
-        registry.register(
-            "downstream_connections_open",
-            "Downstream connections open now",
-            downstream_open.clone(),
-        );
-        let closes = Family::<CloseLabels, Counter>::default();
-        registry.register(
-            "connection_closes",
-            "Connection closes by side and reason",
-            closes.clone(),
-        );
-        let connection_lifetime =
-            Family::<CloseLabels, Histogram>::new_with_constructor(lifetime_buckets as fn() -> _);
-        registry.register(
-            "connection_lifetime_seconds",
-            "Connection lifetime by side and close reason",
-            connection_lifetime.clone(),
-        );
-        let requests_per_connection =
-            Family::<CloseLabels, Histogram>::new_with_constructor(count_buckets as fn() -> _);
-        registry.register(
-            "requests_per_connection",
-            "Requests served on a connection by side and close reason",
-            requests_per_connection.clone(),
-        );
-        let upstream_connects = Family::<ClusterLabels, Counter>::default();
-        registry.register(
-            "upstream_connects",
-            "Upstream connections opened",
-            upstream_connects.clone(),
-        );
-        let upstream_connect_errors = Family::<ClusterLabels, Counter>::default();
-        registry.register(
-            "upstream_connect_errors",
-            "Upstream connect failures and timeouts",
-            upstream_connect_errors.clone(),
-        );
-        let upstream_open = Family::<ClusterLabels, Gauge>::default();
-        registry.register(
-            "upstream_connections_open",
-            "Upstream connections open now",
-            upstream_open.clone(),
-        );
-        let pool_idle = Family::<ClusterLabels, Gauge>::default();
-        registry.register(
-            "upstream_pool_idle",
-            "Idle upstream connections in the pools",
-            pool_idle.clone(),
-        );
-        let upstream_requests = Family::<ReuseLabels, Counter>::default();
-        registry.register(
-            "upstream_requests",
-            "Upstream tries by whether the connection was reused",
-            upstream_requests.clone(),
-        );
-        let retries = Family::<RetryLabels, Counter>::default();
-        registry.register(
-            "retries",
-            "Retry decisions by reason and outcome (retried or refused)",
-            retries.clone(),
-        );
-        let races = Family::<RaceLabels, Counter>::default();
-        registry.register(
-            "races",
-            "Connection-lifecycle races seen, by race (R1..R12) and what linger did",
-            races.clone(),
-        );
+        let r = registry;
         Self {
-            registry,
-            requests,
-            request_duration,
-            downstream_accepted,
-            downstream_open,
-            closes,
-            connection_lifetime,
-            requests_per_connection,
-            upstream_connects,
-            upstream_connect_errors,
-            upstream_open,
-            pool_idle,
-            upstream_requests,
-            retries,
-            races,
+            requests: listed(
+                r,
+                "requests",
+                "Requests by listener, status and termination code",
+                Family::default(),
+            ),
+            request_duration: listed(
+                r,
+                "request_duration_seconds",
+                "Time from request head to the end of the response",
+                Family::new_with_constructor(seconds_buckets as fn() -> _),
+            ),
+            downstream_accepted: listed(
+                r,
+                "downstream_connections",
+                "Downstream connections accepted",
+                Family::default(),
+            ),
+            downstream_open: listed(
+                r,
+                "downstream_connections_open",
+                "Downstream connections open now",
+                Family::default(),
+            ),
+            closes: listed(
+                r,
+                "connection_closes",
+                "Connection closes by side and reason",
+                Family::default(),
+            ),
+            connection_lifetime: listed(
+                r,
+                "connection_lifetime_seconds",
+                "Connection lifetime by side and close reason",
+                Family::new_with_constructor(lifetime_buckets as fn() -> _),
+            ),
+            requests_per_connection: listed(
+                r,
+                "requests_per_connection",
+                "Requests served on a connection by side and close reason",
+                Family::new_with_constructor(count_buckets as fn() -> _),
+            ),
+            upstream_connects: listed(
+                r,
+                "upstream_connects",
+                "Upstream connections opened",
+                Family::default(),
+            ),
+            upstream_connect_errors: listed(
+                r,
+                "upstream_connect_errors",
+                "Upstream connect failures and timeouts",
+                Family::default(),
+            ),
+            upstream_open: listed(
+                r,
+                "upstream_connections_open",
+                "Upstream connections open now",
+                Family::default(),
+            ),
+            pool_idle: listed(
+                r,
+                "upstream_pool_idle",
+                "Idle upstream connections in the pools",
+                Family::default(),
+            ),
+            upstream_requests: listed(
+                r,
+                "upstream_requests",
+                "Upstream tries by whether the connection was reused",
+                Family::default(),
+            ),
+            retries: listed(
+                r,
+                "retries",
+                "Retry decisions by reason and outcome (retried or refused)",
+                Family::default(),
+            ),
+            races: listed(
+                r,
+                "races",
+                "Connection-lifecycle races seen, by race (R1..R12) and what linger did",
+                Family::default(),
+            ),
+            registry: root,
         }
     }
 
-    /// The Prometheus text exposition.
+    /// The families, with a zero sample for every label set `config` makes known: each
+    /// listener's and each cluster's, and every race. Retries, closes and requests that did
+    /// not end cleanly are labelled by reasons met only at run time: those families are
+    /// listed without samples until then.
+    pub fn for_config(config: &Config) -> Self {
+        let m = Self::new();
+        // Each listener's clean requests and request durations are created with its
+        // context (`downstream::ListenerCtx`), which keeps them.
+        for l in &config.listeners {
+            let labels = ListenerLabels {
+                listener: Name::new(l.name.clone()),
+            };
+            m.downstream_accepted.get_or_create_owned(&labels);
+            m.downstream_open.get_or_create_owned(&labels);
+        }
+        for c in &config.clusters {
+            let labels = ClusterLabels {
+                cluster: Name::new(c.name.clone()),
+            };
+            m.upstream_connects.get_or_create_owned(&labels);
+            m.upstream_connect_errors.get_or_create_owned(&labels);
+            m.upstream_open.get_or_create_owned(&labels);
+            m.pool_idle.get_or_create_owned(&labels);
+            for reused in ["true", "false"] {
+                m.upstream_requests.get_or_create_owned(&ReuseLabels {
+                    cluster: labels.cluster.clone(),
+                    reused,
+                });
+            }
+        }
+        for &(race, what) in RACES {
+            m.races.get_or_create_owned(&RaceLabels { race, what });
+        }
+        m
+    }
+
+    /// The OpenMetrics text exposition (see [`super::exposition`] for the Prometheus text
+    /// format).
     pub fn encode(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
@@ -223,5 +302,133 @@ impl Metrics {
 
     pub fn race(&self, race: &'static str, what: &'static str) {
         self.races.get_or_create(&RaceLabels { race, what }).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FAMILIES: &[(&str, &str)] = &[
+        ("linger_requests", "counter"),
+        ("linger_request_duration_seconds", "histogram"),
+        ("linger_downstream_connections", "counter"),
+        ("linger_downstream_connections_open", "gauge"),
+        ("linger_connection_closes", "counter"),
+        ("linger_connection_lifetime_seconds", "histogram"),
+        ("linger_requests_per_connection", "histogram"),
+        ("linger_upstream_connects", "counter"),
+        ("linger_upstream_connect_errors", "counter"),
+        ("linger_upstream_connections_open", "gauge"),
+        ("linger_upstream_pool_idle", "gauge"),
+        ("linger_upstream_requests", "counter"),
+        ("linger_retries", "counter"),
+        ("linger_races", "counter"),
+        ("linger_build", "info"),
+    ];
+
+    #[test]
+    fn every_family_is_listed_before_any_label_set_exists() {
+        let text = Metrics::new().encode();
+        for (name, kind) in FAMILIES {
+            assert!(
+                text.contains(&format!("\n# TYPE {name} {kind}\n")),
+                "{name} {kind}:\n{text}"
+            );
+            assert!(text.contains(&format!("# HELP {name} ")), "{name}:\n{text}");
+        }
+        let version = env!("CARGO_PKG_VERSION");
+        assert!(
+            text.contains(&format!("linger_build_info{{version=\"{version}\"}} 1\n")),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn the_config_s_listeners_clusters_and_every_race_start_at_zero() {
+        let config = crate::config::File::simple("127.0.0.1:0", &["127.0.0.1:1".into()])
+            .validate("test")
+            .unwrap();
+        let text = Metrics::for_config(&config).encode();
+        for sample in [
+            "linger_downstream_connections_total{listener=\"main\"} 0",
+            "linger_downstream_connections_open{listener=\"main\"} 0",
+            "linger_upstream_connects_total{cluster=\"default\"} 0",
+            "linger_upstream_connect_errors_total{cluster=\"default\"} 0",
+            "linger_upstream_connections_open{cluster=\"default\"} 0",
+            "linger_upstream_pool_idle{cluster=\"default\"} 0",
+            "linger_upstream_requests_total{cluster=\"default\",reused=\"true\"} 0",
+            "linger_upstream_requests_total{cluster=\"default\",reused=\"false\"} 0",
+        ] {
+            assert!(text.contains(&format!("{sample}\n")), "{sample}:\n{text}");
+        }
+        for (race, what) in RACES {
+            let sample = format!("linger_races_total{{race=\"{race}\",what=\"{what}\"}} 0\n");
+            assert!(text.contains(&sample), "{sample}{text}");
+        }
+    }
+
+    /// The `(race, what)` pairs of every `.race(...)` call under `src/`: each argument list's
+    /// `R<n>` literals (one, or one per branch of an `if`) with its one other literal.
+    fn race_calls_in_source() -> Vec<(String, String)> {
+        let mut files = vec![std::path::PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src"
+        ))];
+        let mut pairs = Vec::new();
+        while let Some(path) = files.pop() {
+            if path.is_dir() {
+                files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs") || path.ends_with("observe/metrics.rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for (at, _) in text.match_indices(".race(") {
+                let args = &text[at + ".race(".len()..];
+                let mut depth = 1;
+                let end = args
+                    .find(|c| {
+                        depth += match c {
+                            '(' => 1,
+                            ')' => -1,
+                            _ => 0,
+                        };
+                        depth == 0
+                    })
+                    .unwrap();
+                let literals: Vec<&str> = args[..end].split('"').skip(1).step_by(2).collect();
+                let (races, whats): (Vec<&str>, Vec<&str>) = literals.iter().partition(|l| {
+                    l.strip_prefix('R')
+                        .is_some_and(|n| n.parse::<u32>().is_ok())
+                });
+                assert!(
+                    whats.len() == 1 && !races.is_empty(),
+                    "{}: cannot read the race call {:?}",
+                    path.display(),
+                    &args[..end]
+                );
+                pairs.extend(races.iter().map(|r| (r.to_string(), whats[0].to_string())));
+            }
+        }
+        pairs
+    }
+
+    #[test]
+    fn the_race_list_is_the_race_calls_in_the_source() {
+        let mut calls = race_calls_in_source();
+        calls.sort();
+        calls.dedup();
+        let mut listed: Vec<(String, String)> = RACES
+            .iter()
+            .map(|(r, w)| (r.to_string(), w.to_string()))
+            .collect();
+        listed.sort();
+        assert_eq!(
+            calls, listed,
+            "RACES must list every race(...) call, and no other"
+        );
     }
 }

@@ -147,36 +147,7 @@ IDLE_JSONL="$WORK/idle.jsonl"
 
 # ---------------------------------------------------------------- origin ---
 
-ORIGIN_PORT=$(free_port)
-ORIGIN_DIR="$WORK/origin"
-mkdir -p "$ORIGIN_DIR/tmp"
-cat >"$ORIGIN_DIR/nginx.conf" <<EOF
-$NGINX_USER
-daemon off;
-master_process on;
-worker_processes 1;
-worker_rlimit_nofile 8192;
-pid $ORIGIN_DIR/nginx.pid;
-error_log $ORIGIN_DIR/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    $NGINX_TEMP_PATHS
-    keepalive_timeout 300s;
-    keepalive_requests 100000000;
-    server {
-        listen 127.0.0.1:$ORIGIN_PORT backlog=4096;
-        location / {
-            default_type text/plain;
-            return 200 "ok\n";
-        }
-    }
-}
-EOF
-"$NGINX" -e "$ORIGIN_DIR/error.log" -p "$ORIGIN_DIR" -c "$ORIGIN_DIR/nginx.conf" >"$ORIGIN_DIR/stdout.log" 2>&1 &
-ORIGIN_PID=$!
-STARTED_PIDS+=("$ORIGIN_PID")
-wait_ready origin "$ORIGIN_PID" "$ORIGIN_PORT" "$ORIGIN_DIR/error.log" || die "origin nginx did not start"
+launch_origin "$WORK/origin"
 
 # ---------------------------------------------------------------- proxies --
 declare -A TPID TPORT
@@ -325,7 +296,7 @@ print(json.dumps(dict(
     targets=a[0].split(","), threads=[int(x) for x in a[1].split(",")], rounds=int(a[2]),
     duration=a[3], wrk_threads=int(a[4]), wrk_conns=int(a[5]), warmup=a[6],
     idle_conns=int(a[7]), idle_hold_s=float(a[8]), bench=a[9] == "1", idle=a[10] == "1",
-    nofile=int(a[11]), origin="nginx 1 worker, return 200 \"ok\\n\"")))
+    nofile=int(a[11]), origin="nginx 1 worker, / return 200 \"ok\\n\"")))
 ' "$TARGETS" "$THREADS_LIST" "$ROUNDS" "$DURATION" "$WRK_THREADS" "$WRK_CONNS" "$WARMUP" \
     "$IDLE_CONNS" "$IDLE_HOLD" "$RUN_BENCH" "$RUN_IDLE" "$NOFILE")
 

@@ -5,7 +5,8 @@
 # - keeps STARTED_PIDS and stops every started process by PID on exit (stop_tree);
 # - records problems in $WORK/problems.jsonl (ERRORS_JSONL);
 # - gives free_port, wait_ready, the nginx config pieces NGINX_TEMP_PATHS, NGINX_USER,
-#   and launch_nginx_proxy / launch_haproxy (which need NGINX, HAPROXY and ORIGIN_PORT).
+#   launch_origin (which needs NGINX) and launch_nginx_proxy / launch_haproxy (which need
+#   NGINX, HAPROXY and ORIGIN_PORT).
 
 # Every proxy may hold thousands of connections: raise the fd limit; children inherit it.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -106,6 +107,75 @@ wait_ready() {
 NGINX_TEMP_PATHS='client_body_temp_path tmp/body; proxy_temp_path tmp/proxy; fastcgi_temp_path tmp/fastcgi; uwsgi_temp_path tmp/uwsgi; scgi_temp_path tmp/scgi;'
 NGINX_USER=""
 [[ $(id -u) == 0 ]] && NGINX_USER="user root root;"
+
+# launch_origin DIR: the origin, an nginx of its own (1 worker, access log off except for
+# /_check, keep-alive without limits) on a free port; sets ORIGIN_DIR, ORIGIN_PORT,
+# ORIGIN_PID and ORIGIN_CHECK_LOG, or dies. Locations:
+#   /, /small   `return 200 "ok\n"` (for a POST too: nginx answers at once, discards the body)
+#   /64k, /1m   static files of 65,536 and 1,048,576 random bytes
+#   /post       reads the whole request body before it answers 200 "ok\n": the mirror
+#               module reads the body (its subrequest is an internal 204), then the static
+#               handler refuses POST with 405, which error_page turns into a GET of /_ok.
+#               The origin holds the connection until the last body byte, as an
+#               application reading a form would.
+#   /_check     as /post (it proxies to /post on this origin), and logs to ORIGIN_CHECK_LOG
+#               one JSON line per request with the headers and byte count it received
+#               (bench/lib/equal_work.py reads it).
+launch_origin() {
+    ORIGIN_DIR=$1
+    ORIGIN_PORT=$(free_port)
+    ORIGIN_CHECK_LOG="$ORIGIN_DIR/check.log"
+    mkdir -p "$ORIGIN_DIR/tmp"
+    head -c 65536 /dev/urandom >"$ORIGIN_DIR/64k.bin"
+    head -c 1048576 /dev/urandom >"$ORIGIN_DIR/1m.bin"
+    printf 'ok\n' >"$ORIGIN_DIR/ok.txt"
+    cat >"$ORIGIN_DIR/nginx.conf" <<EOF
+$NGINX_USER
+daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile $NOFILE;
+pid $ORIGIN_DIR/nginx.pid;
+error_log $ORIGIN_DIR/error.log warn;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    $NGINX_TEMP_PATHS
+    keepalive_timeout 300s;
+    keepalive_requests 100000000;
+    client_max_body_size 1m;
+    client_body_buffer_size 64k; # bodies up to 64 KiB are read into memory, not a file
+    default_type text/plain;
+    log_format check escape=json '{"request_uri":"\$request_uri","method":"\$request_method",'
+        '"request_length":\$request_length,"content_length":"\$content_length",'
+        '"x_forwarded_for":"\$http_x_forwarded_for","x_forwarded_proto":"\$http_x_forwarded_proto",'
+        '"x_forwarded_host":"\$http_x_forwarded_host","via":"\$http_via","connection":"\$http_connection"}';
+    server {
+        listen 127.0.0.1:$ORIGIN_PORT backlog=4096;
+        location = /small { return 200 "ok\n"; }
+        location = /64k { alias $ORIGIN_DIR/64k.bin; }
+        location = /1m { alias $ORIGIN_DIR/1m.bin; }
+        location = /post {
+            mirror /_sink;
+            mirror_request_body on;
+            alias $ORIGIN_DIR/ok.txt;
+            error_page 405 =200 /_ok;
+        }
+        location = /_sink { internal; return 204; }
+        location = /_ok { internal; return 200 "ok\n"; }
+        location = /_check {
+            access_log $ORIGIN_CHECK_LOG check;
+            proxy_pass http://127.0.0.1:$ORIGIN_PORT/post;
+        }
+        location / { return 200 "ok\n"; }
+    }
+}
+EOF
+    "$NGINX" -e "$ORIGIN_DIR/error.log" -p "$ORIGIN_DIR" -c "$ORIGIN_DIR/nginx.conf" >"$ORIGIN_DIR/stdout.log" 2>&1 &
+    ORIGIN_PID=$!
+    STARTED_PIDS+=("$ORIGIN_PID")
+    wait_ready origin "$ORIGIN_PID" "$ORIGIN_PORT" "$ORIGIN_DIR/error.log" || die "origin nginx did not start"
+}
 
 # launch_nginx_proxy DIR PORT WORKERS: nginx as a reverse proxy to the origin on
 # $ORIGIN_PORT (upstream keepalive 64, HTTP/1.1, empty Connection header), logs off; waits

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # linger benchmark harness: wrk throughput/latency against linger, nginx and
 # haproxy in front of one tiny nginx origin (plus wrk straight to the origin),
+# every proxy doing the same work (X-Forwarded-For, a close after 1000 requests
+# per client connection, an upstream pool no smaller than the client count);
 # and an idle keep-alive connection memory test. See bench/README.md.
 #
 # Usage: bench/run.sh [options]
@@ -42,6 +44,10 @@ KEEP_TMP=0
 WRK_THREADS=${WRK_THREADS:-2}
 WRK_CONNS=${WRK_CONNS:-64}
 WARMUP=${WARMUP:-2s}
+# Requests per client connection before the proxy closes it: linger's default
+# (listener.max_requests_per_connection) and nginx's (keepalive_requests).
+REQUESTS_PER_CONN=1000
+POST_BYTES=16384
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'; }
 die() { echo "run.sh: $*" >&2; exit 2; }
@@ -75,6 +81,7 @@ done
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "--rounds must be a positive integer"
 [[ $IDLE_CONNS =~ ^[1-9][0-9]*$ ]] || die "--idle-conns must be a positive integer"
 [[ $DURATION =~ ^[0-9]+[smh]?$ ]] || die "--duration must look like 10s, 1m"
+[[ $WRK_CONNS =~ ^[1-9][0-9]*$ ]] || die "WRK_CONNS must be a positive integer"
 IFS=, read -r -a THREADS <<<"$THREADS_LIST"
 for t in "${THREADS[@]}"; do [[ $t =~ ^[1-9][0-9]*$ ]] || die "bad --threads entry: '$t'"; done
 IFS=, read -r -a TARGET_LIST <<<"$TARGETS"
@@ -143,7 +150,24 @@ if ((RUN_IDLE && IDLE_CONNS > CONN_LIMIT)); then
 fi
 RUNS_JSONL="$WORK/runs.jsonl"
 IDLE_JSONL="$WORK/idle.jsonl"
-: >"$RUNS_JSONL"; : >"$IDLE_JSONL"
+CHECKS_JSONL="$WORK/checks.jsonl"
+: >"$RUNS_JSONL"; : >"$IDLE_JSONL"; : >"$CHECKS_JSONL"
+MAX_CONNS=$WRK_CONNS
+
+# ------------------------------------------------------------- equal work --
+# What every proxy does (bench/lib/proc.sh reads these): add X-Forwarded-For, close a
+# client connection after REQUESTS_PER_CONN responses, and keep an upstream pool no
+# smaller than the largest client count (nginx `keepalive` is per worker; HAProxy's pool
+# has no cap by default). linger runs with its shipped defaults, which do all three, and
+# read request bodies up to 64 KiB into memory before forwarding them; nginx buffers
+# bodies too, in memory up to client_body_buffer_size and in a temporary file beyond, so
+# it gets the same 64 KiB in memory (its default, 8k, would write a 16 KiB body to disk).
+# HAProxy streams bodies, as shipped.
+PROXY_FORWARDED_FOR=1
+PROXY_MAX_REQUESTS=$REQUESTS_PER_CONN
+NGINX_UPSTREAM_KEEPALIVE=$((MAX_CONNS > 1024 ? MAX_CONNS : 1024))
+NGINX_BODY_BUFFER=64k
+HAPROXY_POOL_MAX_CONN=""
 
 # ---------------------------------------------------------------- origin ---
 
@@ -219,6 +243,17 @@ stop_target() {
     unset "TPID[$1]" "TPORT[$1]"
 }
 
+# check_target TARGET THREADS: equal_work.py through the target; the result goes to
+# CHECKS_JSONL, a failure to the problems.
+check_target() {
+    local t=$1 T=$2 res rc=0
+    res=$("$PY" "$LIB/equal_work.py" --port "${TPORT[$t]}" --check-log "$ORIGIN_CHECK_LOG" \
+        --max-requests "$REQUESTS_PER_CONN" --post-bytes "$POST_BYTES") || rc=$?
+    "$PY" -c 'import json,sys; print(json.dumps(dict(target=sys.argv[1], threads=int(sys.argv[2]),
+        result=json.loads(sys.argv[3] or "null"))))' "$t" "$T" "$res" >>"$CHECKS_JSONL"
+    ((rc == 0)) || problem "$t" "check-t$T" "equal-work check failed: $res"
+}
+
 # ------------------------------------------------------------------- run ---
 echo "== linger bench: targets=${TARGET_LIST[*]} threads=${THREADS[*]} rounds=$ROUNDS duration=$DURATION" \
     "wrk -t$WRK_THREADS -c$WRK_CONNS; idle=$( ((RUN_IDLE)) && echo "${IDLE_TARGETS[*]} x $IDLE_CONNS conns" || echo off)"
@@ -233,6 +268,7 @@ if ((RUN_BENCH)); then
             if start_target "$t" "$T"; then
                 ACTIVE+=("$t")
                 echo "   $t: pid ${TPID[$t]} port ${TPORT[$t]}"
+                [[ $t == direct ]] || check_target "$t" "$T"
             fi
         done
         if ((${#ACTIVE[@]} == 0)); then continue; fi
@@ -296,12 +332,16 @@ print(json.dumps(dict(
     targets=a[0].split(","), threads=[int(x) for x in a[1].split(",")], rounds=int(a[2]),
     duration=a[3], wrk_threads=int(a[4]), wrk_conns=int(a[5]), warmup=a[6],
     idle_conns=int(a[7]), idle_hold_s=float(a[8]), bench=a[9] == "1", idle=a[10] == "1",
-    nofile=int(a[11]), origin="nginx 1 worker, / return 200 \"ok\\n\"")))
+    nofile=int(a[11]), origin="nginx 1 worker, / return 200 \"ok\\n\"",
+    equal_work=dict(x_forwarded_for=True, requests_per_client_connection=int(a[12]),
+                    nginx_upstream_keepalive=int(a[13]), nginx_client_body_buffer_size="64k",
+                    haproxy_pool_max_conn=None, linger="shipped defaults"))))
 ' "$TARGETS" "$THREADS_LIST" "$ROUNDS" "$DURATION" "$WRK_THREADS" "$WRK_CONNS" "$WARMUP" \
-    "$IDLE_CONNS" "$IDLE_HOLD" "$RUN_BENCH" "$RUN_IDLE" "$NOFILE")
+    "$IDLE_CONNS" "$IDLE_HOLD" "$RUN_BENCH" "$RUN_IDLE" "$NOFILE" "$REQUESTS_PER_CONN" "$NGINX_UPSTREAM_KEEPALIVE")
 
-"$PY" "$LIB/report.py" --runs "$RUNS_JSONL" --idle "$IDLE_JSONL" --errors "$ERRORS_JSONL" \
-    --config "$CONFIG_JSON" --json "$JSON_OUT" --repo "$REPO_DIR" ${LINGER_BIN:+--linger-bin "$LINGER_BIN"}
+"$PY" "$LIB/report.py" --runs "$RUNS_JSONL" --idle "$IDLE_JSONL" --checks "$CHECKS_JSONL" \
+    --errors "$ERRORS_JSONL" --config "$CONFIG_JSON" --json "$JSON_OUT" --repo "$REPO_DIR" \
+    ${LINGER_BIN:+--linger-bin "$LINGER_BIN"}
 
 if [[ -s $ERRORS_JSONL ]]; then
     exit 1

@@ -177,11 +177,34 @@ EOF
     wait_ready origin "$ORIGIN_PID" "$ORIGIN_PORT" "$ORIGIN_DIR/error.log" || die "origin nginx did not start"
 }
 
-# launch_nginx_proxy DIR PORT WORKERS: nginx as a reverse proxy to the origin on
-# $ORIGIN_PORT (upstream keepalive 64, HTTP/1.1, empty Connection header), logs off; waits
-# until it answers and sets LAUNCHED_PID. Returns 1 (with a problem recorded) otherwise.
+# What the proxies launched below do besides proxying. The defaults are slow.sh's; run.sh
+# sets them so that every proxy does the same work as linger's defaults (bench/README.md):
+# PROXY_FORWARDED_FOR=1     add X-Forwarded-For (nginx $proxy_add_x_forwarded_for,
+#                           HAProxy `option forwardfor`)
+# PROXY_MAX_REQUESTS=N      close a client connection after its Nth response, which carries
+#                           `Connection: close` (nginx keepalive_requests; HAProxy counts in
+#                           a session variable); 0 = never
+# NGINX_UPSTREAM_KEEPALIVE  idle upstream connections nginx keeps per worker (`keepalive`)
+# NGINX_BODY_BUFFER         nginx `client_body_buffer_size`: request bodies up to this are
+#                           buffered in memory, larger ones in a temporary file; empty =
+#                           nginx's default (8k on x86-64)
+# HAPROXY_POOL_MAX_CONN     HAProxy's `pool-max-conn`; empty = HAProxy's default (no cap)
+PROXY_FORWARDED_FOR=0
+PROXY_MAX_REQUESTS=0
+NGINX_UPSTREAM_KEEPALIVE=64
+NGINX_BODY_BUFFER=""
+HAPROXY_POOL_MAX_CONN=64
+
+# launch_nginx_proxy DIR PORT WORKERS [WORKER_CONNECTIONS]: nginx as a reverse proxy to the
+# origin on $ORIGIN_PORT (upstream keepalive $NGINX_UPSTREAM_KEEPALIVE, HTTP/1.1, empty
+# Connection header), logs off, worker_connections $CONN_LIMIT unless given; waits until it
+# answers and sets LAUNCHED_PID. Returns 1 (with a problem recorded) otherwise.
 launch_nginx_proxy() {
-    local dir=$1 port=$2 workers=$3
+    local dir=$1 port=$2 workers=$3 slots=${4:-$CONN_LIMIT} requests=100000000 xff=""
+    ((PROXY_MAX_REQUESTS > 0)) && requests=$PROXY_MAX_REQUESTS
+    ((PROXY_FORWARDED_FOR)) && xff='proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;'
+    local body_buffer=""
+    [[ -n $NGINX_BODY_BUFFER ]] && body_buffer="client_body_buffer_size $NGINX_BODY_BUFFER;"
     mkdir -p "$dir/tmp"
     cat >"$dir/nginx.conf" <<EOF
 $NGINX_USER
@@ -191,15 +214,16 @@ worker_processes $workers;
 worker_rlimit_nofile $NOFILE;
 pid $dir/nginx.pid;
 error_log $dir/error.log warn;
-events { worker_connections $CONN_LIMIT; }
+events { worker_connections $slots; }
 http {
     access_log off;
     $NGINX_TEMP_PATHS
     keepalive_timeout 300s;
-    keepalive_requests 100000000;
+    keepalive_requests $requests;
+    $body_buffer
     upstream origin {
         server 127.0.0.1:$ORIGIN_PORT;
-        keepalive 64;
+        keepalive $NGINX_UPSTREAM_KEEPALIVE;
         keepalive_requests 100000000;
         keepalive_timeout 300s;
     }
@@ -209,6 +233,7 @@ http {
             proxy_pass http://origin;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+            $xff
         }
     }
 }
@@ -220,12 +245,23 @@ EOF
 }
 
 # launch_haproxy DIR PORT THREADS SERVER_TIMEOUT: HAProxy in http mode with keep-alive on
-# both sides and pooled server connections, logs off; as launch_nginx_proxy otherwise.
+# both sides and pooled server connections (`http-reuse always`: a client connection's
+# first request may take an idle server connection too, as in nginx and linger), logs off;
+# as launch_nginx_proxy otherwise.
 # maxconn must exceed the idle test's connection count; HAProxy would want 2 fds per
 # connection, but idle client connections need only one (server connections are pooled),
 # so ulimit-n is fixed at our hard limit.
 launch_haproxy() {
-    local dir=$1 port=$2 threads=$3 server_timeout=$4
+    local dir=$1 port=$2 threads=$3 server_timeout=$4 fe_extra="" pool=""
+    ((PROXY_FORWARDED_FOR)) && fe_extra+=$'\n    option forwardfor'
+    if ((PROXY_MAX_REQUESTS > 0)); then
+        # HAProxy 2.6 has no per-connection request limit for HTTP/1 clients: count the
+        # requests of the session (one client connection) and announce the close on the
+        # last response, which makes HAProxy close the connection after it.
+        fe_extra+=$'\n    http-request set-var(sess.requests) var(sess.requests,0),add(1)'
+        fe_extra+=$'\n    http-after-response set-header Connection close if { var(sess.requests) -m int ge '"$PROXY_MAX_REQUESTS"' }'
+    fi
+    [[ -n $HAPROXY_POOL_MAX_CONN ]] && pool=" pool-max-conn $HAPROXY_POOL_MAX_CONN"
     mkdir -p "$dir"
     cat >"$dir/haproxy.cfg" <<EOF
 global
@@ -247,11 +283,11 @@ defaults
     timeout http-keep-alive 300s
 
 frontend fe
-    bind 127.0.0.1:$port
+    bind 127.0.0.1:$port$fe_extra
     default_backend be
 
 backend be
-    server origin 127.0.0.1:$ORIGIN_PORT pool-max-conn 64
+    server origin 127.0.0.1:$ORIGIN_PORT$pool
 EOF
     "$HAPROXY" -db -f "$dir/haproxy.cfg" >"$dir/haproxy.log" 2>&1 &
     LAUNCHED_PID=$!

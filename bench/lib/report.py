@@ -128,16 +128,46 @@ def summarise(runs, targets):
     return summary
 
 
-def print_tables(summary, idle, errors, cfg):
+def table_head(title, hdr):
+    """Print a table's title (one or more lines), its header line and a rule under it."""
+    print()
+    print(title)
+    print(hdr)
+    print("-" * len(hdr))
+
+
+def print_checks(checks):
+    sent = next((c["result"]["post"]["bytes_sent"] for c in checks if (c.get("result") or {}).get("post")), "?")
+    table_head("Equal-work checks (on the wire, before the measurements): what the origin received through "
+               f"each proxy (X-Forwarded-For of a GET; bytes of head and body of a POST with a {sent}-byte body), "
+               "and after which response the proxy announced Connection: close and closed a client connection",
+               f"{'target':<8} {'thr':>3} {'X-Forwarded-For':>15} {'POST read by origin':>19} "
+               f"{'close announced':>15} {'closed after':>12} {'ok':>3}")
+    for c in checks:
+        r = c.get("result") or {}
+        if r.get("error") or not r:
+            print(f"{c['target']:<8} {c['threads']:>3} FAILED: {r.get('error', 'no result')}")
+            continue
+        post = r.get("post", {})
+        saw = post.get("origin_saw") or {}
+        body = f"{saw.get('request_length')} B" if saw else "-"
+        rpc = r.get("requests_per_connection") or {}
+        closed = f"{rpc.get('responses')} resp" if rpc.get("closed_by_proxy") else "not closed"
+        announced = rpc.get("close_announced_at")
+        print(f"{c['target']:<8} {c['threads']:>3} {r.get('x_forwarded_for') or '-':>15} {body:>19} "
+              f"{'resp ' + str(announced) if announced else 'never':>15} {closed:>12} "
+              f"{'yes' if r.get('ok') else 'NO':>3}")
+
+
+def print_tables(summary, idle, errors, cfg, checks=()):
+    if checks:
+        print_checks(checks)
     if summary:
-        print()
-        print(f"Throughput: wrk -t{cfg.get('wrk_threads')} -c{cfg.get('wrk_conns')} -d{cfg.get('duration')} "
-              f"--latency, {cfg.get('rounds')} interleaved round(s); medians over rounds "
-              f"(peak RSS: max over rounds)")
-        hdr = (f"{'target':<8} {'thr':>3} {'req/s':>10} {'vs direct':>9} {'spread':>7} {'p50 ms':>8} "
-               f"{'p99 ms':>8} {'cpu cores':>9} {'peak RSS MiB':>12} {'errors':>7} {'other cpu':>9}")
-        print(hdr)
-        print("-" * len(hdr))
+        table_head(f"Throughput: wrk -t{cfg.get('wrk_threads')} -c{cfg.get('wrk_conns')} -d{cfg.get('duration')} "
+                   f"--latency, {cfg.get('rounds')} interleaved round(s); medians over rounds "
+                   f"(peak RSS: max over rounds)",
+                   f"{'target':<8} {'thr':>3} {'req/s':>10} {'vs direct':>9} {'spread':>7} {'p50 ms':>8} "
+                   f"{'p99 ms':>8} {'cpu cores':>9} {'peak RSS MiB':>12} {'errors':>7} {'other cpu':>9}")
         for s in summary:
             rel = f"{100 * s['rps_rel_direct']:.0f}%" if s.get("rps_rel_direct") else "-"
             spread = f"{s['rps_spread_pct']:.1f}%" if s.get("rps_spread_pct") is not None else "-"
@@ -154,12 +184,9 @@ def print_tables(summary, idle, errors, cfg):
             print(f"WARNING: other processes used up to {busy:.2f} cores during the measurements; "
                   f"the machine was not quiet, treat these numbers as noise and rerun.")
     if idle:
-        print()
-        print("Idle keep-alive connections (1 worker/thread): RSS of the proxy's process tree")
-        hdr = (f"{'target':<8} {'held':>6} {'closed':>6} {'errors':>6} {'RSS before MiB':>14} "
-               f"{'RSS after MiB':>13} {'KiB/conn':>9} {'fds after':>9}")
-        print(hdr)
-        print("-" * len(hdr))
+        table_head("Idle keep-alive connections (1 worker/thread): RSS of the proxy's process tree",
+                   f"{'target':<8} {'held':>6} {'closed':>6} {'errors':>6} {'RSS before MiB':>14} "
+                   f"{'RSS after MiB':>13} {'KiB/conn':>9} {'fds after':>9}")
         for i in idle:
             r = i.get("result") or {}
             if not r:
@@ -184,6 +211,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs")
     ap.add_argument("--idle")
+    ap.add_argument("--checks")
     ap.add_argument("--errors")
     ap.add_argument("--config", help="JSON with the run configuration")
     ap.add_argument("--linger-bin")
@@ -194,12 +222,14 @@ def main():
     cfg = json.loads(a.config) if a.config else {}
     runs = load_jsonl(a.runs)
     idle = load_jsonl(a.idle)
+    checks = load_jsonl(a.checks)
     errors = load_jsonl(a.errors)
     summary = summarise(runs, cfg.get("targets", []))
     report = {
         "machine": machine_info(a.linger_bin, a.repo),
         "config": cfg,
         "summary": summary,
+        "checks": checks,
         "idle": idle,
         "runs": runs,
         "problems": errors,
@@ -208,7 +238,7 @@ def main():
     with open(a.json, "w") as f:
         json.dump(report, f, indent=2)
         f.write("\n")
-    print_tables(summary, idle, errors, cfg)
+    print_tables(summary, idle, errors, cfg, checks)
     print()
     m = report["machine"]
     print(f"machine: {m['nproc']} cpus, kernel {m['kernel']}; {m['versions'].get('nginx')}; "

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # linger benchmark harness: wrk throughput/latency against linger, nginx and
-# haproxy in front of one tiny nginx origin (plus wrk straight to the origin),
-# every proxy doing the same work (X-Forwarded-For, a close after 1000 requests
-# per client connection, an upstream pool no smaller than the client count);
-# and an idle keep-alive connection memory test. See bench/README.md.
+# haproxy in front of one nginx origin (plus wrk straight to the origin), every
+# proxy doing the same work (X-Forwarded-For, a close after 1000 requests per
+# client connection, an upstream pool no smaller than the client count), over
+# several workloads; and an idle keep-alive connection memory test. See
+# bench/README.md.
 #
 # Usage: bench/run.sh [options]
+#   --workloads LIST   subset of small,conns1000,close,resp64k,resp1m,post16k (default: all)
 #   --threads LIST     proxy worker/thread counts to test, comma separated (default 1,2)
-#   --rounds N         interleaved rounds per thread count (default 3)
+#   --rounds N         interleaved rounds per workload and thread count (default 3)
 #   --duration D       wrk duration per measurement, e.g. 10s (default $DURATION or 10s)
 #   --targets LIST     subset of direct,linger,nginx,haproxy (default: all four)
 #   --skip-idle        skip the idle keep-alive memory test
@@ -21,8 +23,8 @@
 # Environment:
 #   LINGER_BIN         use this linger binary instead of `cargo build --release -p linger`
 #   DURATION           default for --duration
-#   WRK_THREADS, WRK_CONNS   wrk -t / -c (default 2 / 64)
-#   WARMUP             wrk warm-up per target before the rounds of each thread count (default 2s, 0 = none)
+#   WRK_THREADS, WRK_CONNS   wrk -t / -c (default 2 / 64; conns1000 always uses -c1000)
+#   WARMUP             wrk warm-up per target and workload before its rounds (default 2s, 0 = none)
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -30,6 +32,8 @@ REPO_DIR=$(cd "$BENCH_DIR/.." && pwd)
 LIB="$BENCH_DIR/lib"
 PY=${PYTHON:-python3}
 
+ALL_WORKLOADS="small,conns1000,close,resp64k,resp1m,post16k"
+WORKLOADS=$ALL_WORKLOADS
 THREADS_LIST="1,2"
 ROUNDS=3
 DURATION=${DURATION:-10s}
@@ -54,6 +58,8 @@ die() { echo "run.sh: $*" >&2; exit 2; }
 
 while (($#)); do
     case "$1" in
+        --workloads) WORKLOADS=${2:?}; shift 2 ;;
+        --workloads=*) WORKLOADS=${1#*=}; shift ;;
         --threads) THREADS_LIST=${2:?}; shift 2 ;;
         --threads=*) THREADS_LIST=${1#*=}; shift ;;
         --rounds) ROUNDS=${2:?}; shift 2 ;;
@@ -82,6 +88,11 @@ done
 [[ $IDLE_CONNS =~ ^[1-9][0-9]*$ ]] || die "--idle-conns must be a positive integer"
 [[ $DURATION =~ ^[0-9]+[smh]?$ ]] || die "--duration must look like 10s, 1m"
 [[ $WRK_CONNS =~ ^[1-9][0-9]*$ ]] || die "WRK_CONNS must be a positive integer"
+IFS=, read -r -a WORKLOAD_LIST <<<"$WORKLOADS"
+for w in "${WORKLOAD_LIST[@]}"; do
+    [[ ,$ALL_WORKLOADS, == *",$w,"* ]] || die "unknown workload '$w' ($ALL_WORKLOADS)"
+done
+((${#WORKLOAD_LIST[@]})) || die "no workloads"
 IFS=, read -r -a THREADS <<<"$THREADS_LIST"
 for t in "${THREADS[@]}"; do [[ $t =~ ^[1-9][0-9]*$ ]] || die "bad --threads entry: '$t'"; done
 IFS=, read -r -a TARGET_LIST <<<"$TARGETS"
@@ -151,8 +162,40 @@ fi
 RUNS_JSONL="$WORK/runs.jsonl"
 IDLE_JSONL="$WORK/idle.jsonl"
 CHECKS_JSONL="$WORK/checks.jsonl"
-: >"$RUNS_JSONL"; : >"$IDLE_JSONL"; : >"$CHECKS_JSONL"
+WORKLOADS_JSONL="$WORK/workloads.jsonl"
+: >"$RUNS_JSONL"; : >"$IDLE_JSONL"; : >"$CHECKS_JSONL"; : >"$WORKLOADS_JSONL"
+
+# ------------------------------------------------------------- workloads ---
+# Each workload: the path wrk asks for, its connection count and extra wrk arguments.
+POST_LUA="$WORK/post16k.lua"
+cat >"$POST_LUA" <<EOF
+wrk.method = "POST"
+wrk.body = string.rep("x", $POST_BYTES)
+wrk.headers["Content-Type"] = "application/octet-stream"
+EOF
 MAX_CONNS=$WRK_CONNS
+declare -A W_PATH W_CONNS W_ARGS W_WHAT
+for w in "${WORKLOAD_LIST[@]}"; do
+    W_PATH[$w]=/ W_CONNS[$w]=$WRK_CONNS W_ARGS[$w]=""
+    case "$w" in
+        small) W_WHAT[$w]="GET / (2-byte body), $WRK_CONNS keep-alive connections" ;;
+        conns1000) W_CONNS[$w]=1000 W_WHAT[$w]="GET / (2-byte body), 1000 keep-alive connections" ;;
+        close) W_ARGS[$w]="-H|Connection: close"
+            W_WHAT[$w]="GET / with Connection: close: one request per connection, $WRK_CONNS at a time" ;;
+        resp64k) W_PATH[$w]=/64k W_WHAT[$w]="GET /64k (65,536-byte static file), $WRK_CONNS connections" ;;
+        resp1m) W_PATH[$w]=/1m W_WHAT[$w]="GET /1m (1,048,576-byte static file), $WRK_CONNS connections" ;;
+        post16k) W_PATH[$w]=/post W_ARGS[$w]="-s|$POST_LUA"
+            W_WHAT[$w]="POST /post with a $POST_BYTES-byte body the origin reads whole, $WRK_CONNS connections" ;;
+    esac
+    ((W_CONNS[$w] > MAX_CONNS)) && MAX_CONNS=${W_CONNS[$w]}
+    "$PY" -c 'import json,sys; a=sys.argv[1:]; print(json.dumps(dict(name=a[0], path=a[1], conns=int(a[2]),
+        wrk_args=[x for x in a[3].split("|") if x], what=a[4])))' \
+        "$w" "${W_PATH[$w]}" "${W_CONNS[$w]}" "${W_ARGS[$w]}" "${W_WHAT[$w]}" >>"$WORKLOADS_JSONL"
+done
+# A proxy holds a client and an upstream connection per busy client.
+if ((RUN_BENCH && 2 * MAX_CONNS + 100 > CONN_LIMIT)); then
+    die "$MAX_CONNS client connections need an fd limit of at least $((2 * MAX_CONNS + 2100)) (it is $NOFILE)"
+fi
 
 # ------------------------------------------------------------- equal work --
 # What every proxy does (bench/lib/proc.sh reads these): add X-Forwarded-For, close a
@@ -161,8 +204,8 @@ MAX_CONNS=$WRK_CONNS
 # has no cap by default). linger runs with its shipped defaults, which do all three, and
 # read request bodies up to 64 KiB into memory before forwarding them; nginx buffers
 # bodies too, in memory up to client_body_buffer_size and in a temporary file beyond, so
-# it gets the same 64 KiB in memory (its default, 8k, would write a 16 KiB body to disk).
-# HAProxy streams bodies, as shipped.
+# it gets the same 64 KiB in memory (its default, 8k, would write the 16 KiB bodies of
+# post16k to disk). HAProxy streams bodies, as shipped.
 PROXY_FORWARDED_FOR=1
 PROXY_MAX_REQUESTS=$REQUESTS_PER_CONN
 NGINX_UPSTREAM_KEEPALIVE=$((MAX_CONNS > 1024 ? MAX_CONNS : 1024))
@@ -255,8 +298,9 @@ check_target() {
 }
 
 # ------------------------------------------------------------------- run ---
-echo "== linger bench: targets=${TARGET_LIST[*]} threads=${THREADS[*]} rounds=$ROUNDS duration=$DURATION" \
-    "wrk -t$WRK_THREADS -c$WRK_CONNS; idle=$( ((RUN_IDLE)) && echo "${IDLE_TARGETS[*]} x $IDLE_CONNS conns" || echo off)"
+echo "== linger bench: targets=${TARGET_LIST[*]} workloads=${WORKLOAD_LIST[*]} threads=${THREADS[*]}" \
+    "rounds=$ROUNDS duration=$DURATION wrk -t$WRK_THREADS;" \
+    "idle=$( ((RUN_IDLE)) && echo "${IDLE_TARGETS[*]} x $IDLE_CONNS conns" || echo off)"
 echo "   origin nginx pid $ORIGIN_PID on 127.0.0.1:$ORIGIN_PORT; nofile $NOFILE; work dir $WORK"
 [[ -n ${LINGER_BIN:-} ]] && echo "   linger: $LINGER_BIN"
 
@@ -272,26 +316,33 @@ if ((RUN_BENCH)); then
             fi
         done
         if ((${#ACTIVE[@]} == 0)); then continue; fi
-        if [[ $WARMUP != 0 ]]; then
-            for t in "${ACTIVE[@]}"; do
-                wrk "-t$WRK_THREADS" "-c$WRK_CONNS" "-d$WARMUP" "http://127.0.0.1:${TPORT[$t]}/" >/dev/null 2>&1 || true
-            done
-        fi
         n=${#ACTIVE[@]}
-        for ((r = 1; r <= ROUNDS; r++)); do
-            echo "== threads=$T round $r/$ROUNDS"
-            for ((k = 0; k < n; k++)); do
-                t=${ACTIVE[(k + r - 1) % n]}
-                if ! alive "${TPID[$t]}"; then
-                    problem "$t" "bench-t$T-r$r" "process ${TPID[$t]} is gone"
-                    continue
-                fi
-                args=(--target "$t" --threads "$T" --round "$r" --url "http://127.0.0.1:${TPORT[$t]}/"
-                    --duration "$DURATION" --wrk-threads "$WRK_THREADS" --conns "$WRK_CONNS"
-                    --pid "${TPID[$t]}" --out "$RUNS_JSONL" --raw-dir "$WORK/wrk")
-                [[ $t != direct ]] && args+=(--origin-pid "$ORIGIN_PID")
-                "$PY" "$LIB/measure_wrk.py" "${args[@]}" ||
-                    problem "$t" "bench-t$T-r$r" "measurement failed (see round line above)"
+        for w in "${WORKLOAD_LIST[@]}"; do
+            IFS='|' read -r -a wargs <<<"${W_ARGS[$w]}"
+            wrk_base=("-t$WRK_THREADS" "-c${W_CONNS[$w]}" "${wargs[@]}")
+            if [[ $WARMUP != 0 ]]; then
+                for t in "${ACTIVE[@]}"; do
+                    timeout 120 wrk "${wrk_base[@]}" "-d$WARMUP" "http://127.0.0.1:${TPORT[$t]}${W_PATH[$w]}" \
+                        >/dev/null 2>&1 || true
+                done
+            fi
+            for ((r = 1; r <= ROUNDS; r++)); do
+                echo "== threads=$T workload=$w round $r/$ROUNDS"
+                for ((k = 0; k < n; k++)); do
+                    t=${ACTIVE[(k + r - 1) % n]}
+                    if ! alive "${TPID[$t]}"; then
+                        problem "$t" "bench-$w-t$T-r$r" "process ${TPID[$t]} is gone"
+                        continue
+                    fi
+                    args=(--workload "$w" --target "$t" --threads "$T" --round "$r"
+                        --url "http://127.0.0.1:${TPORT[$t]}${W_PATH[$w]}"
+                        --duration "$DURATION" --wrk-threads "$WRK_THREADS" --conns "${W_CONNS[$w]}"
+                        --pid "${TPID[$t]}" --out "$RUNS_JSONL" --raw-dir "$WORK/wrk")
+                    for x in "${wargs[@]}"; do args+=("--wrk-arg=$x"); done
+                    [[ $t != direct ]] && args+=(--origin-pid "$ORIGIN_PID")
+                    "$PY" "$LIB/measure_wrk.py" "${args[@]}" ||
+                        problem "$t" "bench-$w-t$T-r$r" "measurement failed (see round line above)"
+                done
             done
         done
         for t in "${ACTIVE[@]}"; do stop_target "$t"; done
@@ -332,12 +383,16 @@ print(json.dumps(dict(
     targets=a[0].split(","), threads=[int(x) for x in a[1].split(",")], rounds=int(a[2]),
     duration=a[3], wrk_threads=int(a[4]), wrk_conns=int(a[5]), warmup=a[6],
     idle_conns=int(a[7]), idle_hold_s=float(a[8]), bench=a[9] == "1", idle=a[10] == "1",
-    nofile=int(a[11]), origin="nginx 1 worker, / return 200 \"ok\\n\"",
-    equal_work=dict(x_forwarded_for=True, requests_per_client_connection=int(a[12]),
-                    nginx_upstream_keepalive=int(a[13]), nginx_client_body_buffer_size="64k",
-                    haproxy_pool_max_conn=None, linger="shipped defaults"))))
+    nofile=int(a[11]), origin="nginx 1 worker: / return 200 \"ok\\n\"; /64k, /1m static files; "
+    "/post reads the body, then 200 \"ok\\n\"",
+    workloads=[json.loads(x) for x in open(a[12])],
+    equal_work=dict(x_forwarded_for=True, requests_per_client_connection=int(a[13]),
+                    nginx_upstream_keepalive=int(a[14]), nginx_client_body_buffer_size="64k",
+                    haproxy_pool_max_conn=None,
+                    linger="shipped defaults"))))
 ' "$TARGETS" "$THREADS_LIST" "$ROUNDS" "$DURATION" "$WRK_THREADS" "$WRK_CONNS" "$WARMUP" \
-    "$IDLE_CONNS" "$IDLE_HOLD" "$RUN_BENCH" "$RUN_IDLE" "$NOFILE" "$REQUESTS_PER_CONN" "$NGINX_UPSTREAM_KEEPALIVE")
+    "$IDLE_CONNS" "$IDLE_HOLD" "$RUN_BENCH" "$RUN_IDLE" "$NOFILE" "$WORKLOADS_JSONL" \
+    "$REQUESTS_PER_CONN" "$NGINX_UPSTREAM_KEEPALIVE")
 
 "$PY" "$LIB/report.py" --runs "$RUNS_JSONL" --idle "$IDLE_JSONL" --checks "$CHECKS_JSONL" \
     --errors "$ERRORS_JSONL" --config "$CONFIG_JSON" --json "$JSON_OUT" --repo "$REPO_DIR" \

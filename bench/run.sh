@@ -349,29 +349,52 @@ if ((RUN_BENCH)); then
     done
 fi
 
+# idle_probe TARGET PORT PID CONNS HOLD: idle_conns.py; sets IDLE_RES to its JSON (or
+# null) and records problems.
+idle_probe() {
+    local t=$1 rc=0
+    IDLE_RES=$("$PY" "$BENCH_DIR/idle_conns.py" --port "$2" --pid "$3" --conns "$4" --hold "$5") || rc=$?
+    if [[ -z $IDLE_RES ]]; then
+        problem "$t" idle "idle_conns.py failed (exit $rc)"
+        IDLE_RES=null
+    elif ((rc != 0)); then
+        problem "$t" idle "not all connections were opened and held (see idle table)"
+    fi
+}
+
+# nginx_prealloc_probe: the RSS of a fresh nginx with worker_connections NGINX_PROBE_SLOTS
+# (the rest of its config as in the idle test), measured as the idle test measures its
+# "before". Sets PROBE_RES to idle_conns.py's JSON (or null).
+NGINX_PROBE_SLOTS=64
+nginx_prealloc_probe() {
+    local port
+    PROBE_RES=null
+    port=$(free_port)
+    launch_nginx_proxy "$WORK/nginx-slots$NGINX_PROBE_SLOTS-$port" "$port" 1 "$NGINX_PROBE_SLOTS" || return 0
+    idle_probe nginx "$port" "$LAUNCHED_PID" 0 0
+    PROBE_RES=$IDLE_RES
+    stop_tree "$LAUNCHED_PID"
+}
+
 if ((RUN_IDLE)); then
     echo "== idle keep-alive test: $IDLE_CONNS connections, hold ${IDLE_HOLD}s, 1 worker/thread"
     for t in "${IDLE_TARGETS[@]}"; do
+        PROBE_RES=null
+        if [[ $t == nginx ]]; then
+            echo "   nginx: RSS with worker_connections $NGINX_PROBE_SLOTS (preallocation probe)"
+            nginx_prealloc_probe
+        fi
         if ! start_target "$t" 1 config; then
             "$PY" -c 'import json,sys; print(json.dumps(dict(target=sys.argv[1], error="failed to start")))' \
                 "$t" >>"$IDLE_JSONL"
             continue
         fi
         echo "   $t: pid ${TPID[$t]} port ${TPORT[$t]}"
-        set +e
-        res=$("$PY" "$BENCH_DIR/idle_conns.py" --port "${TPORT[$t]}" --pid "${TPID[$t]}" \
-            --conns "$IDLE_CONNS" --hold "$IDLE_HOLD")
-        rc=$?
-        set -e
-        if [[ -z $res ]]; then
-            problem "$t" idle "idle_conns.py failed (exit $rc)"
-            res=null
-        elif ((rc != 0)); then
-            problem "$t" idle "not all connections were opened and held (see idle table)"
-        fi
+        idle_probe "$t" "${TPORT[$t]}" "${TPID[$t]}" "$IDLE_CONNS" "$IDLE_HOLD"
         alive "${TPID[$t]}" || problem "$t" idle "process ${TPID[$t]} died during the idle test"
-        "$PY" -c 'import json,sys; print(json.dumps(dict(target=sys.argv[1], threads=1, result=json.loads(sys.argv[2]))))' \
-            "$t" "$res" >>"$IDLE_JSONL"
+        "$PY" -c 'import json,sys; a=sys.argv[1:]; r=dict(target=a[0], threads=1, result=json.loads(a[1]))
+if a[2] != "null": r["prealloc_probe"] = dict(slots=int(a[3]), configured_slots=int(a[4]), result=json.loads(a[2]))
+print(json.dumps(r))' "$t" "$IDLE_RES" "$PROBE_RES" "$NGINX_PROBE_SLOTS" "$CONN_LIMIT" >>"$IDLE_JSONL"
         stop_target "$t"
     done
 fi

@@ -161,6 +161,26 @@ def ratios(summary):
     return out
 
 
+def derive_idle(idle):
+    """Per-connection figures of the idle test. For nginx, the preallocation probe (the same
+    nginx with few worker_connections) gives the RSS of one preallocated connection slot:
+    (RSS before with the configured slots − RSS before with the probe's) / slot difference.
+    A held connection occupies one slot, so per_conn_with_prealloc_kib = per_conn_kib + that."""
+    for i in idle:
+        r = i.get("result") or {}
+        i["per_conn_kib"] = r.get("kib_per_conn")
+        probe = i.get("prealloc_probe")
+        pr = (probe or {}).get("result") or {}
+        if probe and pr.get("rss_before_kib") is not None and r.get("rss_before_kib") is not None:
+            slots = probe["configured_slots"] - probe["slots"]
+            per_slot = (r["rss_before_kib"] - pr["rss_before_kib"]) / slots if slots > 0 else None
+            i["prealloc_kib"] = r["rss_before_kib"] - pr["rss_before_kib"]
+            i["per_slot_prealloc_kib"] = round(per_slot, 3) if per_slot is not None else None
+            if per_slot is not None and i["per_conn_kib"] is not None:
+                i["per_conn_with_prealloc_kib"] = round(i["per_conn_kib"] + per_slot, 3)
+    return idle
+
+
 def x(v):
     return f"{v:.2f}x" if v is not None else "-"
 
@@ -235,7 +255,7 @@ def print_checks(checks):
 def print_idle(idle):
     table_head("Idle keep-alive connections (1 worker/thread): RSS of the proxy's process tree",
                f"{'target':<8} {'held':>6} {'closed':>6} {'errors':>6} {'RSS before MiB':>14} "
-               f"{'RSS after MiB':>13} {'KiB/conn':>9} {'fds after':>9}")
+               f"{'RSS after MiB':>13} {'KiB/conn':>9} {'+prealloc':>9} {'fds after':>9}")
     for i in idle:
         r = i.get("result") or {}
         if not r:
@@ -248,7 +268,15 @@ def print_idle(idle):
         print(f"{i['target']:<8} {held:>6} {r.get('closed_by_peer', 0):>6} {nerr:>6} "
               f"{fmt(b / 1024 if b is not None else None, '.1f', 14)} "
               f"{fmt(a / 1024 if a is not None else None, '.1f', 13)} "
-              f"{fmt(r.get('kib_per_conn'), '.2f', 9)} {fmt(r.get('fds_after'), 'd', 9)}")
+              f"{fmt(i.get('per_conn_kib'), '.2f', 9)} {fmt(i.get('per_conn_with_prealloc_kib'), '.2f', 9)} "
+              f"{fmt(r.get('fds_after'), 'd', 9)}")
+    for i in idle:
+        if i.get("per_slot_prealloc_kib") is not None:
+            p = i["prealloc_probe"]
+            print(f"(+prealloc, {i['target']}: KiB/conn plus the {i['per_slot_prealloc_kib']:.3f} KiB that one of its "
+                  f"{p['configured_slots']} preallocated connection slots costs: RSS before with "
+                  f"worker_connections {p['configured_slots']} minus with {p['slots']}, "
+                  f"{i['prealloc_kib'] / 1024:.1f} MiB, over the difference in slots)")
 
 
 def print_tables(summary, idle, errors, cfg, rs=(), checks=()):
@@ -285,7 +313,7 @@ def main():
 
     cfg = json.loads(a.config) if a.config else {}
     runs = load_jsonl(a.runs)
-    idle = load_jsonl(a.idle)
+    idle = derive_idle(load_jsonl(a.idle))
     checks = load_jsonl(a.checks)
     errors = load_jsonl(a.errors)
     summary = summarise(runs, cfg.get("targets", []), [w["name"] for w in cfg.get("workloads", [])])

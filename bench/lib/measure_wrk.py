@@ -68,7 +68,8 @@ def parse_wrk(out: str) -> dict:
         r["latency_ms"]["avg"] = to_ms(m.group(1))
         r["latency_ms"]["stdev"] = to_ms(m.group(2))
         r["latency_ms"]["max"] = to_ms(m.group(3))
-    dist = re.search(r"Latency Distribution\n((?:\s+\d+%\s+\S+\n)+)", out)
+    # wrk pads a value in seconds ("1.33s ") with a trailing space, not one in ms or us
+    dist = re.search(r"Latency Distribution\n((?:[ \t]+\d+%[ \t]+\S+[ \t]*\n)+)", out)
     if not dist:
         raise ValueError("wrk output has no Latency Distribution (was --latency passed?)")
     for pct, val in re.findall(r"(\d+)%\s+(\S+)", dist.group(1)):

@@ -24,6 +24,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
 import proctree  # noqa: E402
+from http1 import read_response  # noqa: E402
 
 
 def raise_nofile() -> tuple[int, int]:
@@ -36,31 +37,6 @@ def raise_nofile() -> tuple[int, int]:
     return resource.getrlimit(resource.RLIMIT_NOFILE)
 
 
-async def read_response(reader: asyncio.StreamReader) -> int:
-    """Read one HTTP/1.1 response; return its status code."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {}
-    for line in lines[1:]:
-        if ":" in line:
-            k, v = line.split(":", 1)
-            headers[k.strip().lower()] = v.strip().lower()
-    if "chunked" in headers.get("transfer-encoding", ""):
-        while True:
-            size_line = await reader.readuntil(b"\r\n")
-            size = int(size_line.split(b";")[0].strip(), 16)
-            if size == 0:
-                # trailers (if any) end with an empty line
-                while (await reader.readuntil(b"\r\n")) != b"\r\n":
-                    pass
-                break
-            await reader.readexactly(size + 2)
-    elif "content-length" in headers:
-        await reader.readexactly(int(headers["content-length"]))
-    return status
-
-
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\nUser-Agent: idle_conns\r\n\r\n"
 
 
@@ -69,7 +45,7 @@ async def open_one(host: str, port: int, timeout: float):
     try:
         writer.write(REQUEST)
         await writer.drain()
-        status = await asyncio.wait_for(read_response(reader), timeout)
+        status, _ = await asyncio.wait_for(read_response(reader), timeout)
     except BaseException:
         writer.close()
         raise

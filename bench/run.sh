@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # linger benchmark harness: wrk throughput/latency against linger, nginx and
-# haproxy in front of one tiny nginx origin (plus wrk straight to the origin),
-# and an idle keep-alive connection memory test. See bench/README.md.
+# haproxy in front of one nginx origin (plus wrk straight to the origin), every
+# proxy doing the same work (X-Forwarded-For, a close after 1000 requests per
+# client connection, an upstream pool no smaller than the client count), over
+# several workloads; and an idle keep-alive connection memory test. See
+# bench/README.md.
 #
 # Usage: bench/run.sh [options]
+#   --workloads LIST   subset of small,conns1000,close,resp64k,resp1m,post16k (default: all)
 #   --threads LIST     proxy worker/thread counts to test, comma separated (default 1,2)
-#   --rounds N         interleaved rounds per thread count (default 3)
+#   --rounds N         interleaved rounds per workload and thread count (default 3)
 #   --duration D       wrk duration per measurement, e.g. 10s (default $DURATION or 10s)
 #   --targets LIST     subset of direct,linger,nginx,haproxy (default: all four)
 #   --skip-idle        skip the idle keep-alive memory test
@@ -19,8 +23,8 @@
 # Environment:
 #   LINGER_BIN         use this linger binary instead of `cargo build --release -p linger`
 #   DURATION           default for --duration
-#   WRK_THREADS, WRK_CONNS   wrk -t / -c (default 2 / 64)
-#   WARMUP             wrk warm-up per target before the rounds of each thread count (default 2s, 0 = none)
+#   WRK_THREADS, WRK_CONNS   wrk -t / -c (default 2 / 64; conns1000 always uses -c1000)
+#   WARMUP             wrk warm-up per target and workload before its rounds (default 2s, 0 = none)
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -28,6 +32,8 @@ REPO_DIR=$(cd "$BENCH_DIR/.." && pwd)
 LIB="$BENCH_DIR/lib"
 PY=${PYTHON:-python3}
 
+ALL_WORKLOADS="small,conns1000,close,resp64k,resp1m,post16k"
+WORKLOADS=$ALL_WORKLOADS
 THREADS_LIST="1,2"
 ROUNDS=3
 DURATION=${DURATION:-10s}
@@ -42,12 +48,18 @@ KEEP_TMP=0
 WRK_THREADS=${WRK_THREADS:-2}
 WRK_CONNS=${WRK_CONNS:-64}
 WARMUP=${WARMUP:-2s}
+# Requests per client connection before the proxy closes it: linger's default
+# (listener.max_requests_per_connection) and nginx's (keepalive_requests).
+REQUESTS_PER_CONN=1000
+POST_BYTES=16384
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'; }
 die() { echo "run.sh: $*" >&2; exit 2; }
 
 while (($#)); do
     case "$1" in
+        --workloads) WORKLOADS=${2:?}; shift 2 ;;
+        --workloads=*) WORKLOADS=${1#*=}; shift ;;
         --threads) THREADS_LIST=${2:?}; shift 2 ;;
         --threads=*) THREADS_LIST=${1#*=}; shift ;;
         --rounds) ROUNDS=${2:?}; shift 2 ;;
@@ -75,6 +87,12 @@ done
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "--rounds must be a positive integer"
 [[ $IDLE_CONNS =~ ^[1-9][0-9]*$ ]] || die "--idle-conns must be a positive integer"
 [[ $DURATION =~ ^[0-9]+[smh]?$ ]] || die "--duration must look like 10s, 1m"
+[[ $WRK_CONNS =~ ^[1-9][0-9]*$ ]] || die "WRK_CONNS must be a positive integer"
+IFS=, read -r -a WORKLOAD_LIST <<<"$WORKLOADS"
+for w in "${WORKLOAD_LIST[@]}"; do
+    [[ ,$ALL_WORKLOADS, == *",$w,"* ]] || die "unknown workload '$w' ($ALL_WORKLOADS)"
+done
+((${#WORKLOAD_LIST[@]})) || die "no workloads"
 IFS=, read -r -a THREADS <<<"$THREADS_LIST"
 for t in "${THREADS[@]}"; do [[ $t =~ ^[1-9][0-9]*$ ]] || die "bad --threads entry: '$t'"; done
 IFS=, read -r -a TARGET_LIST <<<"$TARGETS"
@@ -143,40 +161,60 @@ if ((RUN_IDLE && IDLE_CONNS > CONN_LIMIT)); then
 fi
 RUNS_JSONL="$WORK/runs.jsonl"
 IDLE_JSONL="$WORK/idle.jsonl"
-: >"$RUNS_JSONL"; : >"$IDLE_JSONL"
+CHECKS_JSONL="$WORK/checks.jsonl"
+WORKLOADS_JSONL="$WORK/workloads.jsonl"
+: >"$RUNS_JSONL"; : >"$IDLE_JSONL"; : >"$CHECKS_JSONL"; : >"$WORKLOADS_JSONL"
+
+# ------------------------------------------------------------- workloads ---
+# Each workload: the path wrk asks for, its connection count and extra wrk arguments.
+POST_LUA="$WORK/post16k.lua"
+cat >"$POST_LUA" <<EOF
+wrk.method = "POST"
+wrk.body = string.rep("x", $POST_BYTES)
+wrk.headers["Content-Type"] = "application/octet-stream"
+EOF
+MAX_CONNS=$WRK_CONNS
+declare -A W_PATH W_CONNS W_ARGS W_WHAT
+for w in "${WORKLOAD_LIST[@]}"; do
+    W_PATH[$w]=/ W_CONNS[$w]=$WRK_CONNS W_ARGS[$w]=""
+    case "$w" in
+        small) W_WHAT[$w]="GET / (2-byte body), $WRK_CONNS keep-alive connections" ;;
+        conns1000) W_CONNS[$w]=1000 W_WHAT[$w]="GET / (2-byte body), 1000 keep-alive connections" ;;
+        close) W_ARGS[$w]="-H|Connection: close"
+            W_WHAT[$w]="GET / with Connection: close: one request per connection, $WRK_CONNS at a time" ;;
+        resp64k) W_PATH[$w]=/64k W_WHAT[$w]="GET /64k (65,536-byte static file), $WRK_CONNS connections" ;;
+        resp1m) W_PATH[$w]=/1m W_WHAT[$w]="GET /1m (1,048,576-byte static file), $WRK_CONNS connections" ;;
+        post16k) W_PATH[$w]=/post W_ARGS[$w]="-s|$POST_LUA"
+            W_WHAT[$w]="POST /post with a $POST_BYTES-byte body the origin reads whole, $WRK_CONNS connections" ;;
+    esac
+    ((W_CONNS[$w] > MAX_CONNS)) && MAX_CONNS=${W_CONNS[$w]}
+    "$PY" -c 'import json,sys; a=sys.argv[1:]; print(json.dumps(dict(name=a[0], path=a[1], conns=int(a[2]),
+        wrk_args=[x for x in a[3].split("|") if x], what=a[4])))' \
+        "$w" "${W_PATH[$w]}" "${W_CONNS[$w]}" "${W_ARGS[$w]}" "${W_WHAT[$w]}" >>"$WORKLOADS_JSONL"
+done
+# A proxy holds a client and an upstream connection per busy client.
+if ((RUN_BENCH && 2 * MAX_CONNS + 100 > CONN_LIMIT)); then
+    die "$MAX_CONNS client connections need an fd limit of at least $((2 * MAX_CONNS + 2100)) (it is $NOFILE)"
+fi
+
+# ------------------------------------------------------------- equal work --
+# What every proxy does (bench/lib/proc.sh reads these): add X-Forwarded-For, close a
+# client connection after REQUESTS_PER_CONN responses, and keep an upstream pool no
+# smaller than the largest client count (nginx `keepalive` is per worker; HAProxy's pool
+# has no cap by default). linger runs with its shipped defaults, which do all three, and
+# read request bodies up to 64 KiB into memory before forwarding them; nginx buffers
+# bodies too, in memory up to client_body_buffer_size and in a temporary file beyond, so
+# it gets the same 64 KiB in memory (its default, 8k, would write the 16 KiB bodies of
+# post16k to disk). HAProxy streams bodies, as shipped.
+PROXY_FORWARDED_FOR=1
+PROXY_MAX_REQUESTS=$REQUESTS_PER_CONN
+NGINX_UPSTREAM_KEEPALIVE=$((MAX_CONNS > 1024 ? MAX_CONNS : 1024))
+NGINX_BODY_BUFFER=64k
+HAPROXY_POOL_MAX_CONN=""
 
 # ---------------------------------------------------------------- origin ---
 
-ORIGIN_PORT=$(free_port)
-ORIGIN_DIR="$WORK/origin"
-mkdir -p "$ORIGIN_DIR/tmp"
-cat >"$ORIGIN_DIR/nginx.conf" <<EOF
-$NGINX_USER
-daemon off;
-master_process on;
-worker_processes 1;
-worker_rlimit_nofile 8192;
-pid $ORIGIN_DIR/nginx.pid;
-error_log $ORIGIN_DIR/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    $NGINX_TEMP_PATHS
-    keepalive_timeout 300s;
-    keepalive_requests 100000000;
-    server {
-        listen 127.0.0.1:$ORIGIN_PORT backlog=4096;
-        location / {
-            default_type text/plain;
-            return 200 "ok\n";
-        }
-    }
-}
-EOF
-"$NGINX" -e "$ORIGIN_DIR/error.log" -p "$ORIGIN_DIR" -c "$ORIGIN_DIR/nginx.conf" >"$ORIGIN_DIR/stdout.log" 2>&1 &
-ORIGIN_PID=$!
-STARTED_PIDS+=("$ORIGIN_PID")
-wait_ready origin "$ORIGIN_PID" "$ORIGIN_PORT" "$ORIGIN_DIR/error.log" || die "origin nginx did not start"
+launch_origin "$WORK/origin"
 
 # ---------------------------------------------------------------- proxies --
 declare -A TPID TPORT
@@ -248,9 +286,21 @@ stop_target() {
     unset "TPID[$1]" "TPORT[$1]"
 }
 
+# check_target TARGET THREADS: equal_work.py through the target; the result goes to
+# CHECKS_JSONL, a failure to the problems.
+check_target() {
+    local t=$1 T=$2 res rc=0
+    res=$("$PY" "$LIB/equal_work.py" --port "${TPORT[$t]}" --check-log "$ORIGIN_CHECK_LOG" \
+        --max-requests "$REQUESTS_PER_CONN" --post-bytes "$POST_BYTES") || rc=$?
+    "$PY" -c 'import json,sys; print(json.dumps(dict(target=sys.argv[1], threads=int(sys.argv[2]),
+        result=json.loads(sys.argv[3] or "null"))))' "$t" "$T" "$res" >>"$CHECKS_JSONL"
+    ((rc == 0)) || problem "$t" "check-t$T" "equal-work check failed: $res"
+}
+
 # ------------------------------------------------------------------- run ---
-echo "== linger bench: targets=${TARGET_LIST[*]} threads=${THREADS[*]} rounds=$ROUNDS duration=$DURATION" \
-    "wrk -t$WRK_THREADS -c$WRK_CONNS; idle=$( ((RUN_IDLE)) && echo "${IDLE_TARGETS[*]} x $IDLE_CONNS conns" || echo off)"
+echo "== linger bench: targets=${TARGET_LIST[*]} workloads=${WORKLOAD_LIST[*]} threads=${THREADS[*]}" \
+    "rounds=$ROUNDS duration=$DURATION wrk -t$WRK_THREADS;" \
+    "idle=$( ((RUN_IDLE)) && echo "${IDLE_TARGETS[*]} x $IDLE_CONNS conns" || echo off)"
 echo "   origin nginx pid $ORIGIN_PID on 127.0.0.1:$ORIGIN_PORT; nofile $NOFILE; work dir $WORK"
 [[ -n ${LINGER_BIN:-} ]] && echo "   linger: $LINGER_BIN"
 
@@ -262,58 +312,89 @@ if ((RUN_BENCH)); then
             if start_target "$t" "$T"; then
                 ACTIVE+=("$t")
                 echo "   $t: pid ${TPID[$t]} port ${TPORT[$t]}"
+                [[ $t == direct ]] || check_target "$t" "$T"
             fi
         done
         if ((${#ACTIVE[@]} == 0)); then continue; fi
-        if [[ $WARMUP != 0 ]]; then
-            for t in "${ACTIVE[@]}"; do
-                wrk "-t$WRK_THREADS" "-c$WRK_CONNS" "-d$WARMUP" "http://127.0.0.1:${TPORT[$t]}/" >/dev/null 2>&1 || true
-            done
-        fi
         n=${#ACTIVE[@]}
-        for ((r = 1; r <= ROUNDS; r++)); do
-            echo "== threads=$T round $r/$ROUNDS"
-            for ((k = 0; k < n; k++)); do
-                t=${ACTIVE[(k + r - 1) % n]}
-                if ! alive "${TPID[$t]}"; then
-                    problem "$t" "bench-t$T-r$r" "process ${TPID[$t]} is gone"
-                    continue
-                fi
-                args=(--target "$t" --threads "$T" --round "$r" --url "http://127.0.0.1:${TPORT[$t]}/"
-                    --duration "$DURATION" --wrk-threads "$WRK_THREADS" --conns "$WRK_CONNS"
-                    --pid "${TPID[$t]}" --out "$RUNS_JSONL" --raw-dir "$WORK/wrk")
-                [[ $t != direct ]] && args+=(--origin-pid "$ORIGIN_PID")
-                "$PY" "$LIB/measure_wrk.py" "${args[@]}" ||
-                    problem "$t" "bench-t$T-r$r" "measurement failed (see round line above)"
+        for w in "${WORKLOAD_LIST[@]}"; do
+            IFS='|' read -r -a wargs <<<"${W_ARGS[$w]}"
+            wrk_base=("-t$WRK_THREADS" "-c${W_CONNS[$w]}" "${wargs[@]}")
+            if [[ $WARMUP != 0 ]]; then
+                for t in "${ACTIVE[@]}"; do
+                    timeout 120 wrk "${wrk_base[@]}" "-d$WARMUP" "http://127.0.0.1:${TPORT[$t]}${W_PATH[$w]}" \
+                        >/dev/null 2>&1 || true
+                done
+            fi
+            for ((r = 1; r <= ROUNDS; r++)); do
+                echo "== threads=$T workload=$w round $r/$ROUNDS"
+                for ((k = 0; k < n; k++)); do
+                    t=${ACTIVE[(k + r - 1) % n]}
+                    if ! alive "${TPID[$t]}"; then
+                        problem "$t" "bench-$w-t$T-r$r" "process ${TPID[$t]} is gone"
+                        continue
+                    fi
+                    args=(--workload "$w" --target "$t" --threads "$T" --round "$r"
+                        --url "http://127.0.0.1:${TPORT[$t]}${W_PATH[$w]}"
+                        --duration "$DURATION" --wrk-threads "$WRK_THREADS" --conns "${W_CONNS[$w]}"
+                        --pid "${TPID[$t]}" --out "$RUNS_JSONL" --raw-dir "$WORK/wrk")
+                    for x in "${wargs[@]}"; do args+=("--wrk-arg=$x"); done
+                    [[ $t != direct ]] && args+=(--origin-pid "$ORIGIN_PID")
+                    "$PY" "$LIB/measure_wrk.py" "${args[@]}" ||
+                        problem "$t" "bench-$w-t$T-r$r" "measurement failed (see round line above)"
+                done
             done
         done
         for t in "${ACTIVE[@]}"; do stop_target "$t"; done
     done
 fi
 
+# idle_probe TARGET PORT PID CONNS HOLD: idle_conns.py; sets IDLE_RES to its JSON (or
+# null) and records problems.
+idle_probe() {
+    local t=$1 rc=0
+    IDLE_RES=$("$PY" "$BENCH_DIR/idle_conns.py" --port "$2" --pid "$3" --conns "$4" --hold "$5") || rc=$?
+    if [[ -z $IDLE_RES ]]; then
+        problem "$t" idle "idle_conns.py failed (exit $rc)"
+        IDLE_RES=null
+    elif ((rc != 0)); then
+        problem "$t" idle "not all connections were opened and held (see idle table)"
+    fi
+}
+
+# nginx_prealloc_probe: the RSS of a fresh nginx with worker_connections NGINX_PROBE_SLOTS
+# (the rest of its config as in the idle test), measured as the idle test measures its
+# "before". Sets PROBE_RES to idle_conns.py's JSON (or null).
+NGINX_PROBE_SLOTS=64
+nginx_prealloc_probe() {
+    local port
+    PROBE_RES=null
+    port=$(free_port)
+    launch_nginx_proxy "$WORK/nginx-slots$NGINX_PROBE_SLOTS-$port" "$port" 1 "$NGINX_PROBE_SLOTS" || return 0
+    idle_probe nginx "$port" "$LAUNCHED_PID" 0 0
+    PROBE_RES=$IDLE_RES
+    stop_tree "$LAUNCHED_PID"
+}
+
 if ((RUN_IDLE)); then
     echo "== idle keep-alive test: $IDLE_CONNS connections, hold ${IDLE_HOLD}s, 1 worker/thread"
     for t in "${IDLE_TARGETS[@]}"; do
+        PROBE_RES=null
+        if [[ $t == nginx ]]; then
+            echo "   nginx: RSS with worker_connections $NGINX_PROBE_SLOTS (preallocation probe)"
+            nginx_prealloc_probe
+        fi
         if ! start_target "$t" 1 config; then
             "$PY" -c 'import json,sys; print(json.dumps(dict(target=sys.argv[1], error="failed to start")))' \
                 "$t" >>"$IDLE_JSONL"
             continue
         fi
         echo "   $t: pid ${TPID[$t]} port ${TPORT[$t]}"
-        set +e
-        res=$("$PY" "$BENCH_DIR/idle_conns.py" --port "${TPORT[$t]}" --pid "${TPID[$t]}" \
-            --conns "$IDLE_CONNS" --hold "$IDLE_HOLD")
-        rc=$?
-        set -e
-        if [[ -z $res ]]; then
-            problem "$t" idle "idle_conns.py failed (exit $rc)"
-            res=null
-        elif ((rc != 0)); then
-            problem "$t" idle "not all connections were opened and held (see idle table)"
-        fi
+        idle_probe "$t" "${TPORT[$t]}" "${TPID[$t]}" "$IDLE_CONNS" "$IDLE_HOLD"
         alive "${TPID[$t]}" || problem "$t" idle "process ${TPID[$t]} died during the idle test"
-        "$PY" -c 'import json,sys; print(json.dumps(dict(target=sys.argv[1], threads=1, result=json.loads(sys.argv[2]))))' \
-            "$t" "$res" >>"$IDLE_JSONL"
+        "$PY" -c 'import json,sys; a=sys.argv[1:]; r=dict(target=a[0], threads=1, result=json.loads(a[1]))
+if a[2] != "null": r["prealloc_probe"] = dict(slots=int(a[3]), configured_slots=int(a[4]), result=json.loads(a[2]))
+print(json.dumps(r))' "$t" "$IDLE_RES" "$PROBE_RES" "$NGINX_PROBE_SLOTS" "$CONN_LIMIT" >>"$IDLE_JSONL"
         stop_target "$t"
     done
 fi
@@ -325,12 +406,20 @@ print(json.dumps(dict(
     targets=a[0].split(","), threads=[int(x) for x in a[1].split(",")], rounds=int(a[2]),
     duration=a[3], wrk_threads=int(a[4]), wrk_conns=int(a[5]), warmup=a[6],
     idle_conns=int(a[7]), idle_hold_s=float(a[8]), bench=a[9] == "1", idle=a[10] == "1",
-    nofile=int(a[11]), origin="nginx 1 worker, return 200 \"ok\\n\"")))
+    nofile=int(a[11]), origin="nginx 1 worker: / return 200 \"ok\\n\"; /64k, /1m static files; "
+    "/post reads the body, then 200 \"ok\\n\"",
+    workloads=[json.loads(x) for x in open(a[12])],
+    equal_work=dict(x_forwarded_for=True, requests_per_client_connection=int(a[13]),
+                    nginx_upstream_keepalive=int(a[14]), nginx_client_body_buffer_size="64k",
+                    haproxy_pool_max_conn=None,
+                    linger="shipped defaults"))))
 ' "$TARGETS" "$THREADS_LIST" "$ROUNDS" "$DURATION" "$WRK_THREADS" "$WRK_CONNS" "$WARMUP" \
-    "$IDLE_CONNS" "$IDLE_HOLD" "$RUN_BENCH" "$RUN_IDLE" "$NOFILE")
+    "$IDLE_CONNS" "$IDLE_HOLD" "$RUN_BENCH" "$RUN_IDLE" "$NOFILE" "$WORKLOADS_JSONL" \
+    "$REQUESTS_PER_CONN" "$NGINX_UPSTREAM_KEEPALIVE")
 
-"$PY" "$LIB/report.py" --runs "$RUNS_JSONL" --idle "$IDLE_JSONL" --errors "$ERRORS_JSONL" \
-    --config "$CONFIG_JSON" --json "$JSON_OUT" --repo "$REPO_DIR" ${LINGER_BIN:+--linger-bin "$LINGER_BIN"}
+"$PY" "$LIB/report.py" --runs "$RUNS_JSONL" --idle "$IDLE_JSONL" --checks "$CHECKS_JSONL" \
+    --errors "$ERRORS_JSONL" --config "$CONFIG_JSON" --json "$JSON_OUT" --repo "$REPO_DIR" \
+    ${LINGER_BIN:+--linger-bin "$LINGER_BIN"}
 
 if [[ -s $ERRORS_JSONL ]]; then
     exit 1

@@ -164,53 +164,7 @@ now() { date +%s.%N; }
 
 # ---------------------------------------------------------------- origin ---
 
-ORIGIN_PORT=$(free_port)
-ORIGIN_DIR="$WORK/origin"
-mkdir -p "$ORIGIN_DIR/tmp"
-head -c 1048576 /dev/urandom >"$ORIGIN_DIR/1m.bin"
-printf 'ok\n' >"$ORIGIN_DIR/ok.txt"
-# /small: `return 200` (for POST too: nginx answers at once and discards the body).
-# /post:  the mirror module reads the whole request body before the request goes
-#         on (the mirror subrequest itself is an internal 204); then the static
-#         handler refuses POST with 405, which error_page turns into a GET of
-#         /_ok: 200 "ok\n". So the origin holds the connection until the last
-#         body byte, as an application reading a form would.
-cat >"$ORIGIN_DIR/nginx.conf" <<EOF
-$NGINX_USER
-daemon off;
-master_process on;
-worker_processes 1;
-worker_rlimit_nofile 20000;
-pid $ORIGIN_DIR/nginx.pid;
-error_log $ORIGIN_DIR/error.log warn;
-events { worker_connections 8192; }
-http {
-    access_log off;
-    $NGINX_TEMP_PATHS
-    keepalive_timeout 300s;
-    keepalive_requests 100000000;
-    client_max_body_size 1m;
-    default_type text/plain;
-    server {
-        listen 127.0.0.1:$ORIGIN_PORT backlog=4096;
-        location = /small { return 200 "ok\n"; }
-        location = /1m { alias $ORIGIN_DIR/1m.bin; }
-        location = /post {
-            mirror /_sink;
-            mirror_request_body on;
-            alias $ORIGIN_DIR/ok.txt;
-            error_page 405 =200 /_ok;
-        }
-        location = /_sink { internal; return 204; }
-        location = /_ok { internal; return 200 "ok\n"; }
-        location / { return 200 "ok\n"; }
-    }
-}
-EOF
-"$NGINX" -e "$ORIGIN_DIR/error.log" -p "$ORIGIN_DIR" -c "$ORIGIN_DIR/nginx.conf" >"$ORIGIN_DIR/stdout.log" 2>&1 &
-ORIGIN_PID=$!
-STARTED_PIDS+=("$ORIGIN_PID")
-wait_ready origin "$ORIGIN_PID" "$ORIGIN_PORT" "$ORIGIN_DIR/error.log" || die "origin nginx did not start"
+launch_origin "$WORK/origin" # /small, /1m and /post are the ones used here
 
 # http_check URL [POST_BYTES] -> prints "STATUS BYTES"
 http_check() {

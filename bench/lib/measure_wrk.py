@@ -8,6 +8,7 @@ import json
 import os
 import re
 import resource
+import shlex
 import subprocess
 import sys
 import time
@@ -67,7 +68,8 @@ def parse_wrk(out: str) -> dict:
         r["latency_ms"]["avg"] = to_ms(m.group(1))
         r["latency_ms"]["stdev"] = to_ms(m.group(2))
         r["latency_ms"]["max"] = to_ms(m.group(3))
-    dist = re.search(r"Latency Distribution\n((?:\s+\d+%\s+\S+\n)+)", out)
+    # wrk pads a value in seconds ("1.33s ") with a trailing space, not one in ms or us
+    dist = re.search(r"Latency Distribution\n((?:[ \t]+\d+%[ \t]+\S+[ \t]*\n)+)", out)
     if not dist:
         raise ValueError("wrk output has no Latency Distribution (was --latency passed?)")
     for pct, val in re.findall(r"(\d+)%\s+(\S+)", dist.group(1)):
@@ -86,12 +88,15 @@ def parse_wrk(out: str) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--target", required=True)
+    ap.add_argument("--workload", default="small", help="workload name, recorded as is")
     ap.add_argument("--threads", type=int, required=True, help="proxy worker/thread count")
     ap.add_argument("--round", type=int, default=0)
     ap.add_argument("--url", required=True)
     ap.add_argument("--duration", default="10s")
     ap.add_argument("--wrk-threads", type=int, default=2)
     ap.add_argument("--conns", type=int, default=64)
+    ap.add_argument("--wrk-arg", action="append", default=[],
+                    help="extra wrk argument, e.g. --wrk-arg=-s --wrk-arg=post.lua (repeatable)")
     ap.add_argument("--pid", type=int, action="append", required=True,
                     help="root PID of the target's process tree (repeatable)")
     ap.add_argument("--origin-pid", type=int)
@@ -100,7 +105,7 @@ def main() -> int:
     ap.add_argument("--quiet", action="store_true")
     a = ap.parse_args()
 
-    cmd = ["wrk", f"-t{a.wrk_threads}", f"-c{a.conns}", f"-d{a.duration}", "--latency", a.url]
+    cmd = ["wrk", f"-t{a.wrk_threads}", f"-c{a.conns}", f"-d{a.duration}", "--latency", *a.wrk_arg, a.url]
     origin = [a.origin_pid] if a.origin_pid else []
 
     rss_peak = 0
@@ -139,15 +144,16 @@ def main() -> int:
     out = proc.stdout.read() if proc.stdout else ""
     if a.raw_dir:
         os.makedirs(a.raw_dir, exist_ok=True)
-        with open(os.path.join(a.raw_dir, f"wrk-{a.target}-t{a.threads}-r{a.round}.txt"), "w") as f:
+        with open(os.path.join(a.raw_dir, f"wrk-{a.workload}-{a.target}-t{a.threads}-r{a.round}.txt"), "w") as f:
             f.write(out)
 
     rec = {
+        "workload": a.workload,
         "target": a.target,
         "threads": a.threads,
         "round": a.round,
         "url": a.url,
-        "wrk_cmd": " ".join(cmd),
+        "wrk_cmd": shlex.join(cmd),
         "wall_s": round(wall, 3),
         "cpu_s": round(proctree.cpu_seconds_between(cpu0, cpu1), 3),
         "rss_start_kib": rss_start,
@@ -182,13 +188,14 @@ def main() -> int:
             f.write(json.dumps(rec) + "\n")
     if not a.quiet:
         if "error" in rec:
-            print(f"    {a.target:<8} T={a.threads} round {a.round}: ERROR {rec['error']}", flush=True)
+            print(f"    {a.workload:<9} {a.target:<8} T={a.threads} round {a.round}: ERROR {rec['error']}",
+                  flush=True)
         else:
             lat = rec["latency_ms"]
             extra = f"  errors={rec['error_total']}" if rec["error_total"] else ""
             if rec.get("other_cpu_cores", 0) >= 0.05:
                 extra += f"  (other processes: {rec['other_cpu_cores']:.2f} cores)"
-            print(f"    {a.target:<8} T={a.threads} round {a.round}: {rec['rps']:>10.0f} req/s  "
+            print(f"    {a.workload:<9} {a.target:<8} T={a.threads} round {a.round}: {rec['rps']:>10.0f} req/s  "
                   f"p50 {lat.get('p50', float('nan')):.3f} ms  p99 {lat.get('p99', float('nan')):.3f} ms  "
                   f"cpu {rec['cpu_cores']:.2f} cores  rss {rss_peak / 1024:.1f} MiB{extra}", flush=True)
     return 0 if "error" not in rec else 1

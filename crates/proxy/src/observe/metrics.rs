@@ -73,7 +73,7 @@ pub const RACES: &[(&str, &str)] = &[
     ("R4", "early_response"),
     ("R5", "downstream_closed_while_streaming"),
     ("R7", "downstream_closed_while_waiting"),
-    ("R9", "closed_after_checkout"),
+    ("R9", "close_after_response_learned"),
     ("R10", "request_at_idle_close"),
     ("R11", "upstream_failed_mid_body"),
     ("R12", "ambiguous_framing_refused"),

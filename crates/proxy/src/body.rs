@@ -263,6 +263,9 @@ impl UpstreamBody {
                     Err(e) => return Poll::Ready(Some(Err(BodyFailure::Malformed(e)))),
                 };
                 let used = conn.buf.split_to(step.consumed).freeze();
+                if self.decoder.is_done() && conn.buf.is_empty() {
+                    conn.settle();
+                }
                 if let Some(r) = step.data.filter(|r| !r.is_empty()) {
                     if let Some(left) = self.remaining.as_mut() {
                         *left -= r.len() as u64;

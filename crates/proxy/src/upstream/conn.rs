@@ -142,18 +142,27 @@ impl UpstreamConn {
         }
     }
 
-    /// Looks, without reading, at what the upstream did since the last exchange: a FIN,
-    /// an RST or stray bytes make the connection unusable.
-    pub fn liveness(&self) -> Liveness {
+    /// What the upstream did since the last exchange: a FIN, an RST or stray bytes make
+    /// the connection unusable. With `peek`, a non-blocking `MSG_PEEK` looks at the socket
+    /// if the event loop saw it become readable since the last response (see
+    /// [`UpstreamConn::settle`]); without, only what reads already saw counts.
+    pub fn liveness(&self, peek: bool) -> Liveness {
         if !self.buf.is_empty() {
             return Liveness::StrayBytes;
         }
         match self.stats.peer() {
+            PeerClose::Open if !peek => return Liveness::Open,
             PeerClose::Open => {}
             p => return Liveness::Gone(p),
         }
+        // Only when the event loop saw the socket become readable since the last response
+        // is there anything to look at; otherwise the look costs no syscall.
         let mut one = [MaybeUninit::<u8>::uninit(); 1];
-        match socket2::SockRef::from(&self.stream).peek(&mut one) {
+        let sock = socket2::SockRef::from(&self.stream);
+        match self
+            .stream
+            .try_io(tokio::io::Interest::READABLE, || sock.peek(&mut one))
+        {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Liveness::Open,
             Err(e) => {
                 self.stats.record_error(&e);
@@ -165,6 +174,16 @@ impl UpstreamConn {
             }
             Ok(_) => Liveness::StrayBytes,
         }
+    }
+
+    /// A response ended exactly where its framing said: nothing more is due, so the
+    /// socket's cached read readiness is dropped without a syscall, and the next exchange
+    /// waits for the kernel's next event instead of trying a read that would find nothing.
+    /// (Bytes that did arrive meanwhile are still found by the peek at checkout.)
+    pub fn settle(&self) {
+        let _ = self.stream.try_io(tokio::io::Interest::READABLE, || {
+            Err::<(), _>(io::ErrorKind::WouldBlock.into())
+        });
     }
 
     /// The socket, for a tunnel after a `101` (which owns the connection until it ends).

@@ -29,12 +29,18 @@ pub struct Pool {
     max_idle: usize,
 }
 
-/// Why an idle connection cannot be used, if it cannot.
-fn unusable(conn: &UpstreamConn, expires: Instant, now: Instant) -> Option<CloseReason> {
+/// Why an idle connection cannot be used, if it cannot. `peek` looks at the socket itself
+/// (a syscall); without it only what linger already saw counts.
+fn unusable(
+    conn: &UpstreamConn,
+    expires: Instant,
+    now: Instant,
+    peek: bool,
+) -> Option<CloseReason> {
     if expires <= now {
         return Some(CloseReason::PoolIdleTimeout);
     }
-    match conn.liveness() {
+    match conn.liveness(peek) {
         Liveness::Open => None,
         Liveness::StrayBytes => Some(CloseReason::UpstreamUnexpectedData),
         Liveness::Gone(p) => Some(match peer_close_reason(p) {
@@ -89,7 +95,7 @@ impl Pool {
         loop {
             let entry = self.idle.lock().expect("pool lock").pop()?;
             idle_gauge.dec();
-            match unusable(&entry.conn, entry.expires, now) {
+            match unusable(&entry.conn, entry.expires, now, true) {
                 None => return Some(entry.conn),
                 Some(reason) => {
                     if reason != CloseReason::PoolIdleTimeout {
@@ -113,7 +119,9 @@ impl Pool {
         learned: &Learned,
     ) {
         let now = Instant::now();
-        if let Some(reason) = unusable(&conn, expires, now) {
+        // The socket is looked at when the connection is next taken (or swept), not now:
+        // a connection used again at once costs one look, not two.
+        if let Some(reason) = unusable(&conn, expires, now, false) {
             closed(conn, reason, now, now, metrics, learned);
             return;
         }
@@ -141,7 +149,7 @@ impl Pool {
             let mut idle = self.idle.lock().expect("pool lock");
             let mut i = 0;
             while i < idle.len() {
-                if let Some(reason) = unusable(&idle[i].conn, idle[i].expires, now) {
+                if let Some(reason) = unusable(&idle[i].conn, idle[i].expires, now, true) {
                     closed_now.push((idle.remove(i), reason));
                 } else {
                     i += 1;

@@ -24,7 +24,8 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use crate::config::{HalfClosePolicy, ListenerConfig, RouteConfig};
-use crate::io::{self, linger_close, IoStats, LingerOutcome, PeerClose, SensorIo};
+use crate::io::{self, linger_close, IoStats, LingerOutcome, SensorIo};
+use crate::lifecycle::connection::{Action, Connection, Timers};
 use crate::lifecycle::downstream::DownstreamPolicy;
 use crate::observe::metrics::{CloseLabels, ListenerLabels, Name};
 use crate::observe::{
@@ -37,18 +38,7 @@ use self::service::DsService;
 
 static DOWNSTREAM_CONN_IDS: AtomicU64 = AtomicU64::new(1);
 
-/// During a drain, how long a connection that just answered may stay open for one more
-/// request before linger closes it.
-const DRAIN_IDLE_GRACE: Duration = Duration::from_millis(500);
-
-/// The drain state every connection watches, in the order it moves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Drain {
-    Running,
-    Draining,
-    /// The drain deadline passed: every connection still open is closed now.
-    Cut,
-}
+pub use crate::lifecycle::connection::Drain;
 
 /// Counts open downstream connections so a drain can wait for them.
 #[derive(Debug, Default)]
@@ -180,8 +170,8 @@ impl ListenerCtx {
 
 #[derive(Debug)]
 struct DsState {
-    in_flight: bool,
-    idle_since: Instant,
+    /// The connection's lifecycle machine.
+    lc: Connection,
     /// Bytes written to the socket when the last response ended.
     written_at_idle: u64,
 }
@@ -198,7 +188,6 @@ pub struct DsConn {
     /// Its entry in the registry (journal, request count).
     pub entry: Arc<ConnEntry>,
     state: Mutex<DsState>,
-    close_reason: Mutex<Option<CloseReason>>,
     /// The service already logged the request that broke its framing (a bad chunk).
     pub(crate) violation_logged: std::sync::atomic::AtomicBool,
     /// linger closed the connection at the drain deadline, whatever it was doing.
@@ -210,8 +199,11 @@ pub struct DsConn {
 impl DsConn {
     /// A request head was parsed and handed to the service.
     pub fn begin_request(&self) -> u64 {
-        let mut s = self.state.lock().expect("conn state lock");
-        s.in_flight = true;
+        self.state
+            .lock()
+            .expect("conn state lock")
+            .lc
+            .request_started();
         self.stats.journal().set_state(ConnState::Waiting);
         self.entry.add_request()
     }
@@ -220,8 +212,8 @@ impl DsConn {
     pub fn end_request(&self) {
         {
             let mut s = self.state.lock().expect("conn state lock");
-            s.in_flight = false;
-            s.idle_since = Instant::now();
+            // A close decided on the response: hyper closes after it.
+            let _ = s.lc.response_ended(Instant::now());
             s.written_at_idle = self.stats.bytes_written();
         }
         self.stats.journal().set_state(ConnState::Idle);
@@ -232,26 +224,25 @@ impl DsConn {
         self.state.lock().expect("conn state lock").written_at_idle
     }
 
-    fn state(&self) -> (bool, Instant) {
-        let s = self.state.lock().expect("conn state lock");
-        (s.in_flight, s.idle_since)
+    /// Runs `f` on the lifecycle machine.
+    fn lifecycle<T>(&self, f: impl FnOnce(&mut Connection) -> T) -> T {
+        f(&mut self.state.lock().expect("conn state lock").lc)
     }
 
     pub fn requests(&self) -> u64 {
         self.entry.requests()
     }
 
-    /// Records why linger is closing this connection (the first reason wins).
+    /// The response in flight carries `Connection: close` for `reason`; the connection
+    /// closes after it.
     pub fn set_close_reason(&self, reason: CloseReason) {
-        let mut r = self.close_reason.lock().expect("close reason lock");
-        if r.is_none() {
-            *r = Some(reason);
+        let named = self.lifecycle(|lc| {
+            lc.close_after_response(reason);
+            lc.close_reason() == Some(reason)
+        });
+        if named {
             self.stats.journal().record_with("closing", reason.as_str());
         }
-    }
-
-    fn close_reason(&self) -> Option<CloseReason> {
-        *self.close_reason.lock().expect("close reason lock")
     }
 }
 
@@ -360,11 +351,16 @@ pub async fn serve_connection(
         stats: stats.clone(),
         entry,
         state: Mutex::new(DsState {
-            in_flight: false,
-            idle_since: now,
+            lc: Connection::new(
+                Timers {
+                    idle_timeout: cfg.idle_timeout,
+                    header_read_timeout: cfg.header_read_timeout,
+                    max_age: cfg.max_connection_age,
+                },
+                now,
+            ),
             written_at_idle: 0,
         }),
-        close_reason: Mutex::new(None),
         violation_logged: std::sync::atomic::AtomicBool::new(false),
         cut: std::sync::atomic::AtomicBool::new(false),
     });
@@ -383,7 +379,7 @@ pub async fn serve_connection(
         .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
 
-    let ending = drive(&worker, &conn, cfg, &stats, &mut hconn).await;
+    let ending = drive(&worker, &conn, &stats, &mut hconn).await;
 
     // --- close: take the socket back from hyper ---
     let stream = hconn
@@ -474,17 +470,8 @@ pub async fn serve_connection(
     drop(stream);
     let reason = if bad_request {
         CloseReason::BadRequest
-    } else if let Some(r) = conn.close_reason() {
-        r
     } else {
-        let busy = conn.state.lock().expect("conn state lock").in_flight;
-        match stats.peer() {
-            PeerClose::Rst => CloseReason::PeerRst,
-            PeerClose::TimedOut => CloseReason::DownstreamDeadPeer,
-            PeerClose::Error => CloseReason::SocketError,
-            PeerClose::Fin if busy || stats.peer_closed_busy() => CloseReason::PeerFinBusy,
-            _ => CloseReason::PeerFinIdle,
-        }
+        conn.lifecycle(|lc| lc.ended(stats.peer(), stats.peer_closed_busy()))
     };
     match outcome {
         LingerOutcome::TimedOut { discarded } => {
@@ -502,11 +489,7 @@ pub async fn serve_connection(
         }
         _ => {}
     }
-    let idle_close = matches!(
-        reason,
-        CloseReason::IdleTimeout | CloseReason::Drain | CloseReason::MaxAge
-    );
-    if idle_close && !late.is_empty() {
+    if Connection::closed_idle(reason) && !late.is_empty() {
         log_request_at_idle_close(&worker, &listener, &conn, reason, &late);
     }
     worker.registry.close(&conn.entry, reason.as_str());
@@ -669,90 +652,68 @@ pub(crate) fn log_journal(entry: &ConnEntry, reason: CloseReason) {
 
 /// Polls hyper's connection and the connection's one timer in the same task. Every state
 /// change (a request starts or ends, a head's first byte arrives) happens inside hyper's
-/// poll, so the timer is re-armed right after it, with no cross-task notification.
+/// poll, so the timer is re-armed from the lifecycle machine right after it, with no
+/// cross-task notification.
 async fn drive(
     worker: &WorkerCtx,
     conn: &DsConn,
-    cfg: &ListenerConfig,
     stats: &IoStats,
     hconn: &mut HyperConn,
 ) -> Ending {
-    let first_deadline = idle_deadline(conn, cfg, conn.started);
-    let mut sleep = Box::pin(tokio::time::sleep_until(first_deadline));
-    // One watch on the drain state, in two stages: until the drain starts (then the loop
-    // below closes idle connections), then until the deadline cuts what is left.
-    let mut cutting = false;
+    let far = || Instant::now() + Duration::from_secs(86_400);
+    let mut sleep = Box::pin(tokio::time::sleep_until(far()));
+    // One watch on the drain state, in two stages: until the drain starts, then until the
+    // deadline cuts what is left.
     let mut drain_watch = Box::pin(drain_reaches(worker.drain.clone(), Drain::Draining));
     let mut shutting_down = false;
     std::future::poll_fn(|cx| loop {
         if let Poll::Ready(r) = Pin::new(&mut *hconn).poll(cx) {
             return Poll::Ready(Ending::Hyper(r));
         }
-        if drain_watch.as_mut().poll(cx).is_ready() {
-            if cutting {
+        let now = Instant::now();
+        let action = if drain_watch.as_mut().poll(cx).is_ready() {
+            let d = *worker.drain.borrow();
+            if d == Drain::Draining {
+                drain_watch.set(drain_reaches(worker.drain.clone(), Drain::Cut));
+            }
+            conn.lifecycle(|lc| lc.drain(d, now))
+        } else {
+            let deadline = conn.lifecycle(|lc| {
+                if let Some(t) = stats.first_read_at() {
+                    lc.head_started(t);
+                }
+                lc.deadline()
+            });
+            let deadline = match deadline {
+                Some(d) if !shutting_down => d,
+                // No timer: leave the sleep far away (re-armed at most once an hour).
+                _ if sleep.deadline() > now + Duration::from_secs(3600) => sleep.deadline(),
+                _ => far(),
+            };
+            if deadline != sleep.deadline() {
+                sleep.as_mut().reset(deadline);
+            }
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            conn.lifecycle(|lc| lc.on_timer(now))
+        };
+        match action {
+            Action::Wait => {}
+            Action::Cut => {
                 conn.cut.store(true, Ordering::Relaxed);
-                conn.set_close_reason(CloseReason::DrainDeadline);
+                conn.stats
+                    .journal()
+                    .record_with("closing", CloseReason::DrainDeadline.as_str());
                 return Poll::Ready(Ending::Cut);
             }
-            cutting = true;
-            drain_watch.set(drain_reaches(worker.drain.clone(), Drain::Cut));
-            continue;
-        }
-        let (in_flight, idle_since) = conn.state();
-        let head_started = stats.first_read_at();
-        let draining = worker.is_draining();
-        if !shutting_down && !in_flight && head_started.is_none() {
-            // A connection that just finished a response is likely to carry another request
-            // right away: during a drain it gets DRAIN_IDLE_GRACE to send it (answered with
-            // `Connection: close`) before linger closes it, which shrinks the close-vs-reuse
-            // window for active clients.
-            let quiet = idle_since.elapsed() >= DRAIN_IDLE_GRACE.min(cfg.idle_timeout);
-            let aged = cfg
-                .max_connection_age
-                .is_some_and(|m| conn.started.elapsed() >= m);
-            if (draining && quiet) || aged {
-                conn.set_close_reason(if draining {
-                    CloseReason::Drain
-                } else {
-                    CloseReason::MaxAge
-                });
+            Action::AnswerTimeout => return Poll::Ready(Ending::HeaderTimeout),
+            Action::Close(reason) if !shutting_down => {
+                conn.stats.journal().record_with("closing", reason.as_str());
                 Pin::new(&mut *hconn).graceful_shutdown();
                 shutting_down = true;
-                continue;
             }
-        }
-        let deadline = if shutting_down {
-            // hyper finishes the close; only a stuck peer could hold it, and linger_close
-            // bounds that.
-            Instant::now() + Duration::from_secs(86_400)
-        } else if in_flight {
-            // Leave the timer where it is; when it fires mid-request it is pushed out.
-            sleep.deadline()
-        } else if let Some(t) = head_started {
-            t + cfg.header_read_timeout
-        } else if draining {
-            idle_since + DRAIN_IDLE_GRACE.min(cfg.idle_timeout)
-        } else {
-            idle_deadline(conn, cfg, idle_since)
-        };
-        if deadline != sleep.deadline() {
-            sleep.as_mut().reset(deadline);
-        }
-        if sleep.as_mut().poll(cx).is_pending() {
-            return Poll::Pending;
-        }
-        let now = Instant::now();
-        if in_flight {
-            sleep.as_mut().reset(now + cfg.idle_timeout);
-        } else if let Some(t) = head_started {
-            if now >= t + cfg.header_read_timeout {
-                conn.set_close_reason(CloseReason::HeaderReadTimeout);
-                return Poll::Ready(Ending::HeaderTimeout);
-            }
-        } else if now >= idle_since + cfg.idle_timeout {
-            conn.set_close_reason(CloseReason::IdleTimeout);
-            Pin::new(&mut *hconn).graceful_shutdown();
-            shutting_down = true;
+            Action::Close(_) => {}
         }
     })
     .await
@@ -763,14 +724,6 @@ async fn drain_reaches(mut rx: watch::Receiver<Drain>, at: Drain) {
     if rx.wait_for(|d| *d >= at).await.is_err() {
         std::future::pending::<()>().await;
     }
-}
-
-fn idle_deadline(conn: &DsConn, cfg: &ListenerConfig, idle_since: Instant) -> Instant {
-    let mut d = idle_since + cfg.idle_timeout;
-    if let Some(age) = cfg.max_connection_age {
-        d = d.min(conn.started + age);
-    }
-    d
 }
 
 type HyperConn = hyper::server::conn::http1::UpgradeableConnection<TokioIo<SensorIo>, DsService>;

@@ -2,5 +2,6 @@
 //! clock reads (`now` is an argument). The async code in `downstream/` and `upstream/`
 //! drives these. `docs/lifecycle.md` draws both sides' states and explains each rule.
 
+pub mod connection;
 pub mod downstream;
 pub mod upstream;

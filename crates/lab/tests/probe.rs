@@ -66,10 +66,10 @@ async fn probe_measures_an_idle_close_by_fin() {
     );
     assert_eq!(idle.close_kind(), Some(CloseKind::Fin));
     assert!(report.keep_alive_hint.is_none(), "the origin sends no hint");
-    // 1.5 s minus the 1 s margin.
+    // 1.5 s minus the 500 ms margin.
     assert_eq!(
         report.recommendation.idle_timeout.as_deref(),
-        Some("500ms"),
+        Some("1s"),
         "{}",
         report.recommendation.toml
     );
@@ -94,7 +94,7 @@ async fn probe_sees_an_idle_close_by_rst() {
     );
     assert_eq!(idle.fin, 0);
     assert_eq!(idle.close_kind(), Some(CloseKind::Rst));
-    // 0.5 s leaves no room for a 1 s margin: no reuse.
+    // 0.5 s leaves no room for the 500 ms margin: no reuse.
     assert_eq!(report.recommendation.max_idle_per_endpoint, Some(0));
 }
 

@@ -13,10 +13,37 @@ use std::time::Duration;
 
 use linger_proxy::config::{Config, ConfigDuration};
 
-/// How far below the server's idle close a client's own idle timeout should stay: one
-/// second covers a request in flight and timer granularity on both sides (the same margin
-/// linger applies to `Keep-Alive: timeout` hints).
-const MARGIN: Duration = Duration::from_secs(1);
+/// How far below an upstream's idle close, measured by `linger probe` or written as
+/// `upstream_idle_timeout`, linger's pool `idle_timeout` must stay (R1). The pool checks a
+/// connection's deadline when it takes it, so the margin only has to cover the request in
+/// flight, the server's timer starting a little before linger's, and a stalled process;
+/// the server's own timer granularity is already in the measured close. A `Keep-Alive:
+/// timeout=N` hint is different: it is whole seconds, and linger subtracts the cluster's
+/// `keep_alive_margin` (at least 1 s) from it. docs/config.md (`idle_timeout`) says why
+/// 500 ms; `linger probe` recommends with it and `linger check` judges with it.
+pub const IDLE_CLOSE_MARGIN: Duration = Duration::from_millis(500);
+
+/// How much a measured idle close may fall short of the server's timer: the probe's clock
+/// starts when it has read the response, and a server may start its timer a moment
+/// earlier (a close measured at 1.998 s is a 2 s timer).
+const CLOSE_TOLERANCE: Duration = Duration::from_millis(25);
+
+/// The smallest `response_timeout` the R7 fix proposes.
+const MIN_RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The idle close linger plans with: `close` plus `CLOSE_TOLERANCE`, rounded down to
+/// 100 ms, so that a recommended value stays readable and on the safe side.
+pub fn planned_close(close: Duration) -> Duration {
+    floor_100ms(close + CLOSE_TOLERANCE)
+}
+
+/// The longest pool `idle_timeout` that stays `IDLE_CLOSE_MARGIN` below an upstream's idle
+/// `close`; `None` when the close leaves no room for the margin (do not pool).
+pub fn longest_safe_idle(close: Duration) -> Option<Duration> {
+    planned_close(close)
+        .checked_sub(IDLE_CLOSE_MARGIN)
+        .filter(|d| !d.is_zero())
+}
 
 /// Headroom recommended above the front's idle timeout for linger's downstream one.
 const FRONT_HEADROOM: Duration = Duration::from_secs(15);
@@ -294,7 +321,9 @@ fn response_pair(
     if c.response_timeout < front {
         return;
     }
-    let target = front.saturating_sub(Duration::from_secs(5)).max(MARGIN);
+    let target = front
+        .saturating_sub(Duration::from_secs(5))
+        .max(MIN_RESPONSE_TIMEOUT);
     findings.push(Finding {
         severity: Severity::Race,
         race: "R7",
@@ -313,6 +342,17 @@ fn response_pair(
             show(front)
         )),
     });
+}
+
+/// How long linger's pool reuses an idle connection to an upstream that announces `hint`:
+/// `idle_timeout`, capped at `N − keep_alive_margin` by a learned `Keep-Alive: timeout=N`,
+/// zero when the hint stops reuse (the proxy's rule, docs/config.md).
+fn reuse_idle(c: &linger_proxy::config::ClusterConfig, hint: Option<Duration>) -> Duration {
+    match hint.filter(|_| c.learn_keep_alive) {
+        Some(n) if n <= Duration::from_secs(1) => Duration::ZERO,
+        Some(n) => c.idle_timeout.min(n.saturating_sub(c.keep_alive_margin)),
+        None => c.idle_timeout,
+    }
 }
 
 /// R1 and R9: linger's pool must stop reusing a connection before the upstream closes it.
@@ -341,67 +381,78 @@ fn pool_pair(
         return;
     };
     if let Some(idle) = facts.idle_close.filter(|_| pooled) {
-        // A truthful hint that linger learns caps reuse on its own.
-        let hint_protects = c.learn_keep_alive
-            && facts
-                .hint
-                .is_some_and(|h| h <= idle && h > Duration::from_secs(1));
-        if c.idle_timeout + MARGIN > idle && !hint_protects {
-            let fix = if idle > MARGIN {
+        let reuse = reuse_idle(c, facts.hint);
+        let safe = longest_safe_idle(idle);
+        let race = !reuse.is_zero() && safe.is_none_or(|s| reuse > s);
+        let margin = show(IDLE_CLOSE_MARGIN);
+        let fix = match safe {
+            Some(s) => format!(
+                "[[cluster]] name = \"{}\": idle_timeout = \"{}\" (at least {margin} below the \
+                 upstream's {})",
+                c.name,
+                show(s),
+                show(idle)
+            ),
+            None => format!(
+                "[[cluster]] name = \"{}\": max_idle_per_endpoint = 0 (the upstream closes \
+                 within {}: no room for the {margin} margin)",
+                c.name,
+                show(idle)
+            ),
+        };
+        let hint = facts.hint.unwrap_or_default().as_secs();
+        let (severity, explanation) = if race {
+            (
+                Severity::Race,
                 format!(
-                    "[[cluster]] name = \"{}\": idle_timeout = \"{}\" (at least {} below the upstream's {})",
-                    c.name,
-                    show(floor_100ms(idle - MARGIN)),
-                    show(MARGIN),
-                    show(idle)
-                )
-            } else {
-                format!(
-                    "[[cluster]] name = \"{}\": max_idle_per_endpoint = 0 (the upstream closes \
-                     within {}: too soon to reuse safely)",
-                    c.name,
-                    show(idle)
-                )
-            };
-            findings.push(Finding {
-                severity: Severity::Race,
-                race: "R1",
-                pair: pair.clone(),
-                explanation: format!(
                     "linger reuses pooled connections idle up to {} but the upstream closes them \
-                     after {} ({}): a request sent as the upstream's FIN is in flight fails, and \
-                     a non-idempotent one cannot be retried.",
-                    show(c.idle_timeout),
+                     after {} ({}), less than {margin} later: a request sent as the upstream's \
+                     FIN is in flight fails, and a non-idempotent one cannot be retried.",
+                    show(reuse),
                     show(idle),
                     facts.source
                 ),
-                fix: Some(fix),
-            });
+            )
+        } else if reuse.is_zero() {
+            (
+                Severity::Ok,
+                format!(
+                    "The upstream announces Keep-Alive: timeout={hint}s and linger learns it: it \
+                     does not reuse connections to it."
+                ),
+            )
+        } else if reuse < c.idle_timeout {
+            (
+                Severity::Ok,
+                format!(
+                    "The upstream announces Keep-Alive: timeout={hint}s and linger learns it: \
+                     reuse stops at {} ({} before the hint), at least {margin} before the \
+                     upstream closes ({}).",
+                    show(reuse),
+                    show(c.keep_alive_margin),
+                    show(idle)
+                ),
+            )
         } else {
+            (
+                Severity::Ok,
+                format!(
+                    "linger ({}) stops reusing at least {margin} before the upstream closes ({}).",
+                    show(c.idle_timeout),
+                    show(idle)
+                ),
+            )
+        };
+        findings.push(Finding {
+            severity,
+            race: "R1",
+            pair: pair.clone(),
+            explanation,
+            fix: race.then(|| fix.clone()),
+        });
+        if let Some(h) = facts.hint.filter(|&h| h > planned_close(idle)) {
             findings.push(Finding {
-                severity: Severity::Ok,
-                race: "R1",
-                pair: pair.clone(),
-                explanation: if hint_protects {
-                    format!(
-                        "The upstream announces Keep-Alive: timeout={}s and linger learns it \
-                         (reuse stops {} earlier).",
-                        facts.hint.unwrap_or_default().as_secs(),
-                        show(c.keep_alive_margin)
-                    )
-                } else {
-                    format!(
-                        "linger ({}) stops reusing before the upstream closes ({}).",
-                        show(c.idle_timeout),
-                        show(idle)
-                    )
-                },
-                fix: None,
-            });
-        }
-        if let Some(h) = facts.hint.filter(|&h| h > idle) {
-            findings.push(Finding {
-                severity: if c.learn_keep_alive && c.idle_timeout + MARGIN > idle {
+                severity: if c.learn_keep_alive && race {
                     Severity::Race
                 } else {
                     Severity::Warning
@@ -414,12 +465,7 @@ fn pool_pair(
                     h.as_secs(),
                     show(idle)
                 ),
-                fix: Some(format!(
-                    "fix the upstream's hint, or keep [[cluster]] name = \"{}\": idle_timeout at \
-                     or below \"{}\"",
-                    c.name,
-                    show(idle.saturating_sub(MARGIN))
-                )),
+                fix: Some(format!("fix the upstream's hint, or {fix}")),
             });
         }
     }
@@ -522,11 +568,109 @@ mod tests {
         };
         let r = run(&cfg, facts);
         assert_eq!(races(&r), ["R1", "R1"], "{}", r.render());
+        // 1.5 s less the 500 ms margin.
         assert!(
-            r.render().contains("idle_timeout = \"500ms\""),
+            r.render().contains("idle_timeout = \"1s\""),
             "{}",
             r.render()
         );
+    }
+
+    fn measured(close: Duration) -> UpstreamFacts {
+        UpstreamFacts {
+            idle_close: Some(close),
+            source: "measured by --probe".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_default_pool_idle_is_no_race_with_a_server_that_closes_at_2_s() {
+        // What the probe measures of gunicorn's gthread workers with --keep-alive 2, and of
+        // nginx, uvicorn and Go set to 2 s: 2.000-2.003 s. The config sets no idle_timeout.
+        let cfg = config("");
+        assert_eq!(cfg.clusters[0].idle_timeout, Duration::from_millis(1500));
+        for ms in [1998, 2000, 2003, 2099] {
+            let r = run(&cfg, measured(Duration::from_millis(ms)));
+            assert!(races(&r).is_empty(), "{ms} ms: {}", r.render());
+        }
+        // The same number written in the config instead of measured.
+        let cfg = config("upstream_idle_timeout = \"2s\"");
+        let r = check(&Chain {
+            config: &cfg,
+            front_idle: Some(Duration::from_secs(60)),
+            measured: Vec::new(),
+        });
+        assert!(races(&r).is_empty(), "{}", r.render());
+        assert!(
+            r.findings
+                .iter()
+                .any(|f| f.race == "R1" && f.severity == Severity::Ok),
+            "{}",
+            r.render()
+        );
+    }
+
+    #[test]
+    fn a_pool_idle_closer_than_the_margin_to_the_close_is_a_race() {
+        let close = Duration::from_millis(2003);
+        for idle in ["1600ms", "1900ms", "2s", "5s"] {
+            let r = run(
+                &config(&format!("idle_timeout = \"{idle}\"")),
+                measured(close),
+            );
+            assert_eq!(races(&r), ["R1"], "{idle}: {}", r.render());
+            assert!(
+                r.render().contains("idle_timeout = \"1500ms\""),
+                "the fix is the close less the margin: {}",
+                r.render()
+            );
+        }
+        // Exactly the margin below the close is enough.
+        let r = run(&config("idle_timeout = \"1500ms\""), measured(close));
+        assert!(races(&r).is_empty(), "{}", r.render());
+    }
+
+    #[test]
+    fn what_the_probe_recommends_check_accepts() {
+        for ms in [600, 1000, 1499, 1500, 2003, 4990, 6004, 75_001] {
+            let close = Duration::from_millis(ms);
+            let safe = longest_safe_idle(close).expect("room for the margin");
+            assert!(
+                safe + IDLE_CLOSE_MARGIN <= close + CLOSE_TOLERANCE,
+                "{ms} ms"
+            );
+            let cfg = config(&format!("idle_timeout = \"{}ms\"", safe.as_millis()));
+            let r = run(&cfg, measured(close));
+            assert!(races(&r).is_empty(), "{ms} ms: {}", r.render());
+        }
+    }
+
+    #[test]
+    fn a_close_without_room_for_the_margin_means_no_pooling() {
+        let r = run(&config(""), measured(Duration::from_millis(550)));
+        assert_eq!(races(&r), ["R1"], "{}", r.render());
+        assert!(
+            r.render().contains("max_idle_per_endpoint = 0"),
+            "{}",
+            r.render()
+        );
+        assert!(races(&run(
+            &config("max_idle_per_endpoint = 0"),
+            measured(Duration::from_millis(550))
+        ))
+        .is_empty());
+    }
+
+    #[test]
+    fn a_measured_close_rounds_to_the_server_timer() {
+        for (measured_ms, planned_ms) in [(1998, 2000), (4990, 5000), (2350, 2300), (1960, 1900)] {
+            assert_eq!(
+                planned_close(Duration::from_millis(measured_ms)),
+                Duration::from_millis(planned_ms),
+                "{measured_ms} ms"
+            );
+        }
     }
 
     #[test]

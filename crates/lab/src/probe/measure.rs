@@ -308,9 +308,10 @@ async fn idle_one(target: Arc<Target>, max_wait: Duration) -> (IdleSample, Optio
             hint,
         );
     }
-    // The server's idle timer started when it finished writing the response, a moment
-    // before the probe finished reading it: the measured time is short by about half a
-    // round trip, which errs on the safe side.
+    // The clock starts at the response's last byte. The server's idle timer starts when
+    // it has written that byte (a moment earlier) or when its loop takes the connection
+    // back (a moment later, as gunicorn's gthread workers do): either way within a
+    // millisecond or so over loopback, and within half a round trip elsewhere.
     let sample = match conn.wait_close(max_wait).await {
         Ok(CloseWait::Closed {
             kind,
@@ -337,7 +338,8 @@ async fn idle_one(target: Arc<Target>, max_wait: Duration) -> (IdleSample, Optio
 }
 
 /// Opens `connections` connections at once, sends one request on each, then holds each
-/// idle and times the server's close.
+/// idle and times the server's close. The caller sends nothing else meanwhile (see
+/// `probe::run`).
 pub(crate) async fn idle_close(
     target: &Arc<Target>,
     connections: usize,

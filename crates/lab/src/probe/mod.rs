@@ -12,10 +12,11 @@
 //! What it does, in order:
 //!
 //! 1. one request, to prove the server is there and speaks HTTP/1.x;
-//! 2. at the same time: the idle close on N connections, and, one after the other,
-//!    requests per connection, a half-closed request, HTTP/1.0 with and without
-//!    keep-alive, and (with `intrusive`) an early response to a partly sent POST;
-//! 3. with `intrusive`: a request sent just after the measured idle close.
+//! 2. one after the other: requests per connection, a half-closed request, HTTP/1.0 with
+//!    and without keep-alive, and (with `intrusive`) an early response to a partly sent
+//!    POST;
+//! 3. then, with no other traffic from the probe: the idle close on N connections;
+//! 4. with `intrusive`: a request sent just after the measured idle close.
 //!
 //! See docs/probe.md for how to read the report.
 
@@ -232,29 +233,29 @@ pub async fn run(
             .unwrap_or_default()
     ));
 
-    let others = async {
+    // The other measurements come first and the idle close after them, alone: a server
+    // whose event loop checks idle connections on a tick that restarts at every event
+    // (gunicorn's gthread workers: at most 1 s after the last one) would otherwise close
+    // the idle connections as late as the probe's own traffic shifted that tick.
+    progress.step(&format!(
+        "counting requests per connection (up to {})…",
+        opts.max_requests
+    ));
+    let limit = measure::requests_per_connection(&target, opts.max_requests).await;
+    progress.step("half-closed request, HTTP/1.0 with and without keep-alive…");
+    let half = measure::half_close(&target).await;
+    let http10 = measure::http10(&target).await;
+    let early = if opts.intrusive {
         progress.step(&format!(
-            "counting requests per connection (up to {})…",
-            opts.max_requests
+            "POST declaring {} KiB, sending {} KiB and waiting for an early answer…",
+            EARLY_BODY_LEN / 1024,
+            EARLY_FIRST_PART / 1024
         ));
-        let limit = measure::requests_per_connection(&target, opts.max_requests).await;
-        progress.step("half-closed request, HTTP/1.0 with and without keep-alive…");
-        let half = measure::half_close(&target).await;
-        let http10 = measure::http10(&target).await;
-        let early = if opts.intrusive {
-            progress.step(&format!(
-                "POST declaring {} KiB, sending {} KiB and waiting for an early answer…",
-                EARLY_BODY_LEN / 1024,
-                EARLY_FIRST_PART / 1024
-            ));
-            Some(measure::early_response(&target).await)
-        } else {
-            None
-        };
-        (limit, half, http10, early)
+        Some(measure::early_response(&target).await)
+    } else {
+        None
     };
-    let idle = measure::idle_close(&target, opts.connections, opts.max_wait, progress);
-    let (idle, (limit, half, http10, early)) = tokio::join!(idle, others);
+    let idle = measure::idle_close(&target, opts.connections, opts.max_wait, progress).await;
     progress.step(&match idle.median() {
         Some(m) => format!(
             "idle close after {:.3} s on {} of {} connections",

@@ -14,13 +14,11 @@ use super::measure::{
 use super::target::Target;
 use super::wire::KeepAliveHint;
 use super::ProbeOptions;
+use crate::check::{longest_safe_idle, IDLE_CLOSE_MARGIN};
 
 /// A hint and a measured close within this of each other are taken as equal: the probe
 /// measures from the end of its read, a little after the server's timer started.
 pub const HINT_TOLERANCE: Duration = Duration::from_millis(250);
-/// linger's smallest `keep_alive_margin`, kept between the server's idle close and
-/// linger's `idle_timeout` (R1).
-pub const IDLE_MARGIN: Duration = Duration::from_secs(1);
 
 /// A duration as linger's config writes it: `"4s"`, `"1500ms"`, `"2m"`.
 pub(crate) fn secs(d: Duration) -> String {
@@ -113,13 +111,6 @@ fn compare_hint(hint: &KeepAliveHint, idle: &IdleReport) -> HintComparison {
     }
 }
 
-/// The measured idle close rounded down to 100 ms, after allowing 25 ms for the part of
-/// the server's timer the probe cannot see (a close measured at 1.998 s is a 2 s timer).
-fn rounded_close(d: Duration) -> Duration {
-    let ms = d.as_millis() as u64 + 25;
-    Duration::from_millis(ms / 100 * 100)
-}
-
 // === impl Report ===
 
 impl Report {
@@ -194,11 +185,12 @@ impl Report {
                     .to_string(),
             );
         } else if let Some(shortest) = idle.shortest() {
-            if rounded_close(shortest) <= IDLE_MARGIN {
+            if longest_safe_idle(shortest).is_none() {
                 out.push(format!(
-                    "The server closes idle connections after {}: too short for a 1 s safety \
+                    "The server closes idle connections after {}: too short for linger's {} \
                      margin, so a reused connection would race its close (R1).",
-                    s3(shortest)
+                    s3(shortest),
+                    secs(IDLE_CLOSE_MARGIN)
                 ));
             }
             if let (Some(lo), Some(hi)) = (idle.shortest(), idle.longest()) {
@@ -383,26 +375,30 @@ impl Report {
                 "the server closes after every response: nothing to reuse".into(),
             ));
         } else if let Some(shortest) = idle.shortest() {
-            let rounded = rounded_close(shortest);
-            if rounded <= IDLE_MARGIN {
-                max_idle = Some(0);
-                lines.push((
-                    "max_idle_per_endpoint = 0".into(),
-                    format!(
-                        "idle close {}{how}: no room for a 1 s margin, do not reuse",
-                        s3(shortest)
-                    ),
-                ));
-            } else {
-                let t = secs(rounded - IDLE_MARGIN);
-                lines.push((
-                    format!("idle_timeout = \"{t}\""),
-                    format!(
-                        "shortest idle close {}{how}, minus a 1 s margin (R1)",
-                        s3(shortest)
-                    ),
-                ));
-                idle_timeout = Some(t);
+            match longest_safe_idle(shortest) {
+                None => {
+                    max_idle = Some(0);
+                    lines.push((
+                        "max_idle_per_endpoint = 0".into(),
+                        format!(
+                            "idle close {}{how}: no room for the {} margin, do not reuse",
+                            s3(shortest),
+                            secs(IDLE_CLOSE_MARGIN)
+                        ),
+                    ));
+                }
+                Some(safe) => {
+                    let t = secs(safe);
+                    lines.push((
+                        format!("idle_timeout = \"{t}\""),
+                        format!(
+                            "shortest idle close {}{how}, minus the {} margin (R1)",
+                            s3(shortest),
+                            secs(IDLE_CLOSE_MARGIN)
+                        ),
+                    ));
+                    idle_timeout = Some(t);
+                }
             }
         } else if idle.no_close > 0 {
             lines.push((
@@ -748,25 +744,4 @@ fn wrap(text: &str, first: &str, rest: &str, width: usize) -> String {
     }
     out.push_str(&line);
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn measured_close_rounds_to_the_server_timer() {
-        assert_eq!(
-            rounded_close(Duration::from_millis(1998)),
-            Duration::from_secs(2)
-        );
-        assert_eq!(
-            rounded_close(Duration::from_millis(4990)),
-            Duration::from_secs(5)
-        );
-        assert_eq!(
-            rounded_close(Duration::from_millis(1960)),
-            Duration::from_millis(1900)
-        );
-    }
 }

@@ -100,6 +100,11 @@ impl Server {
         });
         let mut accepts = Vec::new();
         for (ctx, sock) in self.listeners.iter().zip(sockets) {
+            // Set once here, the options reach every accepted socket (checked on the first).
+            if let Err(e) = crate::io::socket::apply_listener(&sock, &ctx.cfg.tcp) {
+                tracing::debug!(error = %e, "listener socket options; set per connection");
+                ctx.set_inherits(false);
+            }
             sock.set_nonblocking(true)
                 .expect("listening socket must go non-blocking");
             let sock = TcpListener::from_std(sock).expect("listening socket must register");

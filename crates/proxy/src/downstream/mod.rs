@@ -110,6 +110,9 @@ pub struct ListenerCtx {
     /// histogram: cached so the request path does not look them up.
     pub ok_requests: [prometheus_client::metrics::counter::Counter; 6],
     pub duration: prometheus_client::metrics::histogram::Histogram,
+    /// Do accepted sockets inherit the listening socket's options? 0: not known yet,
+    /// 1: yes (nothing to set per connection), 2: no.
+    inherits: std::sync::atomic::AtomicU8,
 }
 
 // === impl ListenerCtx ===
@@ -164,6 +167,30 @@ impl ListenerCtx {
             policy,
             cfg: cfg.clone(),
             routes,
+            inherits: std::sync::atomic::AtomicU8::new(0),
+        }
+    }
+
+    pub fn set_inherits(&self, yes: bool) {
+        self.inherits
+            .store(if yes { 1 } else { 2 }, Ordering::Relaxed);
+    }
+
+    /// Gives an accepted socket the listener's TCP options, unless it has them already.
+    fn socket_options(&self, stream: &TcpStream) {
+        let known = self.inherits.load(Ordering::Relaxed);
+        if known == 1 {
+            return;
+        }
+        if known == 0 {
+            let yes = io::socket::inherited(stream, &self.cfg.tcp);
+            self.set_inherits(yes);
+            if yes {
+                return;
+            }
+        }
+        if let Err(e) = io::socket::apply(stream, &self.cfg.tcp) {
+            tracing::warn!(error = %e, "setting downstream socket options failed");
         }
     }
 }
@@ -314,9 +341,7 @@ pub async fn serve_connection(
     peer: SocketAddr,
 ) {
     let cfg = &listener.cfg;
-    if let Err(e) = io::socket::apply(&stream, &cfg.tcp) {
-        tracing::warn!(error = %e, "setting downstream socket options failed");
-    }
+    listener.socket_options(&stream);
     let labels = ListenerLabels {
         listener: listener.name.clone(),
     };

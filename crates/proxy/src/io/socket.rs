@@ -12,7 +12,37 @@ use crate::config::TcpConfig;
 /// Each option is set on its own, so one refused option does not skip the others; the
 /// first error is returned.
 pub fn apply(stream: &TcpStream, tcp: &TcpConfig) -> io::Result<()> {
+    set_options(SockRef::from(stream), tcp)
+}
+
+/// Applies the same options to a listening socket: Linux hands them to every socket it
+/// accepts, so a new connection costs no `setsockopt` of its own ([`inherited`] checks
+/// that the kernel did).
+pub fn apply_listener(listener: &std::net::TcpListener, tcp: &TcpConfig) -> io::Result<()> {
+    set_options(SockRef::from(listener), tcp)
+}
+
+/// Does an accepted socket carry the options already (inherited from its listener)?
+pub fn inherited(stream: &TcpStream, tcp: &TcpConfig) -> bool {
     let sock = SockRef::from(stream);
+    let nodelay = !tcp.nodelay || sock.tcp_nodelay().unwrap_or(false);
+    let keepalive = match tcp.keepalive {
+        None => true,
+        Some(ka) => {
+            sock.keepalive().unwrap_or(false)
+                && sock.tcp_keepalive_time().ok() == Some(ka.idle)
+                && sock.tcp_keepalive_interval().ok() == Some(ka.interval)
+                && sock.tcp_keepalive_retries().ok() == Some(ka.count)
+        }
+    };
+    let user_timeout = match tcp.user_timeout {
+        None => true,
+        Some(ut) => sock.tcp_user_timeout().ok().flatten() == Some(ut),
+    };
+    nodelay && keepalive && user_timeout
+}
+
+fn set_options(sock: SockRef<'_>, tcp: &TcpConfig) -> io::Result<()> {
     let mut first_err = None;
     let mut note = |r: io::Result<()>| {
         if let Err(e) = r {
@@ -46,4 +76,39 @@ pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     sock.listen(4096)?;
     sock.set_nonblocking(true)?;
     Ok(sock.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TcpKeepalive;
+    use std::time::Duration;
+
+    /// The kernel hands a listening socket's options to the sockets it accepts: the
+    /// listener-level setting is checked here on this machine's kernel.
+    #[tokio::test]
+    async fn accepted_sockets_inherit_the_listeners_options() {
+        let tcp = TcpConfig {
+            keepalive: Some(TcpKeepalive {
+                idle: Duration::from_secs(33),
+                interval: Duration::from_secs(7),
+                count: 4,
+            }),
+            user_timeout: Some(Duration::from_millis(12_345)),
+            nodelay: true,
+        };
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let plain = tokio::net::TcpListener::from_std(listener.try_clone().unwrap()).unwrap();
+        let _c1 = TcpStream::connect(addr).await.unwrap();
+        let (before, _) = plain.accept().await.unwrap();
+        assert!(!inherited(&before, &tcp), "options before they were set");
+        apply_listener(&listener, &tcp).unwrap();
+        let _c2 = TcpStream::connect(addr).await.unwrap();
+        let (after, _) = plain.accept().await.unwrap();
+        assert!(
+            inherited(&after, &tcp),
+            "the accepted socket lacks the listener's options"
+        );
+    }
 }

@@ -30,6 +30,7 @@ use crate::forward;
 use crate::lifecycle::downstream::{ConnDecision, ResponseFacts};
 use crate::lifecycle::upstream::{connection_has, Exchange as UpExchange, Reuse};
 use crate::observe::access_log::unix_now;
+use crate::observe::journal::Detail;
 use crate::observe::metrics::{RequestLabels, RetryLabels};
 use crate::observe::{AccessRecord, CloseReason, ConnState, RetryEntry, Termination};
 use crate::retry::{self, Decision, TryFailure};
@@ -375,13 +376,17 @@ impl DsService {
     fn responding(&self, status: u16) {
         let j = self.journal();
         j.set_state(ConnState::Responding);
-        j.record_with("response_head", status.to_string());
+        j.record_with("response_head", Detail::Status(status));
     }
 
     fn finish(&self, record: Record, status: u16, bytes_out: u64, term: Termination) {
         self.journal().record_with(
             "response_end",
-            format!("{status} {term}, {bytes_out} bytes"),
+            Detail::End {
+                status,
+                term,
+                bytes: bytes_out,
+            },
         );
         let m = &self.worker.metrics;
         let elapsed = record.started.elapsed();
@@ -534,11 +539,11 @@ impl DsService {
         let index = self.conn.begin_request();
         self.journal().record_with(
             "request_head",
-            format!(
-                "{} {} #{index}",
-                req.method(),
-                truncated(req.uri().path(), JOURNAL_PATH_CHARS)
-            ),
+            Detail::Request {
+                method: req.method().into(),
+                index: u32::try_from(index).unwrap_or(u32::MAX),
+                path: truncated(req.uri().path(), JOURNAL_PATH_CHARS).into(),
+            },
         );
         let logging = self.worker.access_log.enabled();
         let record = Record {
@@ -965,7 +970,7 @@ impl DsService {
                 c
             }
         };
-        self.note_try(cluster, &mut conn, label, &req.method, inflight);
+        self.note_try(cluster, &mut conn, &req.method, inflight);
         let head = req.head(label);
         cluster.begin_try(ep_idx);
         inflight.endpoint_in_flight = Some((cluster.clone(), ep_idx));
@@ -990,7 +995,7 @@ impl DsService {
             Ok(answered) => {
                 conn.stats.journal().record_with(
                     "response_head",
-                    answered.head.parts.status.as_str().to_owned(),
+                    Detail::Status(answered.head.parts.status.as_u16()),
                 );
                 if let Some(r) = inflight.record.as_mut() {
                     r.first_byte_ms = Some(sent_at.elapsed().as_secs_f64() * 1000.0);
@@ -1020,7 +1025,6 @@ impl DsService {
         &self,
         cluster: &Cluster,
         conn: &mut UpstreamConn,
-        label: &str,
         method: &Method,
         inflight: &mut Inflight,
     ) {
@@ -1033,15 +1037,19 @@ impl DsService {
         }
         self.journal().record_with(
             "upstream",
-            format!(
-                "u{} {} ({label})",
-                conn.id,
-                if conn.reused { "reused" } else { "new" }
-            ),
+            Detail::Upstream {
+                id: conn.id,
+                reused: conn.reused,
+                endpoint: cluster.endpoints[conn.endpoint].name.clone(),
+            },
         );
-        conn.stats
-            .journal()
-            .record_with("request_head", format!("{method} for d{}", self.conn.id));
+        conn.stats.journal().record_with(
+            "request_head",
+            Detail::For {
+                method: method.into(),
+                id: self.conn.id,
+            },
+        );
         if let Some(r) = inflight.record.as_mut() {
             r.upstream_conn = Some(conn.id);
             r.upstream_reused = Some(conn.reused);

@@ -4,8 +4,10 @@
 //!
 //! It is bounded: past [`MAX_EVENTS`] the oldest events after the first are dropped and
 //! counted, so a connection that lives for days still costs a fixed amount. Recording is a
-//! short uncontended lock and a push; details are only formatted where they say something
-//! the kind does not.
+//! short uncontended lock and a push into a ring (nothing shifts). An event is a static
+//! kind and a typed [`Detail`] of numbers and static names; text is made only when the
+//! admin listener shows the journal, except for the few details that are text (a request's
+//! path).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -13,11 +15,13 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
+
+use super::Termination;
 use tokio::time::Instant;
 
 /// Events kept per connection. 32 covers the whole life of most connections (accept, a few
 /// requests, the close) and the last requests of long-lived ones. An event is 48 bytes plus
-/// its detail text: 1.5 KiB plus the details when full.
+/// any detail text (a request's path): 1.5 KiB plus that text when full.
 pub const MAX_EVENTS: usize = 32;
 
 /// Where a connection is in its life. Downstream: idle, reading, waiting, responding,
@@ -70,13 +74,142 @@ impl ConnState {
     }
 }
 
+/// What an event says beyond its kind.
+#[derive(Debug, Clone)]
+pub enum Detail {
+    None,
+    Static(&'static str),
+    Text(Box<str>),
+    /// A status code.
+    Status(u16),
+    /// A response's end: `{status} {termination}, {bytes} bytes`.
+    End {
+        status: u16,
+        term: Termination,
+        bytes: u64,
+    },
+    /// The upstream connection a try used: `u{id} reused|new ({endpoint})`.
+    Upstream {
+        id: u64,
+        reused: bool,
+        endpoint: std::sync::Arc<String>,
+    },
+    /// The downstream connection a request on an upstream connection came from:
+    /// `{method} for d{id}`.
+    For {
+        method: Method,
+        id: u64,
+    },
+    /// How long a pooled connection may stay idle: `reusable for {duration}`.
+    ReusableFor(Duration),
+    /// A request head: `{method} {path} #{index}`.
+    Request {
+        method: Method,
+        index: u32,
+        path: Box<str>,
+    },
+}
+
+/// A request method, in one byte (extension methods are `other`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+    Put,
+    Delete,
+    Head,
+    Options,
+    Patch,
+    Trace,
+    Connect,
+    Other,
+}
+
+impl From<&http::Method> for Method {
+    fn from(m: &http::Method) -> Self {
+        match *m {
+            http::Method::GET => Self::Get,
+            http::Method::POST => Self::Post,
+            http::Method::PUT => Self::Put,
+            http::Method::DELETE => Self::Delete,
+            http::Method::HEAD => Self::Head,
+            http::Method::OPTIONS => Self::Options,
+            http::Method::PATCH => Self::Patch,
+            http::Method::TRACE => Self::Trace,
+            http::Method::CONNECT => Self::Connect,
+            _ => Self::Other,
+        }
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Get => "GET",
+            Self::Post => "POST",
+            Self::Put => "PUT",
+            Self::Delete => "DELETE",
+            Self::Head => "HEAD",
+            Self::Options => "OPTIONS",
+            Self::Patch => "PATCH",
+            Self::Trace => "TRACE",
+            Self::Connect => "CONNECT",
+            Self::Other => "other",
+        })
+    }
+}
+
+impl From<&'static str> for Detail {
+    fn from(s: &'static str) -> Self {
+        Self::Static(s)
+    }
+}
+
+impl From<String> for Detail {
+    fn from(s: String) -> Self {
+        Self::Text(s.into_boxed_str())
+    }
+}
+
+impl std::fmt::Display for Detail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::None => Ok(()),
+            Self::Static(s) => f.write_str(s),
+            Self::Text(s) => f.write_str(s),
+            Self::Status(s) => write!(f, "{s}"),
+            Self::End {
+                status,
+                term,
+                bytes,
+            } => write!(f, "{status} {term}, {bytes} bytes"),
+            Self::Upstream {
+                id,
+                reused,
+                endpoint,
+            } => write!(
+                f,
+                "u{id} {} ({endpoint})",
+                if *reused { "reused" } else { "new" }
+            ),
+            Self::For { method, id } => write!(f, "{method} for d{id}"),
+            Self::ReusableFor(d) => write!(f, "reusable for {d:?}"),
+            Self::Request {
+                method,
+                path,
+                index,
+            } => write!(f, "{method} {path} #{index}"),
+        }
+    }
+}
+
 /// One event.
 #[derive(Debug, Clone)]
 struct Event {
-    /// Since the journal was opened.
-    at: Duration,
+    /// Nanoseconds since the journal was opened.
+    at: u64,
     kind: &'static str,
-    detail: Option<Box<str>>,
+    detail: Detail,
 }
 
 /// One event, as the admin listener shows it.
@@ -90,7 +223,10 @@ pub struct EventView {
 
 #[derive(Debug, Default)]
 struct Events {
-    list: VecDeque<Event>,
+    /// How the connection began: never dropped.
+    first: Option<Event>,
+    /// The latest events, oldest first, at most `MAX_EVENTS - 1`.
+    ring: VecDeque<Event>,
     dropped: u32,
 }
 
@@ -119,23 +255,28 @@ impl Default for Journal {
 impl Journal {
     /// Records an event whose kind says it all.
     pub fn record(&self, kind: &'static str) {
-        self.push(kind, None);
+        self.push(kind, Detail::None);
     }
 
     /// Records an event with a detail.
-    pub fn record_with(&self, kind: &'static str, detail: impl Into<String>) {
-        self.push(kind, Some(detail.into().into_boxed_str()));
+    pub fn record_with(&self, kind: &'static str, detail: impl Into<Detail>) {
+        self.push(kind, detail.into());
     }
 
-    fn push(&self, kind: &'static str, detail: Option<Box<str>>) {
-        let at = self.opened.elapsed();
+    fn push(&self, kind: &'static str, detail: Detail) {
+        let at = u64::try_from(self.opened.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let ev = Event { at, kind, detail };
         let mut e = self.events.lock().expect("journal lock");
-        if e.list.len() >= MAX_EVENTS {
+        if e.first.is_none() {
+            e.first = Some(ev);
+            return;
+        }
+        if e.ring.len() >= MAX_EVENTS - 1 {
             // Keep the first event (how the connection began) and the most recent ones.
-            e.list.remove(1);
+            e.ring.pop_front();
             e.dropped += 1;
         }
-        e.list.push_back(Event { at, kind, detail });
+        e.ring.push_back(ev);
     }
 
     pub fn set_state(&self, s: ConnState) {
@@ -159,19 +300,21 @@ impl Journal {
     pub fn events(&self) -> (Vec<EventView>, u32) {
         let e = self.events.lock().expect("journal lock");
         let list = e
-            .list
+            .first
             .iter()
+            .chain(e.ring.iter())
             .map(|ev| EventView {
-                t_ms: ev.at.as_secs_f64() * 1000.0,
+                t_ms: ev.at as f64 / 1e6,
                 kind: ev.kind,
-                detail: ev.detail.as_deref().unwrap_or("").to_owned(),
+                detail: ev.detail.to_string(),
             })
             .collect();
         (list, e.dropped)
     }
 
     pub fn len(&self) -> usize {
-        self.events.lock().expect("journal lock").list.len()
+        let e = self.events.lock().expect("journal lock");
+        usize::from(e.first.is_some()) + e.ring.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -206,8 +349,24 @@ mod tests {
     }
 
     #[test]
-    fn an_event_is_48_bytes_before_its_detail() {
+    fn an_event_is_48_bytes_and_details_render_as_text() {
         assert_eq!(std::mem::size_of::<Event>(), 48);
+        let end = Detail::End {
+            status: 200,
+            term: Termination::Ok,
+            bytes: 3,
+        };
+        assert_eq!(end.to_string(), "200 ok, 3 bytes");
+        let up = Detail::Upstream {
+            id: 7,
+            reused: true,
+            endpoint: std::sync::Arc::new("127.0.0.1:80".into()),
+        };
+        assert_eq!(up.to_string(), "u7 reused (127.0.0.1:80)");
+        assert_eq!(
+            Detail::ReusableFor(Duration::from_millis(1500)).to_string(),
+            "reusable for 1.5s"
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@ use crate::config::{Balance, ClusterConfig};
 use crate::error::{TryError, TryErrorKind};
 use crate::io::{self, IoStats};
 use crate::lifecycle::upstream::ReusePolicy;
+use crate::observe::journal::Detail;
 use crate::observe::metrics::{ClusterLabels, Name};
 use crate::observe::{ConnEntry, ConnState, Metrics, Registry, Side};
 
@@ -36,6 +37,8 @@ static UPSTREAM_CONN_IDS: AtomicU64 = AtomicU64::new(1);
 pub struct Endpoint {
     pub addr: SocketAddr,
     pub label: String,
+    /// The label, shared by the journal events that name the endpoint.
+    pub name: Arc<String>,
     pub pool: Pool,
     pub in_flight: AtomicUsize,
     /// What linger learned of how it closes connections.
@@ -71,6 +74,7 @@ impl Cluster {
             .map(|a| Endpoint {
                 addr: *a,
                 label: a.to_string(),
+                name: Arc::new(a.to_string()),
                 pool: Pool::new(cfg.max_idle_per_endpoint),
                 in_flight: AtomicUsize::new(0),
                 learned: learn::Learned::default(),
@@ -207,7 +211,7 @@ impl Cluster {
     pub fn checkin(&self, conn: UpstreamConn, idle_for: Duration) {
         let journal = conn.stats.journal();
         journal.set_state(ConnState::Pooled);
-        journal.record_with("pooled", format!("reusable for {idle_for:?}"));
+        journal.record_with("pooled", Detail::ReusableFor(idle_for));
         let ep = &self.endpoints[conn.endpoint];
         if conn.reused {
             ep.learned.reuse_worked();

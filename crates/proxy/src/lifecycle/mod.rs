@@ -4,4 +4,6 @@
 
 pub mod connection;
 pub mod downstream;
+#[cfg(test)]
+mod races;
 pub mod upstream;

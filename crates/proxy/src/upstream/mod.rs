@@ -7,7 +7,7 @@
 
 mod conn;
 pub mod exchange;
-mod learn;
+pub mod learn;
 mod pool;
 
 use std::net::SocketAddr;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -91,6 +91,34 @@ struct Record {
     detail: Option<String>,
     /// The request asked to close (or is HTTP/1.0 without keep-alive).
     wants_close: bool,
+}
+
+impl Record {
+    fn new(index: u64, method: Method, version: Version) -> Self {
+        Self {
+            started: Instant::now(),
+            index,
+            method,
+            path: String::new(),
+            version,
+            host: String::new(),
+            bytes_in: None,
+            bytes_in_fixed: 0,
+            connect_ms: None,
+            first_byte_ms: None,
+            cluster: None,
+            endpoint: None,
+            upstream_conn: None,
+            upstream_reused: None,
+            upstream_conn_requests: None,
+            upstream_conn_age_ms: None,
+            upstream_conn_closed: None,
+            retries: Vec::new(),
+            downstream_close: None,
+            detail: None,
+            wants_close: false,
+        }
+    }
 }
 
 /// A request in progress. Dropping it before the response is handed to hyper means the
@@ -241,6 +269,97 @@ impl Exchange for Finish {
     }
 }
 
+/// linger answers the request itself instead of forwarding it.
+struct Refusal {
+    status: StatusCode,
+    term: Termination,
+    detail: String,
+    /// The connection closes after the answer, for this reason.
+    close: Option<CloseReason>,
+}
+
+impl Refusal {
+    fn new(
+        status: StatusCode,
+        term: Termination,
+        detail: String,
+        close: Option<CloseReason>,
+    ) -> Self {
+        Self {
+            status,
+            term,
+            detail,
+            close,
+        }
+    }
+}
+
+/// The checks a request head must pass before it is routed.
+fn validate(req: &Request<Incoming>) -> Result<(), Refusal> {
+    if req.version() == Version::HTTP_11 && !req.headers().contains_key(header::HOST) {
+        return Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            Termination::MissingHost,
+            "HTTP/1.1 request without a Host header".into(),
+            Some(CloseReason::BadRequest),
+        ));
+    }
+    if req.headers().get_all(header::HOST).iter().count() > 1 {
+        return Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            Termination::BadRequest,
+            "more than one Host header".into(),
+            Some(CloseReason::BadRequest),
+        ));
+    }
+    Ok(())
+}
+
+/// What the request path needs to know of the client's request.
+struct RequestFacts {
+    /// The request asked to close (or is HTTP/1.0 without keep-alive).
+    wants_close: bool,
+    /// A body on GET or HEAD: backends that ignore it would read it as the next request,
+    /// so neither connection is reused after this exchange.
+    ambiguous_body: bool,
+    idempotent: bool,
+}
+
+impl RequestFacts {
+    fn of(req: &Request<Incoming>) -> Self {
+        Self {
+            wants_close: wants_close(req),
+            ambiguous_body: (req.method() == Method::GET || req.method() == Method::HEAD)
+                && !req.body().is_end_stream(),
+            idempotent: retry::is_idempotent(req),
+        }
+    }
+}
+
+/// The request head as it goes upstream.
+struct UpstreamHead {
+    method: Method,
+    /// The origin-form target.
+    target: String,
+    headers: HeaderMap,
+    /// The client sent a `Host`.
+    has_host: bool,
+    /// The protocol the client asked to upgrade to, if it did.
+    upgrade: Option<HeaderValue>,
+    expect_continue: bool,
+}
+
+/// What becomes of the request body.
+#[derive(Default)]
+struct BodyPlan {
+    progress: Arc<BodyProgress>,
+    /// Read whole (replayable).
+    replay: Option<Bytes>,
+    /// Streamed as it arrives.
+    stream: Option<Box<StreamBody>>,
+    gate: Option<Arc<ExpectGate>>,
+}
+
 /// The request as every try sends it.
 struct Prepared {
     method: Method,
@@ -341,6 +460,25 @@ enum BodyReadError {
     /// No bytes for the listener's `request_body_timeout`.
     Stalled,
     Failed(String),
+}
+
+impl BodyReadError {
+    fn refusal(self, timeout: Duration) -> Refusal {
+        match self {
+            Self::Stalled => Refusal::new(
+                StatusCode::REQUEST_TIMEOUT,
+                Termination::RequestBodyTimeout,
+                format!("no request body bytes for {timeout:?}"),
+                Some(CloseReason::RequestBodyTimeout),
+            ),
+            Self::Failed(e) => Refusal::new(
+                StatusCode::BAD_REQUEST,
+                Termination::DownstreamBodyError,
+                format!("request body could not be read: {e}"),
+                Some(CloseReason::BadRequest),
+            ),
+        }
+    }
 }
 
 /// Reads a body of at most `limit` bytes whole, waiting at most `stall` for each frame.
@@ -535,7 +673,71 @@ impl DsService {
         }
     }
 
-    async fn handle(self, mut req: Request<Incoming>) -> Response<DownBody> {
+    async fn handle(self, req: Request<Incoming>) -> Response<DownBody> {
+        let mut inflight = self.begin(&req);
+        match self.forward(req, &mut inflight).await {
+            Ok(resp) => resp,
+            Err(r) => self.local(&mut inflight, r.status, r.term, r.detail, r.close),
+        }
+    }
+
+    /// The request path, phase by phase: check, route, the upstream head, the body, the
+    /// tries, the response. Every refusal comes back as a [`Refusal`] that `handle` answers.
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        inflight: &mut Inflight,
+    ) -> Result<Response<DownBody>, Refusal> {
+        validate(&req)?;
+        let (cluster, request_buffer) = self.route_request(&req, inflight)?;
+        let facts = RequestFacts::of(&req);
+        let ds_upgrade = req
+            .headers()
+            .get(header::UPGRADE)
+            .is_some()
+            .then(|| hyper::upgrade::on(&mut req));
+        let (parts, body) = req.into_parts();
+        let head = self.upstream_head(parts, facts.ambiguous_body);
+        let ds_upgrade = ds_upgrade.filter(|_| head.upgrade.is_some());
+        let plan = self
+            .request_body(body, &cluster, request_buffer, &facts, &head, inflight)
+            .await?;
+        cluster.budget.deposit();
+        let replayable = plan.stream.is_none();
+        let mut prepared = Prepared {
+            chunked: plan.stream.is_some() && !head.headers.contains_key(header::CONTENT_LENGTH),
+            method: head.method,
+            target: head.target,
+            preserve_host: self.listener.cfg.headers.preserve_host && head.has_host,
+            headers: head.headers,
+            replay: plan.replay,
+            stream: plan.stream.map(UpBody::Stream),
+            gate: plan.gate,
+            early_wait: match self.listener.cfg.early_response {
+                EarlyResponsePolicy::Hold => self.listener.cfg.early_response_hold,
+                EarlyResponsePolicy::Close => EARLY_RESPONSE_GRACE,
+            },
+            may_retry: facts.idempotent && replayable,
+        };
+        let (conn, answered) = self
+            .tries(&cluster, &mut prepared, &plan.progress, &facts, inflight)
+            .await?;
+        let rest = prepared.stream.take();
+        Ok(self.respond(
+            inflight,
+            cluster,
+            conn,
+            answered,
+            rest,
+            ds_upgrade,
+            head.upgrade,
+            facts.ambiguous_body,
+            facts.wants_close,
+        ))
+    }
+
+    /// A request head arrived: count it, note it, and start its access record.
+    fn begin(&self, req: &Request<Incoming>) -> Inflight {
         let index = self.conn.begin_request();
         self.journal().record_with(
             "request_head",
@@ -546,111 +748,67 @@ impl DsService {
             },
         );
         let logging = self.worker.access_log.enabled();
+        let text = |f: &dyn Fn() -> String| if logging { f() } else { String::new() };
         let record = Record {
-            started: Instant::now(),
-            index,
-            method: req.method().clone(),
-            path: if logging {
+            path: text(&|| {
                 req.uri()
                     .path_and_query()
                     .map_or_else(|| req.uri().to_string(), |p| p.as_str().to_owned())
-            } else {
-                String::new()
-            },
-            version: req.version(),
-            host: if logging {
+            }),
+            host: text(&|| {
                 req.headers()
                     .get(header::HOST)
                     .and_then(|h| h.to_str().ok())
                     .unwrap_or("")
                     .to_owned()
-            } else {
-                String::new()
-            },
-            bytes_in: None,
-            bytes_in_fixed: 0,
-            connect_ms: None,
-            first_byte_ms: None,
-            cluster: None,
-            endpoint: None,
-            upstream_conn: None,
-            upstream_reused: None,
-            upstream_conn_requests: None,
-            upstream_conn_age_ms: None,
-            upstream_conn_closed: None,
-            retries: Vec::new(),
-            downstream_close: None,
-            detail: None,
-            wants_close: wants_close(&req),
+            }),
+            wants_close: wants_close(req),
+            ..Record::new(index, req.method().clone(), req.version())
         };
-        let mut inflight = Inflight {
+        Inflight {
             svc: self.clone(),
             record: Some(record),
             endpoint_in_flight: None,
-        };
-
-        // --- validate ---
-        if req.version() == Version::HTTP_11 && !req.headers().contains_key(header::HOST) {
-            return self.local(
-                &mut inflight,
-                StatusCode::BAD_REQUEST,
-                Termination::MissingHost,
-                "HTTP/1.1 request without a Host header".into(),
-                Some(CloseReason::BadRequest),
-            );
         }
-        if req.headers().get_all(header::HOST).iter().count() > 1 {
-            return self.local(
-                &mut inflight,
-                StatusCode::BAD_REQUEST,
-                Termination::BadRequest,
-                "more than one Host header".into(),
-                Some(CloseReason::BadRequest),
-            );
-        }
+    }
 
-        // --- route ---
+    /// The request's route: its cluster and its request buffer.
+    fn route_request(
+        &self,
+        req: &Request<Incoming>,
+        inflight: &mut Inflight,
+    ) -> Result<(Arc<Cluster>, usize), Refusal> {
         let host = if self.listener.routes_need_host {
-            request_host(&req).unwrap_or_default()
+            request_host(req).unwrap_or_default()
         } else {
             String::new()
         };
         let Some((cluster_idx, request_buffer)) = self.route(&host, req.uri().path()) else {
             let detail = format!(
                 "no route for host {:?} path {:?}",
-                request_host(&req).unwrap_or_default(),
+                request_host(req).unwrap_or_default(),
                 req.uri().path()
             );
-            return self.local(
-                &mut inflight,
+            return Err(Refusal::new(
                 StatusCode::NOT_FOUND,
                 Termination::NoRoute,
                 detail,
                 None,
-            );
+            ));
         };
         let cluster = self.worker.clusters[cluster_idx].clone();
         if let Some(r) = inflight.record.as_mut() {
             r.cluster = Some(cluster.name.clone());
         }
+        Ok((cluster, request_buffer))
+    }
 
-        // --- build the upstream request head ---
-        let ds_wants_close = wants_close(&req);
-        // A body on GET or HEAD: backends that ignore it would read it as the next request,
-        // so neither connection is reused after this exchange.
-        let ambiguous_body = (req.method() == Method::GET || req.method() == Method::HEAD)
-            && !req.body().is_end_stream();
-        let idempotent = retry::is_idempotent(&req);
-        let ds_upgrade = req
-            .headers()
-            .get(header::UPGRADE)
-            .is_some()
-            .then(|| hyper::upgrade::on(&mut req));
-        let (parts, body) = req.into_parts();
+    /// The head as it goes upstream: hop-by-hop fields out, forwarding fields in, the
+    /// upgrade or the close the exchange needs.
+    fn upstream_head(&self, parts: http::request::Parts, ambiguous_body: bool) -> UpstreamHead {
         let mut headers = parts.headers;
         let original_host = headers.get(header::HOST).cloned();
         let upgrade = forward::strip_hop_by_hop(&mut headers);
-        let ds_upgrade = if upgrade.is_some() { ds_upgrade } else { None };
         forward::add_forwarding(
             &mut headers,
             &self.listener.cfg.headers,
@@ -668,197 +826,168 @@ impl DsService {
         let expect_continue = headers
             .get(header::EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-        let uri: Uri = parts
-            .uri
-            .path_and_query()
-            .map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone()));
-        let method = parts.method;
+        UpstreamHead {
+            method: parts.method,
+            target: parts
+                .uri
+                .path_and_query()
+                .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+            headers,
+            has_host: original_host.is_some(),
+            upgrade,
+            expect_continue,
+        }
+    }
 
-        // --- the request body ---
-        let progress = Arc::new(BodyProgress::default());
-        let mut replay: Option<Bytes> = None;
-        let mut stream: Option<Box<StreamBody>> = None;
-        let mut gate: Option<Arc<ExpectGate>> = None;
+    /// What becomes of the request body: read whole before an upstream is chosen (bodies
+    /// the route buffers, so a slow client holds no upstream connection, and small bodies
+    /// of idempotent requests, replayable on a retry), or streamed. `Expect: 100-continue`
+    /// leaves the choice to the origin, so such bodies stream.
+    async fn request_body(
+        &self,
+        body: Incoming,
+        cluster: &Cluster,
+        request_buffer: usize,
+        facts: &RequestFacts,
+        head: &UpstreamHead,
+        inflight: &mut Inflight,
+    ) -> Result<BodyPlan, Refusal> {
+        let mut plan = BodyPlan::default();
         if body.is_end_stream() {
-            progress.mark_done();
+            plan.progress.mark_done();
+            return Ok(plan);
+        }
+        let exact = body.size_hint().exact();
+        let fits = |limit: usize| exact.is_some_and(|n| n <= limit as u64);
+        let retry_buffer = cluster.cfg.retry.buffer_bytes;
+        let buffer = if head.expect_continue {
+            None
+        } else if fits(request_buffer) {
+            Some(request_buffer)
+        } else if facts.idempotent && fits(retry_buffer) {
+            Some(retry_buffer)
         } else {
-            // Read whole before an upstream is chosen: bodies the route buffers (a slow
-            // client then holds no upstream connection), and small bodies of idempotent
-            // requests (replayable on a retry). `Expect: 100-continue` leaves the choice to
-            // the origin, so such bodies stream.
-            let exact = body.size_hint().exact();
-            let fits = |limit: usize| exact.is_some_and(|n| n <= limit as u64);
-            let retry_buffer = cluster.cfg.retry.buffer_bytes;
-            let buffer = if expect_continue {
-                None
-            } else if fits(request_buffer) {
-                Some(request_buffer)
-            } else if idempotent && fits(retry_buffer) {
-                Some(retry_buffer)
-            } else {
-                None
-            };
-            if let Some(limit) = buffer {
-                let timeout = self.listener.cfg.request_body_timeout;
-                match collect_bounded(body, limit, timeout).await {
-                    Ok(b) => {
-                        progress.mark_done();
-                        if let Some(r) = inflight.record.as_mut() {
-                            r.bytes_in_fixed = b.len() as u64;
-                        }
-                        replay = Some(b);
-                    }
-                    Err(BodyReadError::Stalled) => {
-                        return self.local(
-                            &mut inflight,
-                            StatusCode::REQUEST_TIMEOUT,
-                            Termination::RequestBodyTimeout,
-                            format!("no request body bytes for {timeout:?}"),
-                            Some(CloseReason::RequestBodyTimeout),
-                        )
-                    }
-                    Err(BodyReadError::Failed(e)) => {
-                        return self.local(
-                            &mut inflight,
-                            StatusCode::BAD_REQUEST,
-                            Termination::DownstreamBodyError,
-                            format!("request body could not be read: {e}"),
-                            Some(CloseReason::BadRequest),
-                        )
+            None
+        };
+        if let Some(limit) = buffer {
+            let timeout = self.listener.cfg.request_body_timeout;
+            let b = collect_bounded(body, limit, timeout)
+                .await
+                .map_err(|e| e.refusal(timeout))?;
+            plan.progress.mark_done();
+            if let Some(r) = inflight.record.as_mut() {
+                r.bytes_in_fixed = b.len() as u64;
+            }
+            plan.replay = Some(b);
+            return Ok(plan);
+        }
+        let mut body = body;
+        let mut first = None;
+        if head.expect_continue {
+            // Opened by the upstream's 100, or by the exchange's timer.
+            plan.gate = Some(Arc::new(ExpectGate::default()));
+        } else {
+            // Wait for the first body bytes before touching an upstream: a body that is
+            // broken from its first byte never reaches one (R12).
+            match body.frame().await {
+                Some(Ok(f)) => {
+                    first = Some(f);
+                    if body.is_end_stream() {
+                        plan.progress.mark_done();
                     }
                 }
-            } else {
-                let mut body = body;
-                let mut first = None;
-                if expect_continue {
-                    // Opened by the upstream's 100, or by the exchange's timer.
-                    gate = Some(Arc::new(ExpectGate::default()));
-                } else {
-                    // Wait for the first body bytes before touching an upstream: a body
-                    // that is broken from its first byte never reaches one (R12).
-                    match body.frame().await {
-                        Some(Ok(f)) => {
-                            first = Some(f);
-                            if body.is_end_stream() {
-                                progress.mark_done();
-                            }
-                        }
-                        Some(Err(e)) => {
-                            return self.local(
-                                &mut inflight,
-                                StatusCode::BAD_REQUEST,
-                                Termination::BadRequest,
-                                format!("malformed request body: {e}"),
-                                Some(CloseReason::BadRequest),
-                            )
-                        }
-                        None => progress.mark_done(),
-                    }
+                Some(Err(e)) => {
+                    return Err(Refusal::new(
+                        StatusCode::BAD_REQUEST,
+                        Termination::BadRequest,
+                        format!("malformed request body: {e}"),
+                        Some(CloseReason::BadRequest),
+                    ))
                 }
-                if let Some(r) = inflight.record.as_mut() {
-                    r.bytes_in = Some(progress.clone());
-                }
-                stream = Some(Box::new(StreamBody {
-                    ended: first.is_none() && progress.is_done(),
-                    first,
-                    inner: body,
-                    progress: progress.clone(),
-                    gate: gate.clone(),
-                }));
+                None => plan.progress.mark_done(),
             }
         }
-        let replayable = stream.is_none();
-        cluster.budget.deposit();
-        let chunked = stream.is_some() && !headers.contains_key(header::CONTENT_LENGTH);
-        let mut req = Prepared {
-            method,
-            target: uri.to_string(),
-            preserve_host: self.listener.cfg.headers.preserve_host && original_host.is_some(),
-            headers,
-            replay,
-            stream: stream.map(UpBody::Stream),
-            chunked,
-            gate,
-            early_wait: match self.listener.cfg.early_response {
-                EarlyResponsePolicy::Hold => self.listener.cfg.early_response_hold,
-                EarlyResponsePolicy::Close => EARLY_RESPONSE_GRACE,
-            },
-            may_retry: idempotent && replayable,
-        };
+        if let Some(r) = inflight.record.as_mut() {
+            r.bytes_in = Some(plan.progress.clone());
+        }
+        plan.stream = Some(Box::new(StreamBody {
+            ended: first.is_none() && plan.progress.is_done(),
+            first,
+            inner: body,
+            progress: plan.progress.clone(),
+            gate: plan.gate.clone(),
+        }));
+        Ok(plan)
+    }
 
-        // --- tries ---
+    /// Tries until a response head comes back or the retry rules refuse.
+    async fn tries(
+        &self,
+        cluster: &Arc<Cluster>,
+        req: &mut Prepared,
+        progress: &BodyProgress,
+        facts: &RequestFacts,
+        inflight: &mut Inflight,
+    ) -> Result<(UpstreamConn, Answered), Refusal> {
+        let replayable = req.stream.is_none();
         let mut retries_done = 0u32;
         let mut avoid: Vec<usize> = Vec::new();
-        let (conn, answered) = loop {
+        loop {
             let ep_idx = cluster.pick(&avoid);
-            let err = match self
-                .attempt(&cluster, ep_idx, &mut req, &mut inflight)
-                .await
-            {
-                Ok(ok) => break ok,
+            let err = match self.attempt(cluster, ep_idx, req, inflight).await {
+                Ok(ok) => return Ok(ok),
                 Err(e) => e,
             };
             if progress.failed() {
-                return self.local(
-                    &mut inflight,
+                return Err(Refusal::new(
                     StatusCode::BAD_REQUEST,
                     Termination::DownstreamBodyError,
                     "the request body failed while it was forwarded".into(),
                     None,
-                );
+                ));
             }
             let (term, reason) = err.classify();
             if err.reused && matches!(err.kind, TryErrorKind::PeerGone(_)) {
                 self.worker.metrics.race("R1", "reused_connection_failed");
             }
-            let detail = match err.conn {
-                Some(id) => format!(
-                    "upstream {} (conn {id}, {}): {err}",
-                    cluster.endpoints[ep_idx].label,
-                    if err.reused { "reused" } else { "new" }
-                ),
-                None => format!("upstream {}: {err}", cluster.endpoints[ep_idx].label),
-            };
             // A body handed on in part cannot be sent again; one never touched can.
             let replayable = replayable || !err.written;
-            match self.retry_decision(
-                &cluster,
-                &mut inflight,
+            let decision = self.retry_decision(
+                cluster,
+                inflight,
                 err.failure(),
-                idempotent,
+                facts.idempotent,
                 replayable,
                 retries_done,
                 reason,
-            ) {
-                Decision::Retry => {
-                    retries_done += 1;
-                    if err.says_upstream_unhealthy() {
-                        avoid.push(ep_idx);
-                        self.backoff(&cluster, retries_done).await;
-                    }
-                }
-                d => {
-                    let status = if term == Termination::ResponseTimeout {
-                        StatusCode::GATEWAY_TIMEOUT
-                    } else {
-                        StatusCode::BAD_GATEWAY
-                    };
-                    return self.local(&mut inflight, status, refusal_term(d, term), detail, None);
-                }
+            );
+            if decision != Decision::Retry {
+                let label = &cluster.endpoints[ep_idx].label;
+                let detail = match err.conn {
+                    Some(id) => format!(
+                        "upstream {label} (conn {id}, {}): {err}",
+                        if err.reused { "reused" } else { "new" }
+                    ),
+                    None => format!("upstream {label}: {err}"),
+                };
+                let status = if term == Termination::ResponseTimeout {
+                    StatusCode::GATEWAY_TIMEOUT
+                } else {
+                    StatusCode::BAD_GATEWAY
+                };
+                return Err(Refusal::new(
+                    status,
+                    refusal_term(decision, term),
+                    detail,
+                    None,
+                ));
             }
-        };
-        let rest = req.stream.take();
-        self.respond(
-            &mut inflight,
-            cluster,
-            conn,
-            answered,
-            rest,
-            ds_upgrade,
-            upgrade,
-            ambiguous_body,
-            ds_wants_close,
-        )
+            retries_done += 1;
+            if err.says_upstream_unhealthy() {
+                avoid.push(ep_idx);
+                self.backoff(cluster, retries_done).await;
+            }
+        }
     }
 
     /// The response head came back: decide both connections' reuse and hand the response

@@ -226,68 +226,169 @@ impl FramingGuard {
 
     /// Checks a complete head and says what follows it.
     fn check_head(&self) -> Result<State, FramingViolation> {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&self.pending) {
-            Ok(httparse::Status::Complete(_)) => {}
+        let c = check_head(&self.pending)?;
+        Ok(match c {
             // hyper refuses these heads itself (400 or 431).
-            _ => return Ok(State::Passthrough),
-        }
-        check_target(req.method.unwrap_or(""), req.path.unwrap_or(""))?;
-        let http10 = req.version == Some(0);
-        let mut content_length: Option<u64> = None;
-        let mut cl_count = 0;
-        let mut te: Option<Vec<u8>> = None;
-        let mut upgrade = false;
-        for h in req.headers.iter() {
-            if folds_into_framing_header(h.name) {
-                return Err(FramingViolation::FramingHeaderLookalike);
-            }
-            if h.name.eq_ignore_ascii_case("content-length") {
-                cl_count += 1;
-                content_length =
-                    Some(parse_length(h.value).ok_or(FramingViolation::InvalidContentLength)?);
-            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                let t = te.get_or_insert_with(Vec::new);
-                if !t.is_empty() {
-                    t.push(b',');
-                }
-                t.extend_from_slice(h.value);
-            } else if h.name.eq_ignore_ascii_case("upgrade") {
-                upgrade = true;
-            }
-        }
-        if cl_count > 1 {
-            return Err(FramingViolation::DuplicateContentLength);
-        }
-        let method_switches = req.method == Some("CONNECT") || upgrade;
-        if let Some(te) = te {
-            if content_length.is_some() {
-                return Err(FramingViolation::ContentLengthAndTransferEncoding);
-            }
-            if http10 {
-                return Err(FramingViolation::TransferEncodingOnHttp10);
-            }
-            let codings: Vec<&[u8]> = te.split(|&b| b == b',').map(<[u8]>::trim_ascii).collect();
-            let chunked = |c: &[u8]| c.eq_ignore_ascii_case(b"chunked");
-            let last_chunked = codings.last().is_some_and(|c| chunked(c));
-            if !last_chunked || codings.iter().filter(|c| chunked(c)).count() > 1 {
-                return Err(FramingViolation::TransferEncodingNotChunked);
-            }
-            return Ok(if method_switches {
-                State::Passthrough
-            } else {
-                State::Body(BodyDecoder::new(Framing::Chunked))
-            });
-        }
-        if method_switches {
-            return Ok(State::Passthrough);
-        }
-        Ok(match content_length {
-            Some(n) if n > 0 => State::Body(BodyDecoder::new(Framing::Length(n))),
-            _ => State::Head,
+            Checked { parsed: false, .. } | Checked { switches: true, .. } => State::Passthrough,
+            Checked {
+                framing: Framing::Empty | Framing::Length(0),
+                ..
+            } => State::Head,
+            Checked { framing, .. } => State::Body(BodyDecoder::new(framing)),
         })
     }
+}
+
+/// What a complete request head says of what follows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checked {
+    /// `httparse` read the head (within [`MAX_HEADERS`] fields); the other fields mean
+    /// nothing when it did not.
+    pub parsed: bool,
+    /// How the request body is framed.
+    pub framing: Framing,
+    /// The request may switch protocols (`Upgrade`, `CONNECT`).
+    pub switches: bool,
+}
+
+/// Checks a complete request head (from its request line to its empty line) against the
+/// rules above, and says how its body is framed.
+pub fn check_head(head: &[u8]) -> Result<Checked, FramingViolation> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let unparsed = Checked {
+        parsed: false,
+        framing: Framing::Empty,
+        switches: false,
+    };
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        _ => return Ok(unparsed),
+    }
+    check_target(req.method.unwrap_or(""), req.path.unwrap_or(""))?;
+    let http10 = req.version == Some(0);
+    let mut content_length: Option<u64> = None;
+    let mut cl_count = 0;
+    let mut te: Option<Vec<u8>> = None;
+    let mut upgrade = false;
+    for h in req.headers.iter() {
+        if folds_into_framing_header(h.name) {
+            return Err(FramingViolation::FramingHeaderLookalike);
+        }
+        if h.name.eq_ignore_ascii_case("content-length") {
+            cl_count += 1;
+            content_length =
+                Some(parse_length(h.value).ok_or(FramingViolation::InvalidContentLength)?);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            let t = te.get_or_insert_with(Vec::new);
+            if !t.is_empty() {
+                t.push(b',');
+            }
+            t.extend_from_slice(h.value);
+        } else if h.name.eq_ignore_ascii_case("upgrade") {
+            upgrade = true;
+        }
+    }
+    if cl_count > 1 {
+        return Err(FramingViolation::DuplicateContentLength);
+    }
+    let switches = req.method == Some("CONNECT") || upgrade;
+    let framing = if let Some(te) = te {
+        if content_length.is_some() {
+            return Err(FramingViolation::ContentLengthAndTransferEncoding);
+        }
+        if http10 {
+            return Err(FramingViolation::TransferEncodingOnHttp10);
+        }
+        let codings: Vec<&[u8]> = te.split(|&b| b == b',').map(<[u8]>::trim_ascii).collect();
+        let chunked = |c: &[u8]| c.eq_ignore_ascii_case(b"chunked");
+        let last_chunked = codings.last().is_some_and(|c| chunked(c));
+        if !last_chunked || codings.iter().filter(|c| chunked(c)).count() > 1 {
+            return Err(FramingViolation::TransferEncodingNotChunked);
+        }
+        Framing::Chunked
+    } else {
+        match content_length {
+            Some(n) => Framing::Length(n),
+            None => Framing::Empty,
+        }
+    };
+    Ok(Checked {
+        parsed: true,
+        framing,
+        switches,
+    })
+}
+
+/// Why a request head at the front of a buffer cannot be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadError {
+    /// A framing or form rule above (400).
+    Violation(FramingViolation),
+    /// Over the size limit before its end (431).
+    TooLarge,
+    /// Not a request head `httparse` reads (400).
+    Malformed,
+}
+
+/// A complete request head at the front of a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FoundHead {
+    /// Where the request line starts (after empty lines before it).
+    pub start: usize,
+    /// Where the head ends (after its empty line): the body or the next request follows.
+    pub end: usize,
+    pub framing: Framing,
+    pub switches: bool,
+}
+
+/// Looks for a complete request head at the front of `buf`, with every rule of the gate:
+/// empty lines before it are skipped, every line must end in CRLF (checked as bytes
+/// arrive, so a head with bare LFs is refused before it is complete), the head must end
+/// within `max_head` bytes, and a request line of `HTTP/1.2` to `HTTP/1.9` is rewritten in
+/// place as HTTP/1.1. `Ok(None)`: not complete yet.
+pub fn find_head(buf: &mut [u8], max_head: usize) -> Result<Option<FoundHead>, HeadError> {
+    let start = buf
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(buf.len());
+    let end = find(&buf[start..], b"\r\n\r\n").map(|p| start + p + 4);
+    let limit = (start + max_head + 1).min(buf.len());
+    let checked = end.unwrap_or(limit).min(limit);
+    if bare_line_end(&buf[..checked], start, 0) {
+        return Err(HeadError::Violation(FramingViolation::BareLineEnd));
+    }
+    let Some(end) = end.filter(|&e| e - start <= max_head) else {
+        return if buf.len() - start > max_head {
+            Err(HeadError::TooLarge)
+        } else {
+            Ok(None)
+        };
+    };
+    if let Some(line_end) = request_line_end(&buf[..end]) {
+        if let Some(d) = newer_minor_version(&buf[..=line_end]) {
+            buf[d] = b'1';
+        }
+    }
+    let c = check_head(&buf[start..end]).map_err(HeadError::Violation)?;
+    if !c.parsed {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let too_many = matches!(
+            httparse::Request::new(&mut fields).parse(&buf[start..end]),
+            Err(httparse::Error::TooManyHeaders)
+        );
+        return Err(if too_many {
+            HeadError::TooLarge
+        } else {
+            HeadError::Malformed
+        });
+    }
+    Ok(Some(FoundHead {
+        start,
+        end,
+        framing: c.framing,
+        switches: c.switches,
+    }))
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -662,6 +763,38 @@ mod tests {
             })
         );
         assert_eq!(g.take_held(), b"GET /x HT");
+    }
+
+    #[test]
+    fn heads_are_found_whole_with_the_gates_rules() {
+        let mut b = b"\r\nGET / HTTP/1.4\r\nhost: a\r\ncontent-length: 2\r\n\r\nhiGET".to_vec();
+        let h = find_head(&mut b, 1024).unwrap().unwrap();
+        assert_eq!((h.start, h.end), (2, 48));
+        assert_eq!(h.framing, Framing::Length(2));
+        assert!(
+            b.starts_with(b"\r\nGET / HTTP/1.1\r\n"),
+            "the version is served as 1.1"
+        );
+        let mut partial = b"GET / HTTP/1.1\r\nhost: a\r\n".to_vec();
+        assert_eq!(find_head(&mut partial, 1024), Ok(None));
+        let mut bare = b"GET / HTTP/1.1\nhost: a".to_vec();
+        assert_eq!(
+            find_head(&mut bare, 1024),
+            Err(HeadError::Violation(FramingViolation::BareLineEnd)),
+            "refused before the head is complete"
+        );
+        let mut big = format!("GET / HTTP/1.1\r\nx: {}", "a".repeat(100)).into_bytes();
+        assert_eq!(find_head(&mut big, 64), Err(HeadError::TooLarge));
+        let mut smuggle =
+            b"POST / HTTP/1.1\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+        assert_eq!(
+            find_head(&mut smuggle, 1024),
+            Err(HeadError::Violation(
+                FramingViolation::ContentLengthAndTransferEncoding
+            ))
+        );
+        let mut junk = b"GET / HTTP/1.1\r\nbad header\r\n\r\n".to_vec();
+        assert_eq!(find_head(&mut junk, 1024), Err(HeadError::Malformed));
     }
 
     #[test]

@@ -9,5 +9,7 @@ pub mod gate;
 pub mod response;
 
 pub use body::{BodyDecoder, BodyError, Framing};
-pub use gate::{Fed, FramingGuard, FramingViolation};
+pub use gate::{
+    check_head, find_head, Checked, Fed, FoundHead, FramingGuard, FramingViolation, HeadError,
+};
 pub use response::{response_framing, ResponseFraming, ResponseFramingError};

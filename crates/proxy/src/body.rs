@@ -1,4 +1,4 @@
-//! Bodies in both directions, streamed frame by frame (hyper's backpressure: a frame is
+//! Bodies in both directions, streamed frame by frame (backpressure: a frame is
 //! only polled when the other side can take it), with progress tracking.
 //!
 //! * [`UpBody`]: the request body linger streams upstream.
@@ -16,7 +16,6 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use linger_h1::{BodyDecoder, Framing};
 use std::task::ready;
 
@@ -95,7 +94,7 @@ impl ExpectGate {
 #[derive(Debug)]
 pub struct StreamBody {
     pub first: Option<Frame<Bytes>>,
-    pub inner: Incoming,
+    pub inner: crate::downstream::ReqBody,
     pub progress: Arc<BodyProgress>,
     pub gate: Option<Arc<ExpectGate>>,
     pub ended: bool,
@@ -104,7 +103,7 @@ pub struct StreamBody {
 // === impl StreamBody ===
 
 impl StreamBody {
-    /// hyper stops polling a body whose length is used up, so the end is noticed here.
+    /// A body whose length is used up is not polled again, so the end is noticed here.
     fn check_end(&mut self) {
         if self.first.is_none() && self.inner.is_end_stream() && !self.ended {
             self.ended = true;
@@ -171,7 +170,7 @@ impl Body for UpBody {
                     Poll::Ready(Some(Err(e))) => {
                         s.ended = true;
                         s.progress.failed.store(true, Ordering::Relaxed);
-                        Poll::Ready(Some(Err(Box::new(e))))
+                        Poll::Ready(Some(Err(e)))
                     }
                 }
             }
@@ -334,7 +333,7 @@ fn poll_tail(
 
 /// Trailer lines (each with its CRLF) as header fields; lines that are no field are left
 /// out.
-fn parse_trailers(raw: &[u8]) -> http::HeaderMap {
+pub(crate) fn parse_trailers(raw: &[u8]) -> http::HeaderMap {
     let mut map = http::HeaderMap::new();
     for line in raw.split(|&b| b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -450,7 +449,7 @@ impl Body for DownBody {
                 if let Some(d) = f.data_ref() {
                     this.bytes_out += d.len() as u64;
                 }
-                // A body whose last frame was just produced is complete once hyper sees
+                // A body whose last frame was just produced is complete once the driver sees
                 // is_end_stream; finish eagerly so the connection is pooled at once.
                 if this.is_end_stream() {
                     this.finish();

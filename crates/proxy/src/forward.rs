@@ -10,7 +10,7 @@ use http::Version;
 use crate::config::{ForwardedFor, HeadersConfig};
 
 /// Fixed hop-by-hop headers. `Trailer` is not among them: RFC 9110 §6.6.2 makes it an
-/// end-to-end declaration of the trailer fields, and hyper only sends declared trailers.
+/// end-to-end declaration of the trailer fields.
 const HOP_BY_HOP: [&str; 6] = [
     "connection",
     "keep-alive",

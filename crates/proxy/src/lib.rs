@@ -1,7 +1,8 @@
 //! linger's production proxy: an HTTP/1.1 reverse proxy that owns every connection's
 //! lifecycle on both sides.
 //!
-//! * `downstream/`: the client side (hyper server `conn`), its timers and its close.
+//! * `downstream/`: the client side: one task per connection reads heads (linger-h1),
+//!   runs the request path and writes responses; its timers and its close.
 //! * `upstream/`: clusters, our own per-endpoint pool of bare sockets, the connector, and
 //!   linger's own HTTP/1.1 client exchange, driven in the request's task.
 //! * `lifecycle/`: sans-io decisions (reuse, keep-alive, close) that the two sides drive.
@@ -11,8 +12,8 @@
 //!
 //! # Cancel safety
 //!
-//! When the downstream closes while linger waits for an upstream response, hyper drops the
-//! request future; the upstream connection it holds is dropped with it (the origin sees
+//! When the downstream closes while linger waits for an upstream response, the driver drops
+//! the request future; the upstream connection it holds is dropped with it (the origin sees
 //! its socket close, counted as `aborted`) and the request is logged as
 //! `downstream.waiting.closed`. Dropping a response body before its end does the same with
 //! `downstream.response_body.closed`.

@@ -19,8 +19,8 @@ pub fn is_idempotent<B>(req: &Request<B>) -> bool {
 /// What is known about a failed try.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TryFailure {
-    /// Nothing of the request reached the upstream (connect failed, or hyper handed the
-    /// request back unsent, or no byte was written).
+    /// Nothing of the request reached the upstream (the connect failed, or no byte was
+    /// written).
     Unsent,
     /// The request may have reached the upstream; no response byte came back.
     MaybeSent,

@@ -1,13 +1,15 @@
-//! The downstream side: accept, drive each connection through hyper's server `conn`, and
+//! The downstream side: accept, drive each connection in one task (`driver.rs`), and
 //! own its timers and its close.
 //!
-//! hyper parses and frames; the driver here decides when a connection ends:
+//! linger parses and frames; the lifecycle machine decides when a connection ends:
 //! * idle timeout (no byte of a next request): graceful close, FIN then linger (R2);
 //! * header read timeout (a request head started but did not finish): 408, then close;
 //! * max age and drain: close when idle, `Connection: close` on the next response (R3, R10);
-//! * after hyper is done, [`linger_close`] drains what the peer still sends (R4) unless the
+//! * at the end, [`linger_close`] drains what the peer still sends (R4) unless the
 //!   peer already closed (R8: no wait when nothing can be unread).
 
+mod driver;
+mod inbound;
 pub mod service;
 
 use std::net::SocketAddr;
@@ -15,17 +17,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::Poll;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
-use crate::config::{HalfClosePolicy, ListenerConfig, RouteConfig};
-use crate::io::{self, linger_close, IoStats, LingerOutcome, SensorIo};
-use crate::lifecycle::connection::{Action, Connection, Timers};
+use crate::config::{ListenerConfig, RouteConfig};
+use crate::io::{self, linger_close, IoStats, LingerOutcome};
+use crate::lifecycle::connection::{Connection, Timers};
 use crate::lifecycle::downstream::DownstreamPolicy;
 use crate::observe::metrics::{CloseLabels, ListenerLabels, Name};
 use crate::observe::{
@@ -34,7 +32,11 @@ use crate::observe::{
 };
 use crate::upstream::Cluster;
 
+use self::driver::Ending;
+pub use self::inbound::ReqBody;
+use self::inbound::{Inbound, Shared};
 use self::service::DsService;
+use linger_h1::HeadError;
 
 static DOWNSTREAM_CONN_IDS: AtomicU64 = AtomicU64::new(1);
 
@@ -199,8 +201,6 @@ impl ListenerCtx {
 struct DsState {
     /// The connection's lifecycle machine.
     lc: Connection,
-    /// Bytes written to the socket when the last response ended.
-    written_at_idle: u64,
 }
 
 /// One downstream connection, shared by its driver and its service.
@@ -219,6 +219,8 @@ pub struct DsConn {
     pub(crate) violation_logged: std::sync::atomic::AtomicBool,
     /// linger closed the connection at the drain deadline, whatever it was doing.
     pub(crate) cut: std::sync::atomic::AtomicBool,
+    /// After a `101`, the upstream connection the tunnel takes over.
+    tunnel: Mutex<Option<crate::upstream::UpstreamConn>>,
 }
 
 // === impl DsConn ===
@@ -239,16 +241,19 @@ impl DsConn {
     pub fn end_request(&self) {
         {
             let mut s = self.state.lock().expect("conn state lock");
-            // A close decided on the response: hyper closes after it.
+            // A close decided on the response: the driver closes after it.
             let _ = s.lc.response_ended(Instant::now());
-            s.written_at_idle = self.stats.bytes_written();
         }
         self.stats.journal().set_state(ConnState::Idle);
-        self.stats.arm_first_read();
     }
 
-    fn written_at_idle(&self) -> u64 {
-        self.state.lock().expect("conn state lock").written_at_idle
+    /// Hands the upstream connection of an upgrade to the tunnel that follows the `101`.
+    pub fn set_tunnel(&self, up: crate::upstream::UpstreamConn) {
+        *self.tunnel.lock().expect("tunnel lock") = Some(up);
+    }
+
+    fn take_tunnel(&self) -> Option<crate::upstream::UpstreamConn> {
+        self.tunnel.lock().expect("tunnel lock").take()
     }
 
     /// Runs `f` on the lifecycle machine.
@@ -323,14 +328,6 @@ fn spawn_connection(
     });
 }
 
-/// What ended the driver's loop.
-enum Ending {
-    Hyper(Result<(), hyper::Error>),
-    HeaderTimeout,
-    /// The drain deadline passed with the connection still open.
-    Cut,
-}
-
 const RESPONSE_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-type: text/plain\r\ncontent-length: 48\r\n\r\n408 Request Timeout: request head not received\n";
 
 /// Drives one downstream connection from accept to close.
@@ -353,9 +350,7 @@ pub async fn serve_connection(
     worker.metrics.downstream_open.get_or_create(&labels).inc();
 
     let local = stream.local_addr().ok();
-    let io = SensorIo::with_framing_guard(stream, cfg.max_header_bytes);
-    let stats = io.stats();
-    stats.arm_first_read();
+    let stats = Arc::new(IoStats::default());
     let now = Instant::now();
     let id = DOWNSTREAM_CONN_IDS.fetch_add(1, Ordering::Relaxed);
     let entry = worker.registry.open(ConnEntry::new(
@@ -384,115 +379,130 @@ pub async fn serve_connection(
                 },
                 now,
             ),
-            written_at_idle: 0,
         }),
         violation_logged: std::sync::atomic::AtomicBool::new(false),
         cut: std::sync::atomic::AtomicBool::new(false),
+        tunnel: Mutex::new(None),
+    });
+    let shared = Arc::new(Shared {
+        stream,
+        stats: stats.clone(),
+        inbound: Mutex::new(Inbound::default()),
+        max_headers: cfg.max_headers,
     });
     let svc = DsService {
         worker: worker.clone(),
         listener: listener.clone(),
         conn: conn.clone(),
     };
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .max_buf_size(cfg.max_header_bytes.max(8192))
-        .max_headers(cfg.max_headers)
-        .half_close(cfg.half_close == HalfClosePolicy::Allow)
-        .keep_alive(true);
-    let mut hconn = builder
-        .serve_connection(TokioIo::new(io), svc)
-        .with_upgrades();
+    let ending = driver::run(&svc, &conn, &shared, &listener, worker.drain.clone()).await;
+    drop(svc);
+    // The close's futures live on the heap: an open connection's task stays small.
+    let bad_request = Box::pin(answer_ending(&ending, &worker, &listener, &conn, &shared)).await;
+    Box::pin(close_connection(
+        &ending,
+        bad_request,
+        &worker,
+        &listener,
+        &conn,
+        &shared,
+        labels,
+    ))
+    .await;
+}
 
-    let ending = drive(&worker, &conn, &stats, &mut hconn).await;
-
-    // --- close: take the socket back from hyper ---
-    let stream = hconn
-        .into_parts()
-        .map(|parts| parts.io.into_inner().into_stream());
-    let mut bad_request = false;
-    let cut = matches!(ending, Ending::Cut);
+/// Answers what the loop could not: a head that never completed (408) or that linger
+/// refuses (400, 431). Returns whether the connection closes as a bad request.
+async fn answer_ending(
+    ending: &Ending,
+    worker: &WorkerCtx,
+    listener: &ListenerCtx,
+    conn: &DsConn,
+    shared: &Shared,
+) -> bool {
+    let limit = Duration::from_secs(1);
     match ending {
         Ending::Cut => {
             tracing::info!(downstream_conn = conn.id, "closed at the drain deadline");
+            false
         }
         Ending::HeaderTimeout => {
-            // hyper never sent a response for the half-read head and is no longer polled;
-            // answer 408 ourselves.
-            if let Some(stream) = &stream {
-                write_all_best_effort(stream, RESPONSE_408, Duration::from_secs(1)).await;
-            }
+            driver::write_best_effort(shared, RESPONSE_408, limit).await;
+            let detail = format!(
+                "request head not complete within {:?}",
+                listener.cfg.header_read_timeout
+            );
             log_refusal(
-                &worker,
-                &listener,
-                &conn,
+                worker,
+                listener,
+                conn,
                 408,
                 Termination::RequestHeadTimeout,
-                format!(
-                    "request head not complete within {:?}",
-                    cfg.header_read_timeout
-                ),
+                detail,
             );
+            false
         }
-        Ending::Hyper(result) => {
-            if let Some(v) = stats.framing_violation() {
-                // The guard withheld the request (R12): hyper never saw it and no upstream
-                // got a byte. hyper may report that as a quiet close or as an error. Answer
-                // 400 unless part of a response already went out.
-                bad_request = true;
-                tracing::info!(downstream_conn = conn.id, violation = %v, "ambiguous request framing refused");
-                worker.metrics.race("R12", "ambiguous_framing_refused");
-                if stats.bytes_written() == conn.written_at_idle() {
-                    if let Some(stream) = &stream {
-                        let body = format!("400 Bad Request: {v}\n");
-                        let resp = format!(
-                            "HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n\r\n{body}",
-                            body.len()
-                        );
-                        write_all_best_effort(stream, resp.as_bytes(), Duration::from_secs(1))
-                            .await;
-                    }
-                }
-                if !conn.violation_logged.load(Ordering::Relaxed) {
-                    log_refusal(
-                        &worker,
-                        &listener,
-                        &conn,
+        Ending::BadHead(e) => {
+            let (status, term, detail) = match e {
+                HeadError::Violation(v) => {
+                    worker.metrics.race("R12", "ambiguous_framing_refused");
+                    tracing::info!(downstream_conn = conn.id, violation = %v, "ambiguous request framing refused");
+                    (
                         400,
                         Termination::BadRequest,
                         format!("ambiguous request framing: {v}"),
-                    );
+                    )
                 }
-            } else if let Err(e) = result {
-                if e.is_parse() || e.is_parse_too_large() {
-                    // hyper answered 400/431/414 with `Connection: close` itself.
-                    bad_request = true;
-                    tracing::info!(downstream_conn = conn.id, error = %e, "malformed request");
-                    let (status, term) = if e.is_parse_too_large() {
-                        (431, Termination::HeadTooLarge)
-                    } else {
-                        (400, Termination::BadRequest)
-                    };
-                    log_refusal(&worker, &listener, &conn, status, term, e.to_string());
-                } else {
-                    tracing::debug!(downstream_conn = conn.id, error = %e, "downstream connection error");
-                }
-            }
+                HeadError::TooLarge => (
+                    431,
+                    Termination::HeadTooLarge,
+                    "request head over the size or field-count limit".to_owned(),
+                ),
+                HeadError::Malformed => (
+                    400,
+                    Termination::BadRequest,
+                    "malformed request head".to_owned(),
+                ),
+            };
+            let reason = if status == 431 {
+                "Request Header Fields Too Large"
+            } else {
+                "Bad Request"
+            };
+            let body = format!("{status} {reason}: {detail}\n");
+            let resp = format!(
+                "HTTP/1.1 {status} {reason}\r\nconnection: close\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            driver::write_best_effort(shared, resp.as_bytes(), limit).await;
+            log_refusal(worker, listener, conn, status, term, detail);
+            true
         }
+        Ending::Closed | Ending::ClientGone | Ending::Tunneled => false,
     }
+}
+
+/// Closes the connection gracefully (FIN, then linger), and counts and explains it.
+async fn close_connection(
+    ending: &Ending,
+    bad_request: bool,
+    worker: &WorkerCtx,
+    listener: &ListenerCtx,
+    conn: &DsConn,
+    shared: &Shared,
+    labels: ListenerLabels,
+) {
+    let stats = &conn.stats;
     stats.journal().set_state(ConnState::Closing);
     // What arrived after linger's FIN: a request that met the close, if it parses as one.
     let mut late = Vec::new();
-    let outcome = match &stream {
+    let outcome = match ending {
+        // The tunnel closed both sides already.
+        Ending::Tunneled => LingerOutcome::PeerAlreadyClosed,
         // At the drain deadline there is no time left to linger: FIN, and close.
-        Some(stream) => {
-            let linger = if cut { Duration::ZERO } else { cfg.linger_time };
-            linger_close(stream, &stats, linger, &mut late).await
-        }
-        // Upgraded: the socket belongs to the tunnel now; it closes when the tunnel ends.
-        None => LingerOutcome::PeerAlreadyClosed,
+        Ending::Cut => linger_close(&shared.stream, stats, Duration::ZERO, &mut late).await,
+        _ => linger_close(&shared.stream, stats, listener.cfg.linger_time, &mut late).await,
     };
-    drop(stream);
     let reason = if bad_request {
         CloseReason::BadRequest
     } else {
@@ -515,7 +525,7 @@ pub async fn serve_connection(
         _ => {}
     }
     if Connection::closed_idle(reason) && !late.is_empty() {
-        log_request_at_idle_close(&worker, &listener, &conn, reason, &late);
+        log_request_at_idle_close(worker, listener, conn, reason, &late);
     }
     worker.registry.close(&conn.entry, reason.as_str());
     if reason.is_abnormal() {
@@ -546,7 +556,7 @@ pub async fn serve_connection(
     );
 }
 
-/// Logs a request that linger refused before it became a request (hyper or the framing
+/// Logs a request that linger refused before it became a request (the parser or the framing
 /// guard refused its head, or it never finished): the access log gets a line for it too.
 fn log_refusal(
     worker: &WorkerCtx,
@@ -673,98 +683,4 @@ pub(crate) fn log_journal(entry: &ConnEntry, reason: CloseReason) {
         %journal,
         "connection ended abnormally"
     );
-}
-
-/// Polls hyper's connection and the connection's one timer in the same task. Every state
-/// change (a request starts or ends, a head's first byte arrives) happens inside hyper's
-/// poll, so the timer is re-armed from the lifecycle machine right after it, with no
-/// cross-task notification.
-async fn drive(
-    worker: &WorkerCtx,
-    conn: &DsConn,
-    stats: &IoStats,
-    hconn: &mut HyperConn,
-) -> Ending {
-    let far = || Instant::now() + Duration::from_secs(86_400);
-    let mut sleep = Box::pin(tokio::time::sleep_until(far()));
-    // One watch on the drain state, in two stages: until the drain starts, then until the
-    // deadline cuts what is left.
-    let mut drain_watch = Box::pin(drain_reaches(worker.drain.clone(), Drain::Draining));
-    let mut shutting_down = false;
-    std::future::poll_fn(|cx| loop {
-        if let Poll::Ready(r) = Pin::new(&mut *hconn).poll(cx) {
-            return Poll::Ready(Ending::Hyper(r));
-        }
-        let now = Instant::now();
-        let action = if drain_watch.as_mut().poll(cx).is_ready() {
-            let d = *worker.drain.borrow();
-            if d == Drain::Draining {
-                drain_watch.set(drain_reaches(worker.drain.clone(), Drain::Cut));
-            }
-            conn.lifecycle(|lc| lc.drain(d, now))
-        } else {
-            let deadline = conn.lifecycle(|lc| {
-                if let Some(t) = stats.first_read_at() {
-                    lc.head_started(t);
-                }
-                lc.deadline()
-            });
-            let deadline = match deadline {
-                Some(d) if !shutting_down => d,
-                // No timer: leave the sleep far away (re-armed at most once an hour).
-                _ if sleep.deadline() > now + Duration::from_secs(3600) => sleep.deadline(),
-                _ => far(),
-            };
-            if deadline != sleep.deadline() {
-                sleep.as_mut().reset(deadline);
-            }
-            if sleep.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            conn.lifecycle(|lc| lc.on_timer(now))
-        };
-        match action {
-            Action::Wait => {}
-            Action::Cut => {
-                conn.cut.store(true, Ordering::Relaxed);
-                conn.stats
-                    .journal()
-                    .record_with("closing", CloseReason::DrainDeadline.as_str());
-                return Poll::Ready(Ending::Cut);
-            }
-            Action::AnswerTimeout => return Poll::Ready(Ending::HeaderTimeout),
-            Action::Close(reason) if !shutting_down => {
-                conn.stats.journal().record_with("closing", reason.as_str());
-                Pin::new(&mut *hconn).graceful_shutdown();
-                shutting_down = true;
-            }
-            Action::Close(_) => {}
-        }
-    })
-    .await
-}
-
-/// Resolves once the drain state is `at` or past it; never, if the server is gone.
-async fn drain_reaches(mut rx: watch::Receiver<Drain>, at: Drain) {
-    if rx.wait_for(|d| *d >= at).await.is_err() {
-        std::future::pending::<()>().await;
-    }
-}
-
-type HyperConn = hyper::server::conn::http1::UpgradeableConnection<TokioIo<SensorIo>, DsService>;
-
-async fn write_all_best_effort(stream: &TcpStream, mut bytes: &[u8], limit: Duration) {
-    let _ = tokio::time::timeout(limit, async {
-        while !bytes.is_empty() {
-            if stream.writable().await.is_err() {
-                return;
-            }
-            match stream.try_write(bytes) {
-                Ok(n) => bytes = &bytes[n..],
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(_) => return,
-            }
-        }
-    })
-    .await;
 }

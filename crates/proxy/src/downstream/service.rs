@@ -1,27 +1,23 @@
 //! The request path: one downstream request → route → upstream tries → one response.
 //!
-//! Cancel safety: hyper drops this future when the downstream closes while linger waits
+//! Cancel safety: the driver drops this future when the downstream closes while linger waits
 //! for the upstream (R7). The upstream connection the try holds is dropped with it (the
 //! origin sees its connection close at once, nothing is written to the gone client), and
 //! [`Inflight`]'s `Drop` logs `downstream.waiting.closed`.
 
-use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::inbound::ReqBody as Incoming;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::{DsConn, ListenerCtx, WorkerCtx};
 use linger_h1::Framing;
-use tokio::io::AsyncWriteExt;
 
 use crate::body::{BodyProgress, DownBody, Exchange, ExpectGate, StreamBody, UpBody, UpstreamBody};
 use crate::config::{EarlyResponsePolicy, HostMatch};
@@ -40,7 +36,7 @@ use crate::upstream::{Cluster, UpstreamConn};
 /// the body to finish before it is treated as an early response (R4).
 const EARLY_RESPONSE_GRACE: Duration = Duration::from_millis(20);
 
-/// The hyper service for one downstream connection.
+/// The request path of one downstream connection.
 #[derive(Clone)]
 pub struct DsService {
     pub worker: Arc<WorkerCtx>,
@@ -53,17 +49,6 @@ impl std::fmt::Debug for DsService {
         f.debug_struct("DsService")
             .field("conn", &self.conn.id)
             .finish()
-    }
-}
-
-impl hyper::service::Service<Request<Incoming>> for DsService {
-    type Response = Response<DownBody>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<DownBody>, Infallible>> + Send>>;
-
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move { Ok(this.handle(req).await) })
     }
 }
 
@@ -121,7 +106,7 @@ impl Record {
     }
 }
 
-/// A request in progress. Dropping it before the response is handed to hyper means the
+/// A request in progress. Dropping it before the response is handed to the driver means the
 /// downstream went away while linger waited (R7).
 struct Inflight {
     svc: DsService,
@@ -218,7 +203,7 @@ impl Exchange for Finish {
             record.upstream_conn_closed = Some(reason.as_str());
             conn.close(reason);
         }
-        // The downstream response is cut short: hyper closes the connection without the
+        // The downstream response is cut short: the driver closes the connection without the
         // final chunk, or before the announced length (R11).
         self.svc.conn.set_close_reason(CloseReason::ErrorResponse);
         self.svc
@@ -510,7 +495,7 @@ impl DsService {
         self.conn.stats.journal()
     }
 
-    /// A response head is handed to hyper.
+    /// A response head is handed to the driver.
     fn responding(&self, status: u16) {
         let j = self.journal();
         j.set_state(ConnState::Responding);
@@ -673,7 +658,7 @@ impl DsService {
         }
     }
 
-    async fn handle(self, req: Request<Incoming>) -> Response<DownBody> {
+    pub(super) async fn handle(self, req: Request<Incoming>) -> Response<DownBody> {
         let mut inflight = self.begin(&req);
         match self.forward(req, &mut inflight).await {
             Ok(resp) => resp,
@@ -685,20 +670,15 @@ impl DsService {
     /// tries, the response. Every refusal comes back as a [`Refusal`] that `handle` answers.
     async fn forward(
         &self,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         inflight: &mut Inflight,
     ) -> Result<Response<DownBody>, Refusal> {
         validate(&req)?;
         let (cluster, request_buffer) = self.route_request(&req, inflight)?;
         let facts = RequestFacts::of(&req);
-        let ds_upgrade = req
-            .headers()
-            .get(header::UPGRADE)
-            .is_some()
-            .then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
         let head = self.upstream_head(parts, facts.ambiguous_body);
-        let ds_upgrade = ds_upgrade.filter(|_| head.upgrade.is_some());
+        let ds_upgrade = head.upgrade.is_some();
         let plan = self
             .request_body(body, &cluster, request_buffer, &facts, &head, inflight)
             .await?;
@@ -1000,7 +980,7 @@ impl DsService {
         conn: UpstreamConn,
         answered: Answered,
         rest: Option<UpBody>,
-        ds_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        ds_upgrade: bool,
         upgrade: Option<HeaderValue>,
         ambiguous_body: bool,
         ds_wants_close: bool,
@@ -1034,10 +1014,8 @@ impl DsService {
             _ if !body_complete => Reuse::Close(CloseReason::UnknownState),
             keep => keep,
         };
-        if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(ds_upgrade) = ds_upgrade {
-                return self.upgrade(inflight, conn, parts, ds_upgrade, upgrade);
-            }
+        if parts.status == StatusCode::SWITCHING_PROTOCOLS && ds_upgrade {
+            return self.upgrade(inflight, conn, parts, upgrade);
         }
         let mut record = inflight.record.take().expect("record is taken once");
         // The try goes on until the body ends: the exchange's finish ends it.
@@ -1187,39 +1165,21 @@ impl DsService {
         }
     }
 
+    /// A `101`: the connection's driver writes it, then hands both sockets to a tunnel.
     fn upgrade(
         &self,
         inflight: &mut Inflight,
         mut conn: UpstreamConn,
         mut parts: http::response::Parts,
-        ds_upgrade: hyper::upgrade::OnUpgrade,
         upgrade: Option<HeaderValue>,
     ) -> Response<DownBody> {
         let mut record = inflight.record.take().expect("record is taken once");
         if let Some((cluster, ep)) = inflight.endpoint_in_flight.take() {
             cluster.end_try(ep);
         }
-        let conn_id = self.conn.id;
         conn.stats.journal().record("upgraded");
         conn.set_close_reason(CloseReason::UpgradeEnded);
-        tokio::spawn(async move {
-            let ds = match ds_upgrade.await {
-                Ok(ds) => ds,
-                Err(e) => {
-                    tracing::info!(downstream_conn = conn_id, error = %e, "upgrade failed");
-                    conn.close(CloseReason::Aborted);
-                    return;
-                }
-            };
-            let mut ds = hyper_util::rt::TokioIo::new(ds);
-            // Bytes the upstream sent right after its 101 go first.
-            let early = std::mem::take(&mut conn.buf);
-            if !early.is_empty() && ds.write_all(&early).await.is_err() {
-                return;
-            }
-            let r = tokio::io::copy_bidirectional(&mut ds, conn.stream_mut()).await;
-            tracing::debug!(downstream_conn = conn_id, result = ?r, "upgraded tunnel ended");
-        });
+        self.conn.set_tunnel(conn);
         let upgrade_value = parts.headers.get(header::UPGRADE).cloned().or(upgrade);
         forward::strip_hop_by_hop(&mut parts.headers);
         parts

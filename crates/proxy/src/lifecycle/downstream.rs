@@ -2,7 +2,7 @@
 //!
 //! The invariant: every HTTP/1.1 response after which linger closes carries
 //! `Connection: close`. The service asks `decide` before it sends a response head and
-//! writes the header itself; hyper then closes after that response.
+//! writes the header itself; the driver then closes after that response.
 
 use std::time::Duration;
 

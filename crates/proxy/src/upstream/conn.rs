@@ -26,8 +26,10 @@ use crate::observe::{CloseReason, ConnEntry, Metrics, Registry};
 /// reader of a 1 MiB response; HAProxy's buffers are 16 KiB). 64 KiB reads still move a
 /// large body in few wake-ups.
 pub const UPSTREAM_READ_BUFFER: usize = 64 * 1024;
-/// The first read of an exchange: enough for most response heads and small bodies.
-const FIRST_READ: usize = 16 * 1024;
+/// The first read of an exchange (or of a request head): enough for most heads and small
+/// bodies; larger ones grow the buffer to [`UPSTREAM_READ_BUFFER`]. Kept small because
+/// every connection in the middle of an exchange holds one.
+const FIRST_READ: usize = 4 * 1024;
 
 /// What a look at an idle connection found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,27 +199,35 @@ impl UpstreamConn {
     }
 }
 
-/// Reads what `stream` has into `buf` (growing it for the read); `Ok(0)` is the FIN.
+/// Reads what `stream` has into `buf` (growing it once bytes are there); `Ok(0)` is the
+/// FIN.
 pub fn poll_fill(
     stream: &TcpStream,
     buf: &mut BytesMut,
     stats: &IoStats,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
-    if buf.capacity() - buf.len() < 1024 {
-        buf.reserve(if buf.capacity() == 0 {
-            FIRST_READ
-        } else {
-            UPSTREAM_READ_BUFFER
-        });
-    }
     loop {
         if let Err(e) = ready!(stream.poll_read_ready(cx)) {
             stats.record_error(&e);
             return Poll::Ready(Err(e));
         }
+        // The buffer grows only once there is something to read: a connection that waits
+        // holds none.
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(if buf.capacity() == 0 {
+                FIRST_READ
+            } else {
+                UPSTREAM_READ_BUFFER
+            });
+        }
         match stream.try_read_buf(buf) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if buf.is_empty() {
+                    *buf = BytesMut::new();
+                }
+                continue;
+            }
             Err(e) => {
                 stats.record_error(&e);
                 return Poll::Ready(Err(e));

@@ -28,6 +28,10 @@ const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// The most header fields a response head may have.
 const MAX_RESPONSE_HEADERS: usize = 128;
 
+/// A reason phrase other than the status code's own, forwarded as the upstream sent it.
+#[derive(Debug, Clone)]
+pub struct ReasonPhrase(pub Bytes);
+
 /// A parsed response head and how its body is framed.
 #[derive(Debug)]
 pub struct ResponseHead {
@@ -334,8 +338,8 @@ pub fn parse_response_head(
         } else {
             Version::HTTP_11
         });
-    if let Some(r) = reason.and_then(|r| hyper::ext::ReasonPhrase::try_from(r).ok()) {
-        builder = builder.extension(r);
+    if let Some(r) = reason {
+        builder = builder.extension(ReasonPhrase(r));
     }
     let mut parts = builder
         .body(())

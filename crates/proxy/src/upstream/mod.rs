@@ -5,7 +5,7 @@
 //! request that holds it drives the exchange in its own task; in the pool, a peek at
 //! checkout and the reaper's sweeps catch an upstream FIN, an RST or stray bytes (R1, R9).
 
-mod conn;
+pub(crate) mod conn;
 pub mod exchange;
 pub mod learn;
 mod pool;

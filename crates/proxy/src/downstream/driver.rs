@@ -1,0 +1,554 @@
+//! linger's own HTTP/1.1 server side: one task per client connection reads each request
+//! head (`linger_h1::find_head`: the gate's rules are the parser's), hands the request to
+//! the request path in the same task, writes the response as its body arrives, and watches
+//! the client and the drain meanwhile. The lifecycle machine (`lifecycle::connection`)
+//! holds the timers and the close reason; this loop does what it answers.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use linger_h1::{find_head, FoundHead, Framing, HeadError};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::inbound::{ReqBody, Shared};
+use super::service::DsService;
+use super::{DsConn, ListenerCtx};
+use crate::body::DownBody;
+use crate::config::HalfClosePolicy;
+use crate::lifecycle::connection::{Action, Drain};
+use crate::lifecycle::upstream::connection_has;
+use crate::upstream::conn::poll_fill;
+use crate::upstream::exchange::ReasonPhrase;
+use crate::upstream::UpstreamConn;
+
+/// What ended a connection's loop.
+#[derive(Debug)]
+pub enum Ending {
+    /// The client closed, or linger closes: after a response that said so, or at a timer
+    /// of the idle connection (the lifecycle machine names the reason).
+    Closed,
+    /// The head did not complete in time: 408.
+    HeaderTimeout,
+    /// The drain deadline passed with the connection still open.
+    Cut,
+    /// A head linger refuses: 400 or 431.
+    BadHead(HeadError),
+    /// The client left while a request was in flight (R5, R7).
+    ClientGone,
+    /// The connection became a tunnel, which has ended.
+    Tunneled,
+}
+
+/// What the response writer needs to know of the request.
+#[derive(Debug, Clone, Copy)]
+struct Asked {
+    head: bool,
+    http10: bool,
+    /// The client takes trailers (`TE: trailers`).
+    trailers: bool,
+}
+
+/// The connection's view of the drain.
+struct DrainWatch {
+    rx: watch::Receiver<Drain>,
+    /// The sender is gone: nothing will change any more.
+    closed: bool,
+}
+
+impl DrainWatch {
+    /// Resolves with the drain's new state.
+    async fn changed(&mut self) -> Drain {
+        if self.closed || self.rx.changed().await.is_err() {
+            self.closed = true;
+            std::future::pending::<()>().await;
+        }
+        *self.rx.borrow_and_update()
+    }
+}
+
+/// Serves requests on one connection until it ends.
+pub async fn run(
+    svc: &DsService,
+    conn: &Arc<DsConn>,
+    shared: &Arc<Shared>,
+    listener: &ListenerCtx,
+    drain: watch::Receiver<Drain>,
+) -> Ending {
+    let mut drain = DrainWatch {
+        rx: drain,
+        closed: false,
+    };
+    let now_draining = *drain.rx.borrow_and_update();
+    if now_draining != Drain::Running {
+        match conn.lifecycle(|lc| lc.drain(now_draining, Instant::now())) {
+            Action::Cut => return Ending::Cut,
+            Action::Close(_) => return Ending::Closed,
+            _ => {}
+        }
+    }
+    loop {
+        let found = match next_head(conn, shared, listener, &mut drain).await {
+            Ok(h) => h,
+            Err(e) => return e,
+        };
+        let (req, asked) = match request(found, shared) {
+            Ok(r) => r,
+            Err(e) => return Ending::BadHead(e),
+        };
+        // The request path's future lives on the heap while it runs: an idle connection
+        // keeps only this loop's small state.
+        let fut = Box::pin(svc.clone().handle(req));
+        let resp = match wait_response(fut, conn, shared, listener, &mut drain).await {
+            Ok(r) => r,
+            Err(e) => return e,
+        };
+        let upgrade = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        // On the heap while it runs, as the request path is.
+        let written = Box::pin(write_response(
+            resp, asked, conn, shared, listener, &mut drain,
+        ));
+        if let Err(e) = written.await {
+            return e;
+        }
+        if upgrade {
+            if let Some(up) = conn.take_tunnel() {
+                Box::pin(tunnel(shared, up)).await;
+                return Ending::Tunneled;
+            }
+        }
+        if conn.lifecycle(|lc| lc.close_reason()).is_some() {
+            return Ending::Closed;
+        }
+    }
+}
+
+/// Waits for the next complete request head, with the connection's timers and the drain.
+async fn next_head(
+    conn: &DsConn,
+    shared: &Shared,
+    listener: &ListenerCtx,
+    drain: &mut DrainWatch,
+) -> Result<FoundHead, Ending> {
+    let max = listener.cfg.max_header_bytes;
+    loop {
+        {
+            let mut ib = shared.inbound.lock().expect("inbound lock");
+            if ib.buf.is_empty() {
+                ib.release_if_empty();
+            } else {
+                conn.lifecycle(|lc| lc.head_started(Instant::now()));
+                match find_head(&mut ib.buf, max) {
+                    Ok(Some(h)) => return Ok(h),
+                    Ok(None) => {}
+                    Err(e) => return Err(Ending::BadHead(e)),
+                }
+            }
+        }
+        let deadline = conn.lifecycle(|lc| lc.deadline());
+        tokio::select! {
+            r = read_more(shared) => {
+                if !matches!(r, Ok(n) if n > 0) {
+                    return Err(Ending::Closed);
+                }
+                conn.stats.journal().set_state(crate::observe::ConnState::Reading);
+            }
+            _ = sleep_until(deadline) => {
+                match conn.lifecycle(|lc| lc.on_timer(Instant::now())) {
+                    Action::Close(reason) => {
+                        conn.stats.journal().record_with("closing", reason.as_str());
+                        return Err(Ending::Closed);
+                    }
+                    Action::AnswerTimeout => return Err(Ending::HeaderTimeout),
+                    Action::Cut => return Err(Ending::Cut),
+                    Action::Wait => {}
+                }
+            }
+            d = drain.changed() => {
+                match conn.lifecycle(|lc| lc.drain(d, Instant::now())) {
+                    Action::Cut => return Err(Ending::Cut),
+                    Action::Close(reason) => {
+                        conn.stats.journal().record_with("closing", reason.as_str());
+                        return Err(Ending::Closed);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads what the client sent into the shared buffer.
+async fn read_more(shared: &Shared) -> std::io::Result<usize> {
+    std::future::poll_fn(|cx| {
+        let mut ib = shared.inbound.lock().expect("inbound lock");
+        poll_fill(&shared.stream, &mut ib.buf, &shared.stats, cx)
+    })
+    .await
+}
+
+/// The request a found head describes, with its body reading from the connection.
+fn request(found: FoundHead, shared: &Arc<Shared>) -> Result<(Request<ReqBody>, Asked), HeadError> {
+    let mut ib = shared.inbound.lock().expect("inbound lock");
+    let head = ib.buf.split_to(found.end);
+    // Nothing read past the head: the buffer goes now, not after the response.
+    ib.release_if_empty();
+    let head = &head[found.start..];
+    let mut fields = vec![httparse::EMPTY_HEADER; shared.max_headers];
+    let mut parsed = httparse::Request::new(&mut fields);
+    match parsed.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+        _ => return Err(HeadError::Malformed),
+    }
+    let method = Method::from_bytes(parsed.method.unwrap_or("").as_bytes())
+        .map_err(|_| HeadError::Malformed)?;
+    let uri: Uri = parsed
+        .path
+        .unwrap_or("")
+        .parse()
+        .map_err(|_| HeadError::Malformed)?;
+    let version = if parsed.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| HeadError::Malformed)?;
+        let value = HeaderValue::from_bytes(h.value).map_err(|_| HeadError::Malformed)?;
+        headers.append(name, value);
+    }
+    let expect_continue = version == Version::HTTP_11
+        && headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let framing = if found.switches && method == Method::CONNECT {
+        Framing::Empty
+    } else {
+        found.framing
+    };
+    ib.start_body(framing, expect_continue);
+    drop(ib);
+    let asked = Asked {
+        head: method == Method::HEAD,
+        http10: version == Version::HTTP_10,
+        trailers: connection_has_token(&headers, header::TE, "trailers"),
+    };
+    let mut req = Request::new(ReqBody::new(shared.clone(), framing));
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = version;
+    *req.headers_mut() = headers;
+    Ok((req, asked))
+}
+
+fn connection_has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
+}
+
+/// Waits for the request path's response, watching the client (R7) and the drain.
+async fn wait_response<F>(
+    mut fut: Pin<Box<F>>,
+    conn: &DsConn,
+    shared: &Shared,
+    listener: &ListenerCtx,
+    drain: &mut DrainWatch,
+) -> Result<Response<DownBody>, Ending>
+where
+    F: Future<Output = Response<DownBody>>,
+{
+    let watch = listener.cfg.half_close == HalfClosePolicy::Abort;
+    loop {
+        tokio::select! {
+            biased;
+            resp = &mut fut => return Ok(resp),
+            () = client_gone(shared, listener), if watch => {
+                // Dropping the request path's future cancels the upstream exchange and logs
+                // the request (`downstream.waiting.closed`).
+                drop(fut);
+                return Err(Ending::ClientGone);
+            }
+            d = drain.changed() => {
+                if conn.lifecycle(|lc| lc.drain(d, Instant::now())) == Action::Cut {
+                    conn.cut.store(true, Ordering::Relaxed);
+                    drop(fut);
+                    return Err(Ending::Cut);
+                }
+            }
+        }
+    }
+}
+
+/// Resolves when the client closes or resets the connection while no body of its is
+/// being read; bytes it sends meanwhile (a pipelined request) are kept for later, up to
+/// a head's size.
+async fn client_gone(shared: &Shared, listener: &ListenerCtx) {
+    let max = listener.cfg.max_header_bytes;
+    std::future::poll_fn(|cx| {
+        let mut ib = shared.inbound.lock().expect("inbound lock");
+        loop {
+            if ib.body_pending() || ib.buf.len() > max {
+                // The body's reader sees the close; or enough is read ahead.
+                return Poll::Pending;
+            }
+            match poll_fill(&shared.stream, &mut ib.buf, &shared.stats, cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+}
+
+/// Writes a response head and its body as the body arrives.
+async fn write_response(
+    resp: Response<DownBody>,
+    asked: Asked,
+    conn: &DsConn,
+    shared: &Shared,
+    listener: &ListenerCtx,
+    drain: &mut DrainWatch,
+) -> Result<(), Ending> {
+    let (mut parts, mut body) = resp.into_parts();
+    let status = parts.status.as_u16();
+    let bodiless = asked.head || (100..200).contains(&status) || status == 204 || status == 304;
+    let chunked = frame_response(&mut parts.headers, &body, asked, bodiless);
+    if chunked.is_none() && !bodiless {
+        // Delimited by the close (an HTTP/1.0 client): the connection ends after it.
+        conn.set_close_reason(crate::observe::CloseReason::RequestedClose);
+    }
+    let mut out = Vec::with_capacity(256);
+    write_head(&mut out, &parts, asked.http10);
+    let watch = listener.cfg.half_close == HalfClosePolicy::Abort;
+    let mut trailers: Option<HeaderMap> = None;
+    loop {
+        let frame = tokio::select! {
+            biased;
+            f = body.frame() => f,
+            () = client_gone(shared, listener), if watch => {
+                drop(body);
+                return Err(Ending::ClientGone);
+            }
+            d = drain.changed() => {
+                if conn.lifecycle(|lc| lc.drain(d, Instant::now())) == Action::Cut {
+                    conn.cut.store(true, Ordering::Relaxed);
+                    drop(body);
+                    return Err(Ending::Cut);
+                }
+                continue;
+            }
+        };
+        match frame {
+            None => break,
+            Some(Err(_)) => {
+                // The upstream failed mid-body (R11): what came is sent, then the connection
+                // closes without the body's end, so the client sees it cut short.
+                let _ = write_all(shared, &out).await;
+                return Err(Ending::Closed);
+            }
+            Some(Ok(f)) => match f.into_data() {
+                Ok(d) if bodiless => drop(d),
+                Ok(d) => match chunked {
+                    Some(true) if !d.is_empty() => {
+                        out.extend_from_slice(format!("{:x}\r\n", d.len()).as_bytes());
+                        out.extend_from_slice(&d);
+                        out.extend_from_slice(b"\r\n");
+                    }
+                    _ => out.extend_from_slice(&d),
+                },
+                Err(f) => trailers = f.into_trailers().ok(),
+            },
+        }
+        if !body.is_end_stream() || out.len() > 64 * 1024 {
+            if write_all(shared, &out).await.is_err() {
+                drop(body);
+                return Err(Ending::ClientGone);
+            }
+            out.clear();
+        }
+    }
+    if chunked == Some(true) {
+        out.extend_from_slice(b"0\r\n");
+        if let Some(t) = trailers.filter(|_| asked.trailers) {
+            for (name, value) in &t {
+                out.extend_from_slice(name.as_str().as_bytes());
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(value.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    if !out.is_empty() && write_all(shared, &out).await.is_err() {
+        return Err(Ending::ClientGone);
+    }
+    Ok(())
+}
+
+/// Sets the response's framing fields: its `Content-Length` when the length is known,
+/// chunked otherwise (an HTTP/1.0 client gets a body that ends at the close). Returns
+/// `Some(chunked)` for a delimited body, `None` for one that ends at the close.
+fn frame_response(
+    headers: &mut HeaderMap,
+    body: &DownBody,
+    asked: Asked,
+    bodiless: bool,
+) -> Option<bool> {
+    if !headers.contains_key(header::DATE) {
+        headers.insert(header::DATE, http_date());
+    }
+    if asked.http10 && !connection_has(headers, "close") {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+    }
+    if bodiless || headers.contains_key(header::CONTENT_LENGTH) {
+        return Some(false);
+    }
+    if let Some(n) = body.size_hint().exact() {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        return Some(false);
+    }
+    if asked.http10 {
+        headers.remove(header::CONNECTION);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return None;
+    }
+    headers.insert(
+        header::TRANSFER_ENCODING,
+        HeaderValue::from_static("chunked"),
+    );
+    Some(true)
+}
+
+/// The `Date` field's value, made once a second per thread.
+fn http_date() -> HeaderValue {
+    thread_local! {
+        static CACHE: std::cell::RefCell<(u64, Option<HeaderValue>)> =
+            const { std::cell::RefCell::new((0, None)) };
+    }
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != secs || c.1.is_none() {
+            let v = HeaderValue::from_str(&httpdate::fmt_http_date(now))
+                .expect("an HTTP date is a valid header value");
+            *c = (secs, Some(v));
+        }
+        c.1.clone().expect("set above")
+    })
+}
+
+/// The status line (in the client's version: an HTTP/1.0 client is answered in 1.0) and
+/// the fields.
+fn write_head(out: &mut Vec<u8>, parts: &http::response::Parts, http10: bool) {
+    out.extend_from_slice(if http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
+    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.push(b' ');
+    let reason = parts
+        .extensions
+        .get::<ReasonPhrase>()
+        .map(|r| &r.0[..])
+        .or_else(|| parts.status.canonical_reason().map(str::as_bytes))
+        .unwrap_or(b"");
+    out.extend_from_slice(reason);
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes all of `bytes` to the client.
+async fn write_all(shared: &Shared, mut bytes: &[u8]) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        shared.stream.writable().await?;
+        match shared.stream.try_write(bytes) {
+            Ok(n) => {
+                shared.stats.written(Ok(n))?;
+                bytes = &bytes[n..];
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => {
+                shared.stats.record_error(&e);
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// After a `101`: bytes go both ways between the client and the upstream until both
+/// sides are done; bytes already read on either side go first.
+async fn tunnel(shared: &Shared, mut up: UpstreamConn) {
+    let early_up = std::mem::take(&mut up.buf);
+    let early_down = {
+        let mut ib = shared.inbound.lock().expect("inbound lock");
+        std::mem::take(&mut ib.buf)
+    };
+    let down = &shared.stream;
+    let upstream = up.stream_mut();
+    let a = pump(down, upstream, early_down);
+    let b = pump(upstream, down, early_up);
+    let _ = tokio::join!(a, b);
+}
+
+/// Copies `from` to `to` until `from` ends, then half-closes `to`.
+async fn pump(from: &TcpStream, to: &TcpStream, first: BytesMut) -> std::io::Result<()> {
+    let mut pending = first;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let mut left: &[u8] = &pending;
+        while !left.is_empty() {
+            to.writable().await?;
+            match to.try_write(left) {
+                Ok(n) => left = &left[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        pending.clear();
+        from.readable().await?;
+        match from.try_read(&mut buf) {
+            Ok(0) => {
+                let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
+                return Ok(());
+            }
+            Ok(n) => pending.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The best the client can get of a refusal, within `limit`.
+pub async fn write_best_effort(shared: &Shared, bytes: &[u8], limit: Duration) {
+    let _ = tokio::time::timeout(limit, write_all(shared, bytes)).await;
+}

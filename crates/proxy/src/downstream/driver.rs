@@ -207,23 +207,30 @@ async fn read_more(shared: &Shared) -> std::io::Result<usize> {
 /// The request a found head describes, with its body reading from the connection.
 fn request(found: FoundHead, shared: &Arc<Shared>) -> Result<(Request<ReqBody>, Asked), HeadError> {
     let mut ib = shared.inbound.lock().expect("inbound lock");
-    let head = ib.buf.split_to(found.end);
+    let head = ib.buf.split_to(found.end).freeze();
     // Nothing read past the head: the buffer goes now, not after the response.
     ib.release_if_empty();
-    let head = &head[found.start..];
-    let mut fields = vec![httparse::EMPTY_HEADER; shared.max_headers];
-    let mut parsed = httparse::Request::new(&mut fields);
-    match parsed.parse(head) {
+    let head = head.slice(found.start..);
+    // Uninitialised slots: a head's parse costs no zeroing of the field table.
+    let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; 128];
+    let mut spill = Vec::new();
+    let fields: &mut [std::mem::MaybeUninit<httparse::Header<'_>>] =
+        if shared.max_headers <= slots.len() {
+            &mut slots[..shared.max_headers]
+        } else {
+            spill.resize_with(shared.max_headers, std::mem::MaybeUninit::uninit);
+            &mut spill
+        };
+    let mut parsed = httparse::Request::new(&mut []);
+    match parsed.parse_with_uninit_headers(&head, fields) {
         Ok(httparse::Status::Complete(_)) => {}
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
         _ => return Err(HeadError::Malformed),
     }
     let method = Method::from_bytes(parsed.method.unwrap_or("").as_bytes())
         .map_err(|_| HeadError::Malformed)?;
-    let uri: Uri = parsed
-        .path
-        .unwrap_or("")
-        .parse()
+    // The target and the values are slices of the head, not copies.
+    let uri = Uri::from_maybe_shared(head.slice_ref(parsed.path.unwrap_or("").as_bytes()))
         .map_err(|_| HeadError::Malformed)?;
     let version = if parsed.version == Some(0) {
         Version::HTTP_10
@@ -233,7 +240,8 @@ fn request(found: FoundHead, shared: &Arc<Shared>) -> Result<(Request<ReqBody>, 
     let mut headers = HeaderMap::with_capacity(parsed.headers.len());
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| HeadError::Malformed)?;
-        let value = HeaderValue::from_bytes(h.value).map_err(|_| HeadError::Malformed)?;
+        let value = HeaderValue::from_maybe_shared(head.slice_ref(h.value))
+            .map_err(|_| HeadError::Malformed)?;
         headers.append(name, value);
     }
     let expect_continue = version == Version::HTTP_11

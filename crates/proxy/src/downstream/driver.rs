@@ -28,7 +28,7 @@ use crate::body::DownBody;
 use crate::config::HalfClosePolicy;
 use crate::lifecycle::connection::{Action, Drain};
 use crate::lifecycle::upstream::connection_has;
-use crate::upstream::conn::poll_fill;
+use crate::upstream::conn::{poll_fill, HEAD_READ};
 use crate::upstream::exchange::ReasonPhrase;
 use crate::upstream::UpstreamConn;
 
@@ -199,7 +199,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 async fn read_more(shared: &Shared) -> std::io::Result<usize> {
     std::future::poll_fn(|cx| {
         let mut ib = shared.inbound.lock().expect("inbound lock");
-        poll_fill(&shared.stream, &mut ib.buf, &shared.stats, cx)
+        poll_fill(&shared.stream, &mut ib.buf, &shared.stats, HEAD_READ, cx)
     })
     .await
 }
@@ -321,7 +321,7 @@ async fn client_gone(shared: &Shared, listener: &ListenerCtx) {
                 // The body's reader sees the close; or enough is read ahead.
                 return Poll::Pending;
             }
-            match poll_fill(&shared.stream, &mut ib.buf, &shared.stats, cx) {
+            match poll_fill(&shared.stream, &mut ib.buf, &shared.stats, HEAD_READ, cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(()),
                 Poll::Ready(Ok(_)) => {}
@@ -369,34 +369,35 @@ async fn write_response(
                 continue;
             }
         };
-        match frame {
+        let data = match frame {
             None => break,
             Some(Err(_)) => {
                 // The upstream failed mid-body (R11): what came is sent, then the connection
                 // closes without the body's end, so the client sees it cut short.
-                let _ = write_all(shared, &out).await;
+                let _ = write_parts(shared, &[&out]).await;
                 return Err(Ending::Closed);
             }
             Some(Ok(f)) => match f.into_data() {
-                Ok(d) if bodiless => drop(d),
-                Ok(d) => match chunked {
-                    Some(true) if !d.is_empty() => {
-                        out.extend_from_slice(format!("{:x}\r\n", d.len()).as_bytes());
-                        out.extend_from_slice(&d);
-                        out.extend_from_slice(b"\r\n");
-                    }
-                    _ => out.extend_from_slice(&d),
-                },
-                Err(f) => trailers = f.into_trailers().ok(),
+                Ok(d) if !bodiless => d,
+                Ok(_) => continue,
+                Err(f) => {
+                    trailers = f.into_trailers().ok();
+                    continue;
+                }
             },
+        };
+        // The head (first time) or a chunk's size line, the data as it came, and a chunk's
+        // CRLF: one vectored write, no copy of the data.
+        let chunk = chunked == Some(true) && !data.is_empty();
+        if chunk {
+            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
         }
-        if !body.is_end_stream() || out.len() > 64 * 1024 {
-            if write_all(shared, &out).await.is_err() {
-                drop(body);
-                return Err(Ending::ClientGone);
-            }
-            out.clear();
+        let crlf: &[u8] = if chunk { b"\r\n" } else { b"" };
+        if write_parts(shared, &[&out, &data, crlf]).await.is_err() {
+            drop(body);
+            return Err(Ending::ClientGone);
         }
+        out.clear();
     }
     if chunked == Some(true) {
         out.extend_from_slice(b"0\r\n");
@@ -410,7 +411,7 @@ async fn write_response(
         }
         out.extend_from_slice(b"\r\n");
     }
-    if !out.is_empty() && write_all(shared, &out).await.is_err() {
+    if !out.is_empty() && write_parts(shared, &[&out]).await.is_err() {
         return Err(Ending::ClientGone);
     }
     Ok(())
@@ -494,23 +495,49 @@ fn write_head(out: &mut Vec<u8>, parts: &http::response::Parts, http10: bool) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Writes all of `bytes` to the client.
-async fn write_all(shared: &Shared, mut bytes: &[u8]) -> std::io::Result<()> {
-    while !bytes.is_empty() {
+/// Writes all of `parts`, in order, to the client: vectored, without copying them.
+async fn write_parts(shared: &Shared, parts: &[&[u8]]) -> std::io::Result<()> {
+    let mut idx = 0;
+    let mut off = 0;
+    while idx < parts.len() {
+        if parts[idx].len() == off {
+            idx += 1;
+            off = 0;
+            continue;
+        }
+        let mut slices = [std::io::IoSlice::new(&[]); 3];
+        let mut n = 0;
+        for (i, p) in parts[idx..].iter().take(slices.len()).enumerate() {
+            slices[i] = std::io::IoSlice::new(if i == 0 { &p[off..] } else { p });
+            n += 1;
+        }
         shared.stream.writable().await?;
-        match shared.stream.try_write(bytes) {
-            Ok(n) => {
-                shared.stats.written(Ok(n))?;
-                bytes = &bytes[n..];
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        let mut wrote = match shared.stream.try_write_vectored(&slices[..n]) {
+            Ok(w) => shared.stats.written(Ok(w))?,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => {
                 shared.stats.record_error(&e);
                 return Err(e);
             }
+        };
+        while wrote > 0 && idx < parts.len() {
+            let left = parts[idx].len() - off;
+            if wrote >= left {
+                wrote -= left;
+                idx += 1;
+                off = 0;
+            } else {
+                off += wrote;
+                wrote = 0;
+            }
         }
     }
     Ok(())
+}
+
+/// Writes all of `bytes` to the client.
+async fn write_all(shared: &Shared, bytes: &[u8]) -> std::io::Result<()> {
+    write_parts(shared, &[bytes]).await
 }
 
 /// After a `101`: bytes go both ways between the client and the upstream until both

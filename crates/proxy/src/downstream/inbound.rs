@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 
 use crate::body::BoxError;
 use crate::io::IoStats;
-use crate::upstream::conn::poll_fill;
+use crate::upstream::conn::{poll_fill, REQUEST_BODY_READ};
 
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -209,7 +209,13 @@ impl Body for ReqBody {
                 }
                 continue;
             }
-            match ready!(poll_fill(&shared.stream, &mut ib.buf, &shared.stats, cx)) {
+            match ready!(poll_fill(
+                &shared.stream,
+                &mut ib.buf,
+                &shared.stats,
+                REQUEST_BODY_READ,
+                cx
+            )) {
                 Ok(0) => {
                     let e = decoder.eof().err().unwrap_or(BodyError::Truncated);
                     return this.fail(e);

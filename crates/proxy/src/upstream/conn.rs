@@ -26,10 +26,11 @@ use crate::observe::{CloseReason, ConnEntry, Metrics, Registry};
 /// reader of a 1 MiB response; HAProxy's buffers are 16 KiB). 64 KiB reads still move a
 /// large body in few wake-ups.
 pub const UPSTREAM_READ_BUFFER: usize = 64 * 1024;
-/// The first read of an exchange (or of a request head): enough for most heads and small
-/// bodies; larger ones grow the buffer to [`UPSTREAM_READ_BUFFER`]. Kept small because
-/// every connection in the middle of an exchange holds one.
-const FIRST_READ: usize = 4 * 1024;
+/// A read for a head (request or response): enough for most heads and the start of a
+/// body. Kept small because every connection in the middle of an exchange holds one.
+pub const HEAD_READ: usize = 4 * 1024;
+/// A read of a request body.
+pub const REQUEST_BODY_READ: usize = 16 * 1024;
 
 /// What a look at an idle connection found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,9 +123,16 @@ impl UpstreamConn {
         Ok(())
     }
 
-    /// Reads what the socket has into `buf`: `Ok(0)` is the upstream's FIN.
+    /// Reads what the socket has of a response body into `buf`: `Ok(0)` is the
+    /// upstream's FIN.
     pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        poll_fill(&self.stream, &mut self.buf, &self.stats, cx)
+        poll_fill(
+            &self.stream,
+            &mut self.buf,
+            &self.stats,
+            UPSTREAM_READ_BUFFER,
+            cx,
+        )
     }
 
     /// The socket, the read buffer and the counters, apart: for an exchange that writes
@@ -199,12 +207,13 @@ impl UpstreamConn {
     }
 }
 
-/// Reads what `stream` has into `buf` (growing it once bytes are there); `Ok(0)` is the
-/// FIN.
+/// Reads what `stream` has into `buf`, making room for a read of `read` bytes once bytes
+/// are there; `Ok(0)` is the FIN.
 pub fn poll_fill(
     stream: &TcpStream,
     buf: &mut BytesMut,
     stats: &IoStats,
+    read: usize,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
     loop {
@@ -215,19 +224,10 @@ pub fn poll_fill(
         // The buffer grows only once there is something to read: a connection that waits
         // holds none.
         if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(if buf.capacity() == 0 {
-                FIRST_READ
-            } else {
-                UPSTREAM_READ_BUFFER
-            });
+            buf.reserve(read);
         }
         match stream.try_read_buf(buf) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if buf.is_empty() {
-                    *buf = BytesMut::new();
-                }
-                continue;
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => {
                 stats.record_error(&e);
                 return Poll::Ready(Err(e));

@@ -14,7 +14,7 @@ use http_body_util::BodyExt;
 use linger_h1::{response_framing, ResponseFraming};
 use tokio::time::Instant;
 
-use super::conn::{poll_fill, write_some, UpstreamConn};
+use super::conn::{poll_fill, write_some, UpstreamConn, HEAD_READ};
 use crate::body::{ExpectGate, UpBody};
 use crate::error::TryErrorKind;
 use crate::io::PeerClose;
@@ -150,7 +150,7 @@ pub async fn exchange(
         let sending = !write_dead && !body_done;
         tokio::select! {
             biased;
-            r = std::future::poll_fn(|cx| poll_fill(stream, buf, stats, cx)), if final_head.is_none() => {
+            r = std::future::poll_fn(|cx| poll_fill(stream, buf, stats, HEAD_READ, cx)), if final_head.is_none() => {
                 match r {
                     Ok(0) => return Err(TryErrorKind::PeerGone(peer_or(stats.peer(), PeerClose::Fin))),
                     Ok(_) => {}

@@ -27,7 +27,7 @@ use super::{DsConn, ListenerCtx};
 use crate::body::DownBody;
 use crate::config::HalfClosePolicy;
 use crate::lifecycle::connection::{Action, Drain};
-use crate::lifecycle::upstream::connection_has;
+use crate::lifecycle::upstream::{connection_has, has_token};
 use crate::upstream::conn::{poll_fill, HEAD_READ};
 use crate::upstream::exchange::ReasonPhrase;
 use crate::upstream::UpstreamConn;
@@ -258,7 +258,7 @@ fn request(found: FoundHead, shared: &Arc<Shared>) -> Result<(Request<ReqBody>, 
     let asked = Asked {
         head: method == Method::HEAD,
         http10: version == Version::HTTP_10,
-        trailers: connection_has_token(&headers, header::TE, "trailers"),
+        trailers: has_token(&headers, header::TE, "trailers"),
     };
     let mut req = Request::new(ReqBody::new(shared.clone(), framing));
     *req.method_mut() = method;
@@ -266,14 +266,6 @@ fn request(found: FoundHead, shared: &Arc<Shared>) -> Result<(Request<ReqBody>, 
     *req.version_mut() = version;
     *req.headers_mut() = headers;
     Ok((req, asked))
-}
-
-fn connection_has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|v| {
-        v.to_str()
-            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-            .unwrap_or(false)
-    })
 }
 
 /// Waits for the request path's response, watching the client (R7) and the drain.

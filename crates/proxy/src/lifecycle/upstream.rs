@@ -125,7 +125,12 @@ impl ReusePolicy {
 
 /// Does any `Connection` header list `token`?
 pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers.get_all(header::CONNECTION).iter().any(|v| {
+    has_token(headers, header::CONNECTION, token)
+}
+
+/// Does any `name` header list `token` (comma-separated, case-insensitive)?
+pub fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
         v.to_str()
             .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
             .unwrap_or(false)

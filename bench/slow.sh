@@ -324,17 +324,29 @@ SX_BODY_ARGS=(-B -c "$SX_CONNS" -r 200 -i 10 -s 8192 -l 30)
 WRK_CMD="wrk -t$WRK_THREADS -c$WRK_CONNS -d$DURATION --latency http://127.0.0.1:PORT/small"
 
 # ---------------------------------------------------------------- phase 1 --
-phase1() { # target
-    local t=$1 dir="$WORK/p1-$t" st sz
+# begin_phase N TARGET: starts TARGET for phase N in its own run directory (PHASE_DIR; the
+# target's TPID and TPORT are set as by start_target), and notes its pid and port in the
+# directory's meta.json. Fails if the target did not start. Not for $(...): the target
+# and its variables must stay in this shell.
+begin_phase() {
+    local n=$1 t=$2
+    local dir="$WORK/p$n-$t"
+    PHASE_DIR=$dir
     mkdir -p "$dir"
     echo '{}' >"$dir/meta.json"
     if ! start_target "$t" "$dir"; then
         meta "$dir/meta.json" error '"failed to start"'
-        return 0
+        return 1
     fi
-    echo "== phase 1 (slow readers): $t pid $TPID port $TPORT"
     meta "$dir/meta.json" pid "$TPID"
     meta "$dir/meta.json" port "$TPORT"
+}
+
+phase1() { # target
+    local t=$1 dir st sz
+    begin_phase 1 "$t" || return 0
+    dir=$PHASE_DIR
+    echo "== phase 1 (slow readers): $t pid $TPID port $TPORT"
     read -r st sz < <(http_check "http://127.0.0.1:$TPORT/1m")
     meta "$dir/meta.json" check_1m "{\"status\": $st, \"bytes\": $sz}"
     [[ $st == 200 && $sz == 1048576 ]] || problem "$t" phase1 "GET /1m through the proxy got HTTP $st with $sz bytes"
@@ -375,16 +387,10 @@ phase1() { # target
 
 # ---------------------------------------------------------------- phase 2 --
 phase2() { # target
-    local t=$1 dir="$WORK/p2-$t" st sz
-    mkdir -p "$dir"
-    echo '{}' >"$dir/meta.json"
-    if ! start_target "$t" "$dir"; then
-        meta "$dir/meta.json" error '"failed to start"'
-        return 0
-    fi
+    local t=$1 dir st sz
+    begin_phase 2 "$t" || return 0
+    dir=$PHASE_DIR
     echo "== phase 2 (slow bodies): $t pid $TPID port $TPORT"
-    meta "$dir/meta.json" pid "$TPID"
-    meta "$dir/meta.json" port "$TPORT"
     read -r st sz < <(http_check "http://127.0.0.1:$TPORT$BODY_PATH" 8192)
     meta "$dir/meta.json" check_post "{\"status\": $st, \"bytes\": $sz}"
     [[ $st == 200 ]] || problem "$t" phase2 "POST $BODY_PATH (8192-byte body) through the proxy got HTTP $st"

@@ -10,6 +10,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
@@ -67,6 +68,8 @@ pub struct UpstreamConn {
     pub requests_left: Option<u64>,
     /// Did the current request get it from the pool?
     pub reused: bool,
+    /// How long it sat idle in the pool before the current request took it.
+    pub idle_age: Duration,
     /// Bytes read and not used yet. Empty (and released) while the connection is idle.
     pub buf: BytesMut,
     ctx: Arc<ConnCtx>,
@@ -99,6 +102,7 @@ impl UpstreamConn {
             requests: 0,
             requests_left: None,
             reused: false,
+            idle_age: Duration::ZERO,
             buf: BytesMut::new(),
             ctx,
             reason: None,

@@ -90,6 +90,11 @@ struct CheckArgs {
     /// With --probe: give up waiting for an endpoint's idle close after this long.
     #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = parse_max_wait)]
     probe_max_wait: Duration,
+    /// Read what a running linger learned of its endpoints from its admin listener
+    /// (http://HOST:PORT, e.g. http://127.0.0.1:9901) and flag the configured timeouts that
+    /// live traffic proved wrong.
+    #[arg(long, value_name = "URL", conflicts_with = "print_config")]
+    admin: Option<String>,
     /// Print the effective config, every default written out, instead of the chain.
     #[arg(long, conflicts_with = "probe")]
     print_config: bool,
@@ -386,10 +391,21 @@ fn check(args: CheckArgs) -> ExitCode {
     } else {
         Vec::new()
     };
+    let learned = match &args.admin {
+        Some(url) => match linger_lab::check::learned::fetch(url, Duration::from_secs(5)) {
+            Ok(l) => Some((url.clone(), l)),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
     let chain = linger_lab::check::Chain {
         config: &config,
         front_idle: args.front_idle,
         measured,
+        learned,
     };
     let report = linger_lab::check::check(&chain);
     println!("# {source}: valid.\n");

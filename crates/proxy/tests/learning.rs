@@ -264,7 +264,8 @@ where
     out
 }
 
-/// A learned change shows on `/stats`, `/upstreams`, `/metrics` and in the log.
+/// A learned change shows on `/stats`, `/upstreams`, `/metrics` and in the log, and
+/// `linger check --admin` reads it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_learned_change_shows_in_stats_metrics_journal_and_log() {
     log();
@@ -324,6 +325,28 @@ async fn a_learned_change_shows_in_stats_metrics_journal_and_log() {
         ),
         1.0
     );
+
+    // `linger check --admin` reads the same and calls the configured timeout wrong.
+    let url = format!("http://{admin}");
+    let facts = tokio::task::spawn_blocking(move || {
+        linger_lab::check::learned::fetch(&url, Duration::from_secs(5))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let config = linger.server.config.clone();
+    let report = linger_lab::check::check(&linger_lab::check::Chain {
+        config: &config,
+        front_idle: None,
+        measured: Vec::new(),
+        learned: Some((format!("http://{admin}"), facts)),
+    });
+    let race = report
+        .races()
+        .find(|f| f.pair.contains("live traffic"))
+        .unwrap_or_else(|| panic!("{}", report.render()));
+    assert_eq!(race.race, "R1", "{}", report.render());
+    assert!(race.explanation.contains("failed"), "{}", report.render());
 
     let deadline = Instant::now() + Duration::from_secs(5);
     let lines = loop {

@@ -40,7 +40,7 @@ use std::time::{Duration, SystemTime};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::observe::journal::{wall_ms, Detail, EventView, Journal};
@@ -104,18 +104,19 @@ impl Cause {
 }
 
 /// The last change, for `/stats` and `/upstreams`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Change {
     pub at_ms: f64,
-    pub cause: &'static str,
+    pub cause: String,
     /// The idle limit before and after, in seconds.
     pub from_s: f64,
     pub to_s: f64,
     pub evidence: String,
 }
 
-/// One endpoint's learned behaviour as `/stats` and `/upstreams` show it.
-#[derive(Debug, Clone, Serialize)]
+/// One endpoint's learned behaviour as `/stats` and `/upstreams` show it (and as
+/// `linger check --admin` reads it back).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LearnedView {
     pub cluster: String,
     pub endpoint: String,
@@ -128,7 +129,7 @@ pub struct LearnedView {
     pub learned_s: Option<f64>,
     pub learning: bool,
     pub closes_after_response: bool,
-    pub changes: BTreeMap<&'static str, u64>,
+    pub changes: BTreeMap<String, u64>,
     pub last_change: Option<Change>,
 }
 
@@ -407,7 +408,7 @@ impl Learned {
         );
         *last = Some(Change {
             at_ms: wall_ms(SystemTime::now()),
-            cause: cause.as_str(),
+            cause: cause.as_str().to_owned(),
             from_s: from.as_secs_f64(),
             to_s: to.as_secs_f64(),
             evidence,
@@ -427,7 +428,7 @@ impl Learned {
             closes_after_response: self.closes_after_response(Instant::now()),
             changes: Cause::ALL
                 .iter()
-                .map(|c| (c.as_str(), self.changes[*c as usize].get()))
+                .map(|c| (c.as_str().to_owned(), self.changes[*c as usize].get()))
                 .collect(),
             last_change: self.last_change.lock().expect("learned lock").clone(),
         }

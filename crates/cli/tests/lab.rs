@@ -208,7 +208,11 @@ fn lab_list_explains_every_scenario() {
     for sc in scenarios::all() {
         assert!(text.contains(sc.id) && text.contains(sc.name), "{}", sc.id);
     }
-    assert_eq!(text.matches("How: ").count(), 11, "{text}");
+    assert_eq!(
+        text.matches("How: ").count(),
+        scenarios::all().len(),
+        "{text}"
+    );
     assert!(text.contains("(network namespaces: root, ip, nft)"));
 }
 
@@ -292,7 +296,11 @@ fn four_targets_print_the_table_and_one_json_record_each() {
     }
     assert!(text.contains("Who lost requests"), "{text}");
     let records = json_records(&path);
-    assert_eq!(records.len(), 11 * 4, "one record per scenario and target");
+    assert_eq!(
+        records.len(),
+        scenarios::all().len() * 4,
+        "one record per scenario and target"
+    );
     for sc in scenarios::all() {
         for t in ["direct", "linger", "nginx", "haproxy"] {
             let r = records

@@ -164,6 +164,21 @@ fn from_ms(v: u64) -> Option<Duration> {
     (v != NONE).then(|| Duration::from_millis(v))
 }
 
+/// A duration as the log and the journal show it: milliseconds, or seconds to the
+/// millisecond.
+struct Shown(Duration);
+
+impl std::fmt::Display for Shown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = self.0.as_millis();
+        if ms < 1000 {
+            write!(f, "{ms}ms")
+        } else {
+            write!(f, "{}.{:03}s", ms / 1000, ms % 1000)
+        }
+    }
+}
+
 /// How far under an observed idle age linger stays: a quarter of it, at most 1 s.
 fn margin(age: Duration) -> Duration {
     (age / 4).min(Duration::from_secs(1))
@@ -250,7 +265,8 @@ impl Learned {
         }
         let evidence = match from_ms(v) {
             Some(d) => format!(
-                "the upstream announces Keep-Alive: timeout; reusable for {d:?} after the margin"
+                "the upstream announces Keep-Alive: timeout; reusable for {} after the margin",
+                Shown(d)
             ),
             None => "the upstream no longer announces a shorter Keep-Alive: timeout".to_owned(),
         };
@@ -272,8 +288,10 @@ impl Learned {
         let from = self.idle_limit();
         self.limit_ms.store(ms(new), Ordering::Relaxed);
         let evidence = format!(
-            "a reused connection failed before its response after {age:?} idle; \
-             connections idle longer than {new:?} are no longer reused"
+            "a reused connection failed before its response after {} idle; \
+             connections idle longer than {} are no longer reused",
+            Shown(age),
+            Shown(new)
         );
         self.changed(&mut last, Cause::FailedReuse, from, evidence);
     }
@@ -305,12 +323,16 @@ impl Learned {
         self.limit_ms.store(new.map_or(NONE, ms), Ordering::Relaxed);
         let evidence = match new {
             Some(n) => format!(
-                "the upstream closed a connection idle for {age:?} (seen within {SWEEP:?}): \
-                 pooled connections are reused for {n:?} at most"
+                "the upstream closed a connection idle for {} (seen within {}): \
+                 pooled connections are reused for {} at most",
+                Shown(age),
+                Shown(SWEEP),
+                Shown(n)
             ),
             None => format!(
-                "the upstream kept a connection idle for {age:?} before closing it: \
-                 back to the configured idle_timeout"
+                "the upstream kept a connection idle for {} before closing it: \
+                 back to the configured idle_timeout",
+                Shown(age)
             ),
         };
         self.changed(&mut last, Cause::IdleClose, from, evidence);
@@ -359,8 +381,9 @@ impl Learned {
         let new = (new < self.configured).then_some(new);
         self.limit_ms.store(new.map_or(NONE, ms), Ordering::Relaxed);
         let evidence = format!(
-            "a connection idle for {age:?} was reused and worked: reused for {:?} at most",
-            new.unwrap_or(self.configured)
+            "a connection idle for {} was reused and worked: reused for {} at most",
+            Shown(age),
+            Shown(new.unwrap_or(self.configured))
         );
         self.changed(&mut last, Cause::ReuseWorked, from, evidence);
     }
@@ -396,7 +419,15 @@ impl Learned {
         self.changes[cause as usize].inc();
         self.journal.record_with(
             "learned",
-            Detail::Text(format!("{}: {from:?} -> {to:?}: {evidence}", cause.as_str()).into()),
+            Detail::Text(
+                format!(
+                    "{}: {} -> {}: {evidence}",
+                    cause.as_str(),
+                    Shown(from),
+                    Shown(to)
+                )
+                .into(),
+            ),
         );
         tracing::info!(
             cluster = %self.cluster,
@@ -554,6 +585,8 @@ mod tests {
         assert!(l.probe_due(t0));
         assert!(!l.probe_due(t0 + Duration::from_secs(1)));
         assert!(l.probe_due(t0 + PROBE_EVERY));
+        assert_eq!(Shown(Duration::from_millis(2231)).to_string(), "2.231s");
+        assert_eq!(Shown(Duration::from_micros(65_400)).to_string(), "65ms");
     }
 
     #[test]

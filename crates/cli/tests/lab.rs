@@ -81,6 +81,16 @@ async fn r1_upstream_idle_close() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r1b_upstream_late_reset() {
+    let (direct, linger) = direct_and_linger("R1b").await;
+    assert!(direct.failures > 3, "{direct:#?}");
+    // The one request linger can lose is the first POST to meet the reset, before any
+    // failed reuse taught it the endpoint's limit.
+    assert!(linger.failures <= 1, "{linger:#?}");
+    assert_eq!(linger.duplicates, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r2_downstream_idle_close() {
     let (direct, linger) = direct_and_linger("R2").await;
     race_shows_and_linger_keeps_the_promise(&direct, &linger);

@@ -141,6 +141,11 @@ struct ProbeArgs {
     /// Print the report as one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Also read what a running linger learned of this server from its admin listener
+    /// (http://HOST:PORT, e.g. http://127.0.0.1:9901): a learned idle limit shorter than
+    /// the recommended idle_timeout replaces it.
+    #[arg(long, value_name = "ADMIN_URL")]
+    admin: Option<String>,
 }
 
 fn parse_max_wait(s: &str) -> Result<Duration, String> {
@@ -465,8 +470,26 @@ fn probe(args: ProbeArgs) -> ExitCode {
         intrusive: args.intrusive,
     };
     let progress = StderrProgress::new();
+    let learned = match &args.admin {
+        Some(url) => match linger_lab::check::learned::fetch(url, Duration::from_secs(5)) {
+            Ok(l) => Some((url.as_str(), l)),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
     match rt.block_on(linger_lab::probe::run(&args.url, &opts, &progress)) {
-        Ok(report) => {
+        Ok(mut report) => {
+            if let Some((url, facts)) = &learned {
+                if !report.learned_by_linger(url, facts) {
+                    eprintln!(
+                        "note: the linger at {url} has no endpoint {}; nothing learned to add",
+                        report.address
+                    );
+                }
+            }
             if args.json {
                 println!("{}", report.to_json());
             } else {

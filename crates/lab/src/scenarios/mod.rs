@@ -459,7 +459,8 @@ mod tests {
     #[test]
     fn scenarios_are_found_by_id_or_name_and_cover_r1_to_r11() {
         let ids: Vec<&str> = all().iter().map(|s| s.id).collect();
-        let want: Vec<String> = (1..=11).map(|i| format!("R{i}")).collect();
+        let mut want: Vec<String> = (1..=11).map(|i| format!("R{i}")).collect();
+        want.insert(1, "R1b".into());
         assert_eq!(ids, want);
         for sc in all() {
             assert_eq!(find(sc.id).map(|s| s.id), Some(sc.id));

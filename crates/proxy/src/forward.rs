@@ -11,18 +11,23 @@ use crate::config::{ForwardedFor, HeadersConfig};
 
 /// Fixed hop-by-hop headers. `Trailer` is not among them: RFC 9110 §6.6.2 makes it an
 /// end-to-end declaration of the trailer fields.
-const HOP_BY_HOP: [&str; 6] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "transfer-encoding",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 /// Removes every hop-by-hop header, including those the `Connection` header names.
 /// Returns the `Upgrade` value when the message asked for a protocol upgrade.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
+    // One pass over the names first: most messages carry none of them, and a lookup by
+    // name costs a hash each.
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return None;
+    }
     let mut named: Vec<HeaderName> = Vec::new();
     let mut wants_upgrade = false;
     for v in headers.get_all(header::CONNECTION) {

@@ -99,16 +99,19 @@ fn measure(conns: &[Conn], ids: &[usize]) -> Idle {
             }
         }
         let answered = resps.len();
-        // The server's close: of an idle connection, or refusing the request after one.
+        // The server's close of an idle connection, or its refusal (no answer, then a
+        // close) of the request written after one: its idle timeout is at most that age.
         let last_ended = resps
             .last()
             .is_none_or(|r| r.end.is_some() && r.cut.is_none());
         if let Some((mark, _)) = c.close_of(Side::Server).filter(|_| last_ended) {
             let pending = reqs.len() > answered;
             let i = if pending { answered } else { reqs.len() };
-            let refused_before_close = pending && reqs[i].start.time <= mark.time;
-            let before = !pending || refused_before_close;
-            if before && i > 0 {
+            // A close while the client was gone says nothing of the server's idle timeout.
+            let client_left_first = c
+                .close_of(Side::Client)
+                .is_some_and(|(m, _)| m.packet < mark.packet);
+            if !client_left_first && i > 0 {
                 if let Some(start) = idle_start(c, i) {
                     let at = if pending {
                         reqs[i].start.time.min(mark.time)

@@ -161,7 +161,10 @@ impl Half {
             return Vec::new();
         };
         let end = start + payload.len() as u64;
-        if start < self.sent_high {
+        // Bytes seen before (delivered, or held out of order): a retransmission. A segment
+        // that fills a gap below the highest byte sent is not one.
+        let seen = start < self.next || self.pending.contains_key(&start);
+        if seen && !payload.is_empty() {
             self.retransmissions += 1;
             if self.acked < end {
                 let in_flight = self.sent_high - self.acked;

@@ -17,6 +17,8 @@ use pcap_parser::{Block, Linktype, PcapBlockOwned, PcapError};
 
 /// The reader's buffer: the largest block a capture may hold.
 pub const BUFFER: usize = 4 << 20;
+/// The buffer's size at first; it doubles up to [`BUFFER`] when a block needs it.
+const FIRST_BUFFER: usize = 128 << 10;
 
 /// Why a capture cannot be read.
 #[derive(Debug)]
@@ -82,6 +84,7 @@ pub struct Reader {
     inner: Box<dyn PcapReaderIterator + Send>,
     /// Bytes of the file consumed so far: the offset of the next block.
     offset: u64,
+    capacity: usize,
     interfaces: Vec<Interface>,
     packets: u64,
     last_time: f64,
@@ -107,7 +110,7 @@ fn format_error(offset: u64, what: impl Into<String>) -> CaptureError {
 impl Reader {
     /// Starts reading `input`; fails when it is neither pcap nor pcapng.
     pub fn new(input: impl Read + Send + 'static) -> Result<Self, CaptureError> {
-        let inner = pcap_parser::create_reader(BUFFER, input).map_err(|e| match e {
+        let inner = pcap_parser::create_reader(FIRST_BUFFER, input).map_err(|e| match e {
             PcapError::Eof => format_error(0, "the file is empty"),
             PcapError::ReadError => format_error(0, "the file cannot be read"),
             PcapError::Incomplete(_) | PcapError::UnexpectedEof => {
@@ -121,6 +124,7 @@ impl Reader {
         Ok(Self {
             inner,
             offset: 0,
+            capacity: FIRST_BUFFER,
             interfaces: Vec::new(),
             packets: 0,
             last_time: 0.0,
@@ -155,6 +159,7 @@ impl Reader {
                         "the file ends inside a block (truncated)",
                     ))
                 }
+                Err(PcapError::BufferTooSmall) if self.capacity < BUFFER => Err(false),
                 Err(PcapError::BufferTooSmall) => {
                     return Err(format_error(
                         offset,
@@ -178,7 +183,11 @@ impl Reader {
                         }
                     }
                 }
-                Err(_) => {
+                Err(false) => {
+                    self.capacity *= 2;
+                    self.inner.grow(self.capacity);
+                }
+                Err(true) => {
                     if self.inner.reader_exhausted() {
                         return Err(format_error(
                             offset,

@@ -167,7 +167,7 @@ impl Half {
         if seen && !payload.is_empty() {
             self.retransmissions += 1;
             if self.acked < end {
-                let in_flight = self.sent_high - self.acked;
+                let in_flight = self.sent_high.saturating_sub(self.acked);
                 let first = self.unacked_since.unwrap_or(mark);
                 let s = self.stall.get_or_insert(Stall {
                     first_sent: first,

@@ -222,6 +222,11 @@ fn reuse_into_close(scope: &Scope<'_>, c: &Conn, hop: &Hop) -> Option<Draft> {
     let gap = req.start.time - close.time;
     let order = if gap >= 0.0 {
         format!("{} after the server's {how}", secs(gap))
+    } else if how == "RST" {
+        format!(
+            "and the server's kernel answered it with the RST {} later",
+            secs(-gap)
+        )
     } else {
         format!("{} before the server's {how}, which crossed it", secs(-gap))
     };
@@ -315,34 +320,67 @@ fn reuse_into_close(scope: &Scope<'_>, c: &Conn, hop: &Hop) -> Option<Draft> {
         let measured = hop.idle.server_close.unwrap_or(close_age);
         d.peer_idle_close = Some(measured);
         d.idle_age = Some(age);
+        let (range, about) = match hop.idle.longest_reuse.filter(|&r| r < measured) {
+            Some(r) => (
+                format!(
+                    "between {} (the longest idle age at which it still answered a request) \
+                     and {} (the shortest at which it closed a connection or refused the \
+                     request written on it)",
+                    secs(r),
+                    secs(measured)
+                ),
+                (r + measured) / 2.0,
+            ),
+            None => (
+                format!(
+                    "at most {} (the shortest idle age at which it closed a connection or \
+                     refused the request written on it)",
+                    secs(measured)
+                ),
+                measured,
+            ),
+        };
+        let what = if gap < 0.0 && how == "RST" {
+            format!(
+                "the client wrote {} {} on it (packet {}) at idle age {}, and the server's \
+                 kernel answered it with an RST (packet {}) {} later: the server had closed \
+                 it before its FIN reached the client",
+                req.method,
+                req.target,
+                req.start.packet,
+                secs(age),
+                close.packet,
+                secs(-gap)
+            )
+        } else {
+            format!(
+                "the server closed it ({how}, packet {}) at idle age {}, and the client wrote \
+                 {} {} on it (packet {}) at idle age {}, {order}",
+                close.packet,
+                secs(close_age),
+                req.method,
+                req.target,
+                req.start.packet,
+                secs(age)
+            )
+        };
         d.text = format!(
-            "{} closes connections idle for about {} (measured on this hop: the shortest idle \
-             age at which it closed or refused one). This connection had been idle since \
-             packet {}; the server closed it ({how}, packet {}) at idle age {}, and the \
-             client wrote {} {} on it (packet {}) at idle age {}, {order}. The request got no \
-             answer{}.",
+            "{} closes connections idle for about {:.1} s: measured on this hop, {range}. This connection had been idle since packet {}; {what}. The request got no answer{}.",
             capital(&who(c, Side::Server)),
-            secs(measured),
+            about,
             prev.end.unwrap_or(prev.start).packet,
-            close.packet,
-            secs(close_age),
-            req.method,
-            req.target,
-            req.start.packet,
-            secs(age),
             if lost {
                 ""
             } else {
                 ", but the proxy in front answered its client anyway (a retry)"
             }
         );
-        if let Some(r) = hop.idle.longest_reuse {
-            d.text.push_str(&format!(
-                " On this hop the client reused connections idle up to {} successfully.",
-                secs(r)
-            ));
-        }
-        let below = (measured - 1.0).max(measured / 2.0);
+        // A setting to suggest: a second below the measured close (half of it when short),
+        // rounded down to a tenth of a second.
+        let below = format!(
+            "{:.1} s",
+            ((measured - 1.0).max(measured / 2.0) * 10.0).floor() / 10.0
+        );
         d.fix = match race {
             "R1" => format!(
                 "The proxy's pool keeps upstream connections idle longer than {} does: set \
@@ -352,7 +390,7 @@ fn reuse_into_close(scope: &Scope<'_>, c: &Conn, hop: &Hop) -> Option<Draft> {
                  are idempotent.",
                 c.server(),
                 secs(measured),
-                secs(below)
+                below
             ),
             "R2" => format!(
                 "The proxy at {} closes idle client connections sooner than its client reuses \
@@ -369,7 +407,7 @@ fn reuse_into_close(scope: &Scope<'_>, c: &Conn, hop: &Hop) -> Option<Draft> {
                  origin behind a proxy's pool, R2 when it is a proxy behind a load balancer.)",
                 c.server(),
                 secs(measured),
-                secs(below)
+                below
             ),
         };
     }

@@ -446,8 +446,7 @@ fn early_response(scope: &Scope<'_>, c: &Conn) -> Option<Draft> {
         "{} answered {} {} with {} (packet {}) while the request body was still arriving \
          ({} {declared}body bytes on the wire in the end), then reset the connection \
          (packet {}) with body bytes unread: the kernel's RST discards the response the \
-         client has not read yet. {} bytes from the client were unacknowledged when the \
-         reset came.",
+         client has not read yet.{}",
         capital(&who(c, Side::Server)),
         req.method,
         req.target,
@@ -455,7 +454,11 @@ fn early_response(scope: &Scope<'_>, c: &Conn) -> Option<Draft> {
         resp.start.packet,
         req.body_bytes,
         rst.packet,
-        in_flight
+        if in_flight > 0 {
+            format!(" {in_flight} bytes from the client were unacknowledged when it came.")
+        } else {
+            String::new()
+        }
     );
     d.fix = "Close gracefully after an early response: send it with `Connection: close`, shut \
              down the write side (FIN), keep reading and discarding the body for a bounded \

@@ -203,3 +203,60 @@ async fn a_two_hop_capture_names_r1_on_the_hop_behind_nginx() {
     assert_eq!(out.status.code(), Some(if lost { 1 } else { 0 }), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../explain/tests/fixtures")
+        .join(name)
+}
+
+#[test]
+fn the_exit_status_says_whether_a_request_was_lost() {
+    let run = |args: &[&std::ffi::OsStr]| {
+        let out = linger().arg("explain").args(args).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        (
+            out.status.code(),
+            text,
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let r1 = fixture("r1-idle-close-two-hops.pcap");
+    let (code, text, _) = run(&[r1.as_os_str()]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("R1 idle close vs reuse"), "{text}");
+    assert!(text.contains("below 5.000 s"), "{text}");
+    // Only the front hop: the race behind the proxy is not in what is read.
+    let (code, text, _) = run(&[r1.as_os_str(), "--port".as_ref(), "8080".as_ref()]);
+    assert_eq!(code, Some(0), "{text}");
+    // A visible cut and ambiguous framing are findings that lost nothing.
+    for name in [
+        "r11-reset-mid-body.pcap",
+        "r12-cl-and-te.pcap",
+        "clean.pcap",
+    ] {
+        let (code, text, _) = run(&[fixture(name).as_os_str()]);
+        assert_eq!(code, Some(0), "{name}: {text}");
+    }
+    let (code, text, _) = run(&[
+        fixture("r4-early-response.pcapng").as_os_str(),
+        "--json".as_ref(),
+    ]);
+    assert_eq!(code, Some(1), "{text}");
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(json["findings"][0]["race"], "R4", "{text}");
+    // A capture cut short: status 2 and the offset.
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("explain-cut");
+    std::fs::create_dir_all(&dir).unwrap();
+    let cut = dir.join("cut.pcap");
+    let whole = std::fs::read(&r1).unwrap();
+    std::fs::write(&cut, &whole[..whole.len() - 5]).unwrap();
+    let (code, text, err) = run(&[cut.as_os_str()]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.is_empty(), "{text}");
+    assert!(
+        err.contains("at byte offset") && err.contains("truncated"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

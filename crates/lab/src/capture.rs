@@ -238,3 +238,13 @@ fn ends_with(path: &Path, payload: &[u8]) -> bool {
     let mut tail = vec![0; payload.len()];
     std::io::Read::read_exact(&mut f, &mut tail).is_ok() && tail == payload
 }
+
+impl Drop for Tcpdump {
+    /// A run that ends without [`Tcpdump::stop`] (it failed, or ran out of time) still
+    /// stops its tcpdump.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.kill();
+        }
+    }
+}

@@ -488,3 +488,121 @@ impl Tracker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(packet: u64) -> Mark {
+        Mark {
+            packet,
+            time: packet as f64,
+        }
+    }
+
+    fn delivered(out: Vec<(Vec<u8>, Mark)>) -> Vec<u8> {
+        out.into_iter().flat_map(|(b, _)| b).collect()
+    }
+
+    #[test]
+    fn out_of_order_segments_wait_for_the_bytes_before_them() {
+        let mut h = Half {
+            base: Some(100),
+            ..Half::default()
+        };
+        assert!(h.data(105, b"fghij", at(1)).is_empty());
+        assert_eq!(delivered(h.data(100, b"abcde", at(2))), b"abcdefghij");
+        assert_eq!(h.retransmissions, 0, "a gap filled is not a retransmission");
+        // The same bytes again, and an overlap that adds two.
+        assert!(h.data(100, b"abcde", at(3)).is_empty());
+        assert_eq!(delivered(h.data(108, b"ijkl", at(4))), b"kl");
+        assert_eq!(h.retransmissions, 2);
+        assert_eq!(h.bytes, 12);
+    }
+
+    #[test]
+    fn sequence_numbers_wrap_past_two_to_the_32() {
+        let mut h = Half {
+            base: Some(u32::MAX - 2),
+            ..Half::default()
+        };
+        assert_eq!(delivered(h.data(u32::MAX - 2, b"abc", at(1))), b"abc");
+        assert_eq!(delivered(h.data(0, b"def", at(2))), b"def");
+        h.acknowledged(3);
+        assert_eq!(h.acked, 6);
+    }
+
+    #[test]
+    fn retransmissions_without_an_ack_are_a_stall_until_acknowledged() {
+        let mut h = Half {
+            base: Some(0),
+            ..Half::default()
+        };
+        h.data(0, b"hello", at(1));
+        h.data(0, b"hello", at(3));
+        h.data(0, b"hello", at(7));
+        h.acknowledged(5);
+        let s = h.longest_stall.expect("a stall");
+        assert_eq!((s.first_sent.packet, s.last_retransmit.packet), (1, 7));
+        assert_eq!((s.retransmits, s.in_flight), (2, 5));
+        assert!(s.acked && !s.reset);
+        assert_eq!(s.seconds(), 6.0);
+    }
+
+    fn seg(
+        number: u64,
+        from_client: bool,
+        seq: u32,
+        ack: u32,
+        flags: &str,
+        data: &[u8],
+    ) -> Segment {
+        let (c, sv): (SocketAddr, SocketAddr) = (
+            "10.0.0.1:40000".parse().unwrap(),
+            "10.0.0.2:80".parse().unwrap(),
+        );
+        let (src, dst) = if from_client { (c, sv) } else { (sv, c) };
+        Segment {
+            number,
+            time: number as f64 / 1000.0,
+            src,
+            dst,
+            seq,
+            ack,
+            syn: flags.contains('S'),
+            fin: flags.contains('F'),
+            rst: flags.contains('R'),
+            has_ack: flags.contains('A'),
+            payload: data.to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_connection_knows_its_client_and_the_bytes_the_capture_missed() {
+        let mut t = Tracker::default();
+        // The SYN-ACK first: its receiver is the client.
+        t.segment(&seg(1, false, 500, 1, "SA", b""));
+        t.segment(&seg(2, true, 1, 501, "A", b""));
+        t.segment(&seg(
+            3,
+            true,
+            1,
+            501,
+            "PA",
+            b"GET / HTTP/1.1\r\nhost: x\r\n\r\n",
+        ));
+        // The response (38 bytes) is not in the capture; the client acknowledges it.
+        t.segment(&seg(4, true, 28, 539, "A", b""));
+        t.segment(&seg(5, true, 28, 539, "FA", b""));
+        t.finish();
+        let c = &t.conns[0];
+        assert_eq!(c.client().to_string(), "10.0.0.1:40000");
+        assert_eq!(c.http.requests.len(), 1);
+        assert_eq!(c.half(Side::Server).missing, 38);
+        assert!(c.has_gaps());
+        assert_eq!(
+            c.close_of(Side::Client).map(|(m, how)| (m.packet, how)),
+            Some((5, "FIN"))
+        );
+    }
+}

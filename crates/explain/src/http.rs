@@ -58,6 +58,8 @@ pub struct Request {
     /// The client asked to close after it (`Connection: close`, or HTTP/1.0 without
     /// keep-alive).
     pub close: bool,
+    /// `Expect: 100-continue`.
+    pub expect_continue: bool,
     pub cut: Option<Cut>,
 }
 
@@ -323,6 +325,7 @@ impl Conversation {
                     body,
                     body_bytes: 0,
                     close,
+                    expect_continue: has_token(req.headers, "expect", "100-continue"),
                     cut: None,
                 });
                 if switches {

@@ -126,6 +126,7 @@ pub fn detect(scope: &Scope<'_>) -> Vec<Finding> {
         drafts.extend(client_left(scope, c));
         drafts.extend(cut_mid_body(scope, c));
         drafts.extend(framing(c));
+        drafts.extend(expect_answered_early(c));
         for d in drafts {
             out.push(finish(scope, c, d));
         }
@@ -776,4 +777,61 @@ fn framing(c: &Conn) -> Vec<Draft> {
             d
         })
         .collect()
+}
+
+/// R12: a final status to `Expect: 100-continue` before the body was sent, on a connection
+/// that stays open: whether the body still follows is then a guess on both sides, and the
+/// next request can be read as part of it (or the body as a request).
+fn expect_answered_early(c: &Conn) -> Option<Draft> {
+    let (i, req) = c.http.requests.iter().enumerate().find(|(i, r)| {
+        r.expect_continue
+            && r.body != Body::None
+            && c.http.responses.get(*i).is_some_and(|resp| {
+                resp.status >= 200
+                    && resp.announced != Announced::Close
+                    && r.end.is_none_or(|e| e.packet > resp.start.packet)
+            })
+    })?;
+    let resp = &c.http.responses[i];
+    let next = c.http.requests.get(i + 1);
+    let mut d = Draft::new(
+        "R12",
+        "a final status to Expect: 100-continue, and the connection kept",
+        false,
+    );
+    d.text = format!(
+        "{} {} (packet {}) asked `Expect: 100-continue`; {} answered {} (packet {}) before \
+         the body had been sent, without `Connection: close`{}. The client may send the body \
+         anyway or not; a server that does not read and discard it, or a client that skips \
+         it, reads the connection out of step.",
+        req.method,
+        req.target,
+        req.start.packet,
+        who(c, Side::Server),
+        resp.status,
+        resp.start.packet,
+        match next {
+            Some(n) => format!(
+                ", and the connection carried {} {} next (packet {})",
+                n.method, n.target, n.start.packet
+            ),
+            None => String::new(),
+        }
+    );
+    d.fix = "After a final status to `Expect: 100-continue` whose body was not read, close the \
+             connection (say `Connection: close`); a proxy must not reuse such an upstream \
+             connection unless the whole body was sent."
+        .into();
+    d.evidence = vec![
+        (req.start, "request with Expect: 100-continue".into()),
+        (
+            resp.start,
+            format!("final status {} before the body", resp.status),
+        ),
+    ];
+    if let Some(n) = next {
+        d.evidence
+            .push((n.start, format!("next request {} {}", n.method, n.target)));
+    }
+    Some(d)
 }

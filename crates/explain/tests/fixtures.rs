@@ -1,6 +1,6 @@
 //! One small capture per race, made by `synth` (this directory), kept in tests/fixtures/ and
 //! explained here. The files must be exactly what the generator makes: regenerate them with
-//! `LINGER_WRITE_FIXTURES=1 cargo test -p linger-explain --test fixtures`
+//! `LINGER_WRITE_FIXTURES=1 cargo test -p linger-explain --test fixtures the_fixtures_are`
 //! (tests/fixtures/README.md).
 
 mod synth;
@@ -197,6 +197,33 @@ fn r12() -> Vec<u8> {
     cap.pcap()
 }
 
+/// R12: a 417 to `Expect: 100-continue` before the body, the connection kept, the next
+/// request on it.
+fn r12_expect() -> Vec<u8> {
+    let (mut cap, mut c) =
+        Capture::opened(Link::Ethernet, "10.4.0.1:47100", "10.4.0.2:8080", 13, RTT);
+    cap.send(
+        &mut c,
+        By::Client,
+        0.001,
+        b"PUT /f HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 4\r\n\r\n",
+    );
+    cap.send(
+        &mut c,
+        By::Server,
+        0.002,
+        b"HTTP/1.1 417 Expectation Failed\r\ncontent-length: 0\r\n\r\n",
+    );
+    cap.send(
+        &mut c,
+        By::Client,
+        0.003,
+        b"dataGET /g HTTP/1.1\r\nhost: x\r\n\r\n",
+    );
+    cap.send(&mut c, By::Server, 0.004, OK);
+    cap.pcap()
+}
+
 /// Nothing wrong: keep-alive exchanges out of order on the wire, a retransmission that is
 /// acknowledged, an announced close.
 fn clean() -> Vec<u8> {
@@ -237,6 +264,12 @@ fn fixtures() -> Vec<(&'static str, Vec<u8>, Option<&'static str>, bool)> {
         ("r9-close-after-response.pcap", r9(), Some("R9"), true),
         ("r11-reset-mid-body.pcap", r11(), Some("R11"), false),
         ("r12-cl-and-te.pcap", r12(), Some("R12"), false),
+        (
+            "r12-expect-final-status.pcap",
+            r12_expect(),
+            Some("R12"),
+            false,
+        ),
         ("clean.pcap", clean(), None, false),
     ]
 }

@@ -1,7 +1,7 @@
 //! Hops: the connections of a capture grouped by the server they reach, what each hop's
 //! idle timeouts measure on the wire, and, when a capture holds a proxy's both sides, which
 //! hop feeds which (found by matching requests: method, target and `X-Request-Id`, the
-//! forwarded copy a moment after the original).
+//! forwarded copy a moment after the original and answered no later than it).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -151,7 +151,21 @@ type Feed = (usize, f64, Vec<(ReqRef, ReqRef)>);
 struct Seen<'a> {
     key: (&'a str, &'a str, Option<&'a str>),
     time: f64,
+    /// When its response began, if one came.
+    answered: Option<f64>,
     req: ReqRef,
+}
+
+impl Seen<'_> {
+    /// Whether `self` can be a proxy's copy of `orig`: the same request, sent after it, and
+    /// answered no later than it (a proxy answers its client after its upstream answers).
+    fn copies(&self, orig: &Seen<'_>) -> bool {
+        self.key == orig.key
+            && match (self.answered, orig.answered) {
+                (Some(copy), Some(orig)) => copy <= orig,
+                _ => true,
+            }
+    }
 }
 
 /// Groups `conns` into hops and lines them up.
@@ -192,6 +206,7 @@ pub fn line_up(conns: &[Conn]) -> Hops {
             seen[h].push(Seen {
                 key: (r.method.as_str(), r.target.as_str(), r.id.as_deref()),
                 time: r.start.time,
+                answered: c.http.responses.get(i).map(|resp| resp.start.time),
                 req: (c.id, i),
             });
         }
@@ -215,7 +230,7 @@ pub fn line_up(conns: &[Conn]) -> Hops {
                     .iter()
                     .rev()
                     .take_while(|f| b.time - f.time <= FORWARD_WITHIN)
-                    .find(|f| f.key == b.key);
+                    .find(|f| b.copies(f));
                 if let Some(f) = found {
                     pairs.push((b.req, f.req));
                     delays.push(b.time - f.time);

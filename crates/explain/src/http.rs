@@ -492,3 +492,152 @@ fn lenient_framing(headers: &[httparse::Header<'_>]) -> Framing {
         .find_map(|h| linger_h1::body::parse_length(h.value))
         .map_or(Framing::Empty, Framing::Length)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `(side, bytes)` in order, each as its own packet, then closes `closing` sides.
+    fn run(steps: &[(Side, &[u8])], closing: &[(Side, &'static str)]) -> Conversation {
+        let mut conv = Conversation::default();
+        let (mut events, mut dropped) = (VecDeque::new(), 0);
+        let mut n = 0;
+        for (side, bytes) in steps {
+            n += 1;
+            let mark = Mark {
+                packet: n,
+                time: n as f64,
+            };
+            conv.feed(*side, bytes, mark, &mut events, &mut dropped);
+        }
+        for (side, by) in closing {
+            n += 1;
+            let mark = Mark {
+                packet: n,
+                time: n as f64,
+            };
+            conv.closed(*side, mark, by, &mut events, &mut dropped);
+        }
+        conv
+    }
+
+    #[test]
+    fn pipelined_requests_and_bodies_split_anywhere_are_followed() {
+        let c = run(
+            &[
+                (
+                    Side::Client,
+                    b"POST /a HTTP/1.1\r\ncontent-length: 5\r\n\r\nhel",
+                ),
+                (Side::Client, b"loGET /b HTTP/1.1\r\n\r\nGET /c HTT"),
+                (Side::Client, b"P/1.1\r\n\r\n"),
+            ],
+            &[],
+        );
+        let got: Vec<(&str, u64, Option<u64>)> = c
+            .requests
+            .iter()
+            .map(|r| (r.target.as_str(), r.body_bytes, r.end.map(|m| m.packet)))
+            .collect();
+        assert_eq!(
+            got,
+            [("/a", 5, Some(2)), ("/b", 0, Some(2)), ("/c", 0, Some(3))]
+        );
+    }
+
+    #[test]
+    fn head_1xx_204_and_304_have_no_body_and_chunked_ends_at_its_last_chunk() {
+        let c = run(
+            &[
+                (
+                    Side::Client,
+                    b"HEAD / HTTP/1.1\r\n\r\nGET /x HTTP/1.1\r\n\r\n",
+                ),
+                (
+                    Side::Client,
+                    b"GET /y HTTP/1.1\r\n\r\nGET /z HTTP/1.1\r\n\r\n",
+                ),
+                (
+                    Side::Server,
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 99\r\n\r\n",
+                ),
+                (
+                    Side::Server,
+                    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
+                ),
+                (
+                    Side::Server,
+                    b"HTTP/1.1 304 Not Modified\r\ncontent-length: 7\r\n\r\n",
+                ),
+                (
+                    Side::Server,
+                    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nab",
+                ),
+                (Side::Server, b"c\r\n0\r\n\r\n"),
+            ],
+            &[],
+        );
+        assert_eq!(c.interim, 1);
+        let got: Vec<(u16, Body, Option<u64>)> = c
+            .responses
+            .iter()
+            .map(|r| (r.status, r.body, r.end.map(|m| m.packet)))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (200, Body::None, Some(3)),
+                (204, Body::None, Some(4)),
+                (304, Body::None, Some(5)),
+                (200, Body::Chunked, Some(7)),
+            ]
+        );
+        assert_eq!(c.responses[3].body_bytes, 3);
+    }
+
+    #[test]
+    fn a_close_ends_a_body_that_ends_with_it_and_cuts_any_other() {
+        let c = run(
+            &[
+                (Side::Client, b"GET / HTTP/1.1\r\n\r\n"),
+                (Side::Server, b"HTTP/1.0 200 OK\r\n\r\nuntil the close"),
+            ],
+            &[(Side::Server, "FIN")],
+        );
+        let r = &c.responses[0];
+        assert_eq!((r.body, r.announced), (Body::UntilClose, Announced::Close));
+        assert!(r.end.is_some() && r.cut.is_none());
+        let c = run(
+            &[
+                (Side::Client, b"GET / HTTP/1.1\r\n\r\n"),
+                (
+                    Side::Server,
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf",
+                ),
+            ],
+            &[(Side::Server, "RST")],
+        );
+        let r = &c.responses[0];
+        assert_eq!(r.cut.map(|c| (c.by, c.at.packet)), Some(("RST", 3)));
+        assert_eq!((r.end, r.body_bytes), (None, 4));
+    }
+
+    #[test]
+    fn ambiguous_framing_is_a_problem_and_bytes_that_are_not_http_stop_the_tracking() {
+        let c = run(
+            &[
+                (
+                    Side::Client,
+                    b"POST / HTTP/1.1\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabc",
+                ),
+                (Side::Server, b"\x16\x03\x01 not http at all\r\n\r\n"),
+            ],
+            &[],
+        );
+        assert_eq!(c.problems.len(), 1, "{:?}", c.problems);
+        assert!(c.problems[0].what.contains("more than one Content-Length"));
+        assert!(c.responses.is_empty());
+        assert_eq!(c.opaque.len(), 1);
+        assert_eq!(c.opaque[0].0, Side::Server);
+    }
+}

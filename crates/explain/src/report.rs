@@ -40,6 +40,9 @@ pub struct ConnSummary {
     pub longest_idle: Option<f64>,
     pub closes: Vec<Close>,
     pub retransmissions: u64,
+    /// The longest run of retransmissions that nothing acknowledged, and who sent them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unacked: Option<(Side, crate::tcp::Stall)>,
     /// Bytes the capture missed (never captured, skipped over).
     pub missing_bytes: u64,
     /// Directions not followed as HTTP, and why.
@@ -146,6 +149,11 @@ pub(crate) fn summarize(c: &Conn, t0: f64) -> ConnSummary {
         longest_idle,
         closes,
         retransmissions: c.halves[0].retransmissions + c.halves[1].retransmissions,
+        unacked: [Side::Client, Side::Server]
+            .into_iter()
+            .filter_map(|s| c.half(s).longest_stall.map(|st| (s, st)))
+            .filter(|(_, st)| !st.acked)
+            .max_by(|a, b| a.1.seconds().total_cmp(&b.1.seconds())),
         missing_bytes: c.halves[0].missing + c.halves[1].missing,
         not_followed: c
             .http
@@ -338,6 +346,16 @@ impl Report {
             }
             if c.retransmissions > 0 {
                 let _ = write!(line, "; {} retransmission(s)", c.retransmissions);
+            }
+            if let Some((side, st)) = &c.unacked {
+                let _ = write!(
+                    line,
+                    "; the {} retransmitted {} times over {} with no ACK{}",
+                    side.name(),
+                    st.retransmits,
+                    secs(st.seconds()),
+                    if st.reset { ", then an RST" } else { "" }
+                );
             }
             if c.missing_bytes > 0 {
                 let _ = write!(line, "; {} bytes not captured", c.missing_bytes);

@@ -362,6 +362,11 @@ fn link_types_and_formats_decode_to_the_same_connections() {
         assert!(c.requests >= 1, "{name}");
         assert_eq!(report.skipped.undecodable + report.skipped.unknown_link, 0);
     }
+    // The connection that lost its path: its retransmissions that nothing acknowledged.
+    let report = explain("r6-silent-drop-ipv6.pcap");
+    let (side, stall) = report.connections[0].unacked.expect("a stall");
+    assert_eq!((side.name(), stall.retransmits), ("client", 4));
+    assert!(!stall.reset && (stall.seconds() - 3.0).abs() < 1e-3);
 }
 
 #[test]

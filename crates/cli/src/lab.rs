@@ -57,7 +57,7 @@ struct RunArgs {
     json: Option<PathBuf>,
     /// Record each run's loopback traffic with tcpdump into DIR, one file per scenario and
     /// target (R1-nginx.pcap), for `linger explain`. Needs tcpdump (`linger lab setup`)
-    /// and root; R6 runs in network namespaces and is not captured.
+    /// and root.
     #[arg(long, value_name = "DIR")]
     capture: Option<PathBuf>,
 }

@@ -554,6 +554,8 @@ fn silent_drop(scope: &Scope<'_>, c: &Conn) -> Option<Draft> {
     d.bytes_in_flight = Some(stall.in_flight);
     let end = if stall.acked {
         "the peer acknowledged them in the end"
+    } else if stall.gave_up {
+        "nothing acknowledged them, and the sender gave up with an RST"
     } else {
         "nothing acknowledged them and no RST came before the capture ended"
     };

@@ -61,8 +61,10 @@ pub struct Stall {
     pub retransmits: u64,
     /// Bytes sent and not acknowledged when the stall began.
     pub in_flight: u64,
-    /// An RST (either side) ended it.
+    /// The peer's RST ended it: the path worked.
     pub reset: bool,
+    /// The sender's own RST ended it: it gave up.
+    pub gave_up: bool,
     /// The peer acknowledged the data in the end.
     pub acked: bool,
 }
@@ -144,10 +146,12 @@ impl Half {
         }
     }
 
-    /// Ends the current stall (RST, or the end of the capture).
-    pub fn end_stall(&mut self, reset: bool) {
+    /// Ends the current stall: the peer's RST (`reset`), the sender's own RST (`gave_up`),
+    /// or the end of the capture (neither).
+    pub fn end_stall(&mut self, reset: bool, gave_up: bool) {
         if let Some(mut s) = self.stall.take() {
             s.reset = reset;
+            s.gave_up = gave_up;
             self.keep_stall(s);
         }
     }
@@ -175,6 +179,7 @@ impl Half {
                     retransmits: 0,
                     in_flight,
                     reset: false,
+                    gave_up: false,
                     acked: false,
                 });
                 s.last_retransmit = mark;
@@ -454,8 +459,9 @@ impl Tracker {
         }
         if seg.rst && conn.halves[i].rst.is_none() {
             conn.halves[i].rst = Some(mark);
-            conn.halves[0].end_stall(true);
-            conn.halves[1].end_stall(true);
+            // The peer's RST answers the data (the path works); the sender's own gives up.
+            conn.halves[i].end_stall(false, true);
+            conn.halves[j].end_stall(true, false);
             conn.event(mark, side, "RST".to_string());
             conn.http.closed(
                 side,
@@ -474,7 +480,7 @@ impl Tracker {
             for i in 0..2 {
                 let side = c.side_of(i);
                 let h = &mut c.halves[i];
-                h.end_stall(false);
+                h.end_stall(false, false);
                 let mut out = Vec::new();
                 h.skip_gap(&mut out);
                 // Bytes the peer acknowledged that the capture never saw.

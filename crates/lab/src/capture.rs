@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use rustix::process::{kill_process, Pid, Signal};
 
+use crate::targets::Place;
+
 /// How long tcpdump may take to say it is listening, and to exit after SIGINT.
 const READY_WITHIN: Duration = Duration::from_secs(10);
 const EXIT_WITHIN: Duration = Duration::from_secs(10);
@@ -35,12 +37,16 @@ pub struct Tcpdump {
 }
 
 impl Tcpdump {
-    /// Starts tcpdump on `interface` writing to `path` the TCP packets from or to `ports`,
-    /// and returns once it is listening.
-    pub async fn start(interface: &str, path: &Path, ports: &[u16]) -> Result<Self, String> {
-        // A UDP socket that marks the moment the capture really runs: tcpdump says it is
-        // listening a moment before its first packets reach the file.
-        let marker = std::net::UdpSocket::bind("127.0.0.1:0")
+    /// Starts tcpdump where the clients of a run are (this machine's loopback interface, or
+    /// every interface of their network namespace), writing to `path` the TCP packets from
+    /// or to `ports`, and returns once it captures.
+    pub async fn start(place: &Place, path: &Path, ports: &[u16]) -> Result<Self, String> {
+        // A UDP socket that marks the moment the capture really runs (tcpdump says it is
+        // listening a moment before its first packets reach the file), opened where the
+        // capture is.
+        let marker = place
+            .run(async { std::net::UdpSocket::bind("127.0.0.1:0") })
+            .await
             .map_err(|e| format!("cannot bind the capture's marker socket: {e}"))?;
         let marker_addr = marker
             .local_addr()
@@ -54,7 +60,16 @@ impl Tcpdump {
             .collect::<Vec<_>>();
         filter.push(format!("udp port {}", marker_addr.port()));
         let filter = filter.join(" or ");
-        let mut child = Command::new("tcpdump")
+        let (mut cmd, interface) = match &place.netns {
+            None => (Command::new("tcpdump"), "lo"),
+            Some(ns) => {
+                // `ip netns exec` runs tcpdump in the namespace under the same PID.
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "tcpdump"]);
+                (c, "any")
+            }
+        };
+        let mut child = cmd
             // Packets reach tcpdump in blocks of the kernel's ring, handed over when full
             // or after a timeout: the markers below tell when the file holds them all.
             // 64 MiB of ring absorb a run's bursts; 65600 bytes hold a whole loopback

@@ -286,6 +286,7 @@ async fn run_placed(
             })
         }
     };
+    let capture_place = front.clone();
     let ctx = Ctx {
         target: kind,
         addr: running.addr,
@@ -298,7 +299,8 @@ async fn run_placed(
     let tcpdump = match &capture {
         None => None,
         Some(dir) => {
-            Some(start_capture(sc, kind, dir, &[running.addr.port(), origin.addr.port()]).await)
+            let ports = [running.addr.port(), origin.addr.port()];
+            Some(start_capture(sc, kind, dir, &capture_place, &ports).await)
         }
     };
     let measured = sc.drive(ctx).await;
@@ -326,24 +328,20 @@ async fn run_placed(
     Ok(record)
 }
 
-/// Starts tcpdump for one run, on the loopback interface and the run's own ports.
+/// Starts tcpdump for one run, where its clients are (in R6, the namespace of the clients
+/// and the proxy, whose packets to the origin the middlebox drops), on the run's own ports.
 async fn start_capture(
     sc: &Scenario,
     kind: TargetKind,
     dir: &std::path::Path,
+    place: &Place,
     ports: &[u16],
 ) -> Result<Tcpdump, String> {
     if let Some(why) = capture::unavailable() {
         return Err(why);
     }
-    if sc.netns {
-        return Err(
-            "not captured: the run is inside network namespaces, not on the loopback interface"
-                .into(),
-        );
-    }
     let path = dir.join(format!("{}-{}.pcap", sc.id, kind.name()));
-    Tcpdump::start("lo", &path, ports).await
+    Tcpdump::start(place, &path, ports).await
 }
 
 #[cfg(test)]

@@ -15,6 +15,9 @@ use crate::tcp::{Conn, Mark, Side};
 pub const RIGHT_AFTER: f64 = 0.020;
 /// A forwarded request follows its original within this long.
 const FORWARD_WITHIN: f64 = 2.0;
+/// Originals looked at for each request, the most recent first: a busy hop sends many
+/// requests within [`FORWARD_WITHIN`].
+const SCAN_AT_MOST: usize = 256;
 
 /// A request: its connection and its index there.
 pub type ReqRef = (usize, usize);
@@ -230,6 +233,7 @@ pub fn line_up(conns: &[Conn]) -> Hops {
                     .iter()
                     .rev()
                     .take_while(|f| b.time - f.time <= FORWARD_WITHIN)
+                    .take(SCAN_AT_MOST)
                     .find(|f| b.copies(f));
                 if let Some(f) = found {
                     pairs.push((b.req, f.req));

@@ -326,12 +326,17 @@ impl Report {
                 .filter(|c| with_findings.contains(&c.id))
                 .collect()
         };
-        let _ = writeln!(
-            o,
-            "\nConnections ({} of {} listed):",
-            listed.len(),
-            self.connections.len()
-        );
+        if listed.len() == self.connections.len() {
+            let _ = writeln!(o, "\nConnections ({}):", listed.len());
+        } else {
+            let _ = writeln!(
+                o,
+                "\nConnections ({}; past {LIST_CONNECTIONS} only those with findings are listed, \
+                 --json has them all): {} listed",
+                self.connections.len(),
+                listed.len()
+            );
+        }
         for c in listed {
             let opened = match (c.opened, c.opened_packet) {
                 (Some(t), Some(p)) => format!("opened by the client (SYN #{p}, +{t:.6} s)"),

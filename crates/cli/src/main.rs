@@ -96,6 +96,11 @@ struct CheckArgs {
     /// With --probe: give up waiting for an endpoint's idle close after this long.
     #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = parse_max_wait)]
     probe_max_wait: Duration,
+    /// Read what a running linger learned of its endpoints from its admin listener
+    /// (http://HOST:PORT, e.g. http://127.0.0.1:9901) and flag the configured timeouts that
+    /// live traffic proved wrong.
+    #[arg(long, value_name = "URL", conflicts_with = "print_config")]
+    admin: Option<String>,
     /// Print the effective config, every default written out, instead of the chain.
     #[arg(long, conflicts_with = "probe")]
     print_config: bool,
@@ -142,6 +147,11 @@ struct ProbeArgs {
     /// Print the report as one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Also read what a running linger learned of this server from its admin listener
+    /// (http://HOST:PORT, e.g. http://127.0.0.1:9901): a learned idle limit shorter than
+    /// the recommended idle_timeout replaces it.
+    #[arg(long, value_name = "ADMIN_URL")]
+    admin: Option<String>,
 }
 
 fn parse_max_wait(s: &str) -> Result<Duration, String> {
@@ -393,10 +403,21 @@ fn check(args: CheckArgs) -> ExitCode {
     } else {
         Vec::new()
     };
+    let learned = match &args.admin {
+        Some(url) => match linger_lab::check::learned::fetch(url, Duration::from_secs(5)) {
+            Ok(l) => Some((url.clone(), l)),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
     let chain = linger_lab::check::Chain {
         config: &config,
         front_idle: args.front_idle,
         measured,
+        learned,
     };
     let report = linger_lab::check::check(&chain);
     println!("# {source}: valid.\n");
@@ -456,8 +477,26 @@ fn probe(args: ProbeArgs) -> ExitCode {
         intrusive: args.intrusive,
     };
     let progress = StderrProgress::new();
+    let learned = match &args.admin {
+        Some(url) => match linger_lab::check::learned::fetch(url, Duration::from_secs(5)) {
+            Ok(l) => Some((url.as_str(), l)),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
     match rt.block_on(linger_lab::probe::run(&args.url, &opts, &progress)) {
-        Ok(report) => {
+        Ok(mut report) => {
+            if let Some((url, facts)) = &learned {
+                if !report.learned_by_linger(url, facts) {
+                    eprintln!(
+                        "note: the linger at {url} has no endpoint {}; nothing learned to add",
+                        report.address
+                    );
+                }
+            }
             if args.json {
                 println!("{}", report.to_json());
             } else {

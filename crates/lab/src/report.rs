@@ -142,7 +142,7 @@ pub fn summary(report: &Report) -> String {
             .collect();
         let _ = writeln!(
             out,
-            "  {:<4} lost: {:<28} clean: {}",
+            "  {:<4} lost: {:<30} clean: {}",
             r.scenario,
             if losers.is_empty() {
                 "none".to_string()

@@ -223,3 +223,53 @@ async fn probe_tells_a_graceful_early_response_from_one_cut_by_rst() {
         cut.early_response
     );
 }
+
+/// `--admin`: what a running linger learned of the probed endpoint from live traffic
+/// becomes a finding, and a shorter learned limit replaces the recommended idle_timeout.
+#[tokio::test]
+async fn a_limit_learned_by_a_running_linger_tightens_the_recommendation() {
+    let mut report = probe_origin(OriginConfig {
+        idle_close: Some(Duration::from_millis(1500)),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(report.recommendation.idle_timeout.as_deref(), Some("1s"));
+    let learned = |endpoint: &str, learned_s: Option<f64>| linger_lab::check::LearnedFacts {
+        cluster: "app".into(),
+        endpoint: endpoint.into(),
+        idle_limit_s: learned_s.unwrap_or(1.5),
+        idle_timeout_s: 1.5,
+        hint_s: None,
+        learned_s,
+        learning: true,
+        closes_after_response: false,
+        changes: Default::default(),
+        last_change: None,
+    };
+    let admin = "http://127.0.0.1:9901";
+    // Another endpoint's values are not this one's.
+    assert!(!report.learned_by_linger(admin, &[learned("127.0.0.1:1", Some(0.3))]));
+    assert_eq!(report.recommendation.idle_timeout.as_deref(), Some("1s"));
+    let here = report.address.clone();
+    assert!(report.learned_by_linger(admin, &[learned(&here, Some(0.345))]));
+    assert_eq!(report.recommendation.idle_timeout.as_deref(), Some("300ms"));
+    let line = report
+        .recommendation
+        .toml
+        .lines()
+        .find(|l| l.starts_with("idle_timeout"))
+        .unwrap();
+    assert!(
+        line.starts_with("idle_timeout = \"300ms\"") && line.contains("# learned by the linger at"),
+        "{}",
+        report.recommendation.toml
+    );
+    assert_eq!(
+        report.recommendation.toml.matches("idle_timeout").count(),
+        1
+    );
+    assert!(report
+        .findings
+        .iter()
+        .any(|f| f.contains("learned from live traffic")));
+}

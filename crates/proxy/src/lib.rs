@@ -34,3 +34,4 @@ mod upstream;
 pub use crate::config::{Config, File as ConfigFile};
 pub use crate::observe::AccessLog;
 pub use crate::server::Server;
+pub use crate::upstream::learn::LearnedView;

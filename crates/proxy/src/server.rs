@@ -10,11 +10,14 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::downstream::{self, ConnCounter, Drain, ListenerCtx, WorkerCtx};
+use crate::observe::metrics::Name;
 use crate::observe::{AccessLog, Metrics, Registry};
+use crate::upstream::learn::{Book, Learned};
 use crate::upstream::Cluster;
 
-/// How often each worker sweeps its pools for expired idle connections.
-const REAP_INTERVAL: Duration = Duration::from_millis(250);
+/// How often each worker sweeps its pools for expired idle connections (the learning
+/// reads the upstream's idle closes to within one sweep).
+const REAP_INTERVAL: Duration = crate::upstream::learn::SWEEP;
 
 /// The process-wide state.
 #[derive(Debug)]
@@ -25,6 +28,8 @@ pub struct Server {
     pub conns: Arc<ConnCounter>,
     /// Every open connection and the last closed ones, with their journals.
     pub registry: Arc<Registry>,
+    /// What linger learned of each endpoint, by cluster and endpoint, shared by the workers.
+    pub learned: Book,
     listeners: Vec<Arc<ListenerCtx>>,
     drain_tx: watch::Sender<Drain>,
     ready_tx: watch::Sender<bool>,
@@ -41,6 +46,25 @@ impl Server {
             .map(|l| Arc::new(ListenerCtx::new(l, &config.routes, &metrics)))
             .collect();
         let registry = Arc::new(Registry::new(config.closed_connections));
+        let learned = config
+            .clusters
+            .iter()
+            .map(|c| {
+                let cluster = Name::new(c.name.clone());
+                c.endpoints
+                    .iter()
+                    .map(|a| {
+                        Arc::new(Learned::new(
+                            cluster.clone(),
+                            Name::new(a.to_string()),
+                            c.idle_timeout,
+                            c.learn_from_closes,
+                            &metrics,
+                        ))
+                    })
+                    .collect()
+            })
+            .collect();
         let (drain_tx, _) = watch::channel(Drain::Running);
         let (ready_tx, _) = watch::channel(true);
         Arc::new(Self {
@@ -49,6 +73,7 @@ impl Server {
             access_log,
             conns: Arc::new(ConnCounter::default()),
             registry,
+            learned,
             listeners,
             drain_tx,
             ready_tx,
@@ -78,7 +103,15 @@ impl Server {
             .config
             .clusters
             .iter()
-            .map(|c| Arc::new(Cluster::new(c, self.metrics.clone(), self.registry.clone())))
+            .zip(&self.learned)
+            .map(|(c, learned)| {
+                Arc::new(Cluster::new(
+                    c,
+                    self.metrics.clone(),
+                    self.registry.clone(),
+                    learned,
+                ))
+            })
             .collect();
         let worker = Arc::new(WorkerCtx {
             metrics: self.metrics.clone(),

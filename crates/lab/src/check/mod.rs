@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use linger_proxy::config::{Config, ConfigDuration};
 
+pub mod learned;
+pub use learned::LearnedFacts;
+
 /// How far below an upstream's idle close, measured by `linger probe` or written as
 /// `upstream_idle_timeout`, linger's pool `idle_timeout` must stay (R1). The pool checks a
 /// connection's deadline when it takes it, so the margin only has to cover the request in
@@ -93,6 +96,8 @@ pub struct Chain<'a> {
     pub front_idle: Option<Duration>,
     /// Measured facts per endpoint (from `--probe`); they win over the config's.
     pub measured: Vec<(SocketAddr, UpstreamFacts)>,
+    /// What a running linger learned of the endpoints (from `--admin URL`), and the URL.
+    pub learned: Option<(String, Vec<LearnedFacts>)>,
 }
 
 /// How bad a finding is.
@@ -245,6 +250,9 @@ pub fn check(chain: &Chain<'_>) -> Report {
                     .map_or_else(|| "unknown".to_owned(), |f| f.source.clone()),
             });
             pool_pair(c, *ep, facts.as_ref(), &mut findings);
+            if let Some((url, learned)) = &chain.learned {
+                learned_pair(c, *ep, url, learned, &mut hops, &mut findings);
+            }
         }
         tcp_warning(
             format!("cluster \"{}\"", c.name),
@@ -254,6 +262,98 @@ pub fn check(chain: &Chain<'_>) -> Report {
         );
     }
     Report { hops, findings }
+}
+
+/// R1 and R9 as live traffic showed them: what a running linger learned of `ep`.
+fn learned_pair(
+    c: &linger_proxy::config::ClusterConfig,
+    ep: SocketAddr,
+    url: &str,
+    learned: &[LearnedFacts],
+    hops: &mut Vec<Hop>,
+    findings: &mut Vec<Finding>,
+) {
+    let pair = format!(
+        "cluster \"{}\" pool -> upstream {ep} (live traffic)",
+        c.name
+    );
+    let endpoint = ep.to_string();
+    let Some(f) = learned
+        .iter()
+        .find(|f| f.cluster == c.name && f.endpoint == endpoint)
+    else {
+        findings.push(Finding {
+            severity: Severity::Warning,
+            race: "",
+            pair,
+            explanation: format!(
+                "The linger at {url} has no such endpoint in cluster \"{}\": it runs \
+                 another config, or was not restarted since this one changed.",
+                c.name
+            ),
+            fix: None,
+        });
+        return;
+    };
+    let limit = Duration::from_secs_f64(f.idle_limit_s);
+    let cause = f.last_change.as_ref().map_or("", |l| l.cause.as_str());
+    hops.push(Hop {
+        name: format!("  upstream {ep}, learned"),
+        idle: Some(limit),
+        source: format!("--admin {url} {cause}"),
+    });
+    if f.closes_after_response {
+        findings.push(Finding {
+            severity: Severity::Warning,
+            race: "R9",
+            pair: pair.clone(),
+            explanation: "The endpoint closes right after its responses without saying \
+                          `Connection: close`: linger sends requests that may not be retried \
+                          to fresh connections, at the cost of a connect each."
+                .to_owned(),
+            fix: Some(
+                "at the origin: send `Connection: close` on a response after which it closes"
+                    .to_owned(),
+            ),
+        });
+    }
+    match f.learned_s.map(Duration::from_secs_f64) {
+        Some(learned) if learned < c.idle_timeout => {
+            let evidence = f
+                .last_change
+                .as_ref()
+                .map_or(String::new(), |l| format!(" ({})", l.evidence));
+            findings.push(Finding {
+                severity: Severity::Race,
+                race: "R1",
+                pair,
+                explanation: format!(
+                    "Traffic proved the endpoint drops connections idle for less than the \
+                     pool's idle_timeout {}: linger learned {}{evidence}. It applies that \
+                     now, but starts from {} again on every restart, and each time a request \
+                     that may not be retried can be lost before it learns.",
+                    show(c.idle_timeout),
+                    show(learned),
+                    show(c.idle_timeout),
+                ),
+                fix: Some(format!(
+                    "[[cluster]] name = \"{}\": idle_timeout = \"{}\"",
+                    c.name,
+                    show(floor_100ms(learned).max(Duration::from_millis(50)))
+                )),
+            });
+        }
+        _ => findings.push(Finding {
+            severity: Severity::Ok,
+            race: "R1",
+            pair,
+            explanation: format!(
+                "Traffic has shown nothing shorter than the pool's idle limit ({}).",
+                show(limit)
+            ),
+            fix: None,
+        }),
+    }
 }
 
 /// R2: the load balancer in front must close idle connections before linger does.
@@ -540,6 +640,7 @@ mod tests {
             config: cfg,
             front_idle: Some(Duration::from_secs(60)),
             measured: vec![("127.0.0.1:3000".parse().unwrap(), facts)],
+            learned: None,
         })
     }
 
@@ -600,6 +701,7 @@ mod tests {
             config: &cfg,
             front_idle: Some(Duration::from_secs(60)),
             measured: Vec::new(),
+            learned: None,
         });
         assert!(races(&r).is_empty(), "{}", r.render());
         assert!(
@@ -701,6 +803,7 @@ mod tests {
             config: &cfg,
             front_idle: None,
             measured: Vec::new(),
+            learned: None,
         });
         assert!(races(&r).is_empty(), "{}", r.render());
         let warned: Vec<_> = r
@@ -710,5 +813,65 @@ mod tests {
             .map(|f| f.race)
             .collect();
         assert_eq!(warned, ["R2", "R1", "R6"], "{}", r.render());
+    }
+
+    fn learned(learned_s: Option<f64>, after_response: bool) -> LearnedFacts {
+        LearnedFacts {
+            cluster: "app".into(),
+            endpoint: "127.0.0.1:3000".into(),
+            idle_limit_s: learned_s.unwrap_or(1.5),
+            idle_timeout_s: 1.5,
+            hint_s: None,
+            learned_s,
+            learning: true,
+            closes_after_response: after_response,
+            changes: Default::default(),
+            last_change: None,
+        }
+    }
+
+    fn with_learned(cfg: &Config, facts: Vec<LearnedFacts>) -> Report {
+        check(&Chain {
+            config: cfg,
+            front_idle: Some(Duration::from_secs(60)),
+            measured: Vec::new(),
+            learned: Some(("http://127.0.0.1:9901".into(), facts)),
+        })
+    }
+
+    #[test]
+    fn live_traffic_that_proved_the_idle_timeout_wrong_is_a_race() {
+        let cfg = config("");
+        let r = with_learned(&cfg, vec![learned(Some(0.065), false)]);
+        let race = r
+            .races()
+            .find(|f| f.pair.contains("live traffic"))
+            .unwrap_or_else(|| panic!("{}", r.render()));
+        assert_eq!(race.race, "R1");
+        assert!(
+            race.fix
+                .as_ref()
+                .unwrap()
+                .contains("idle_timeout = \"50ms\""),
+            "{race:?}"
+        );
+        // Nothing learned: the pair is fine.
+        let r = with_learned(&cfg, vec![learned(None, false)]);
+        assert!(races(&r).is_empty(), "{}", r.render());
+        // Closing right after responses is a warning with the origin's fix.
+        let r = with_learned(&cfg, vec![learned(None, true)]);
+        assert!(r
+            .findings
+            .iter()
+            .any(|f| f.race == "R9" && f.severity == Severity::Warning));
+        // An endpoint the running linger does not have is named.
+        let mut other = learned(None, false);
+        other.endpoint = "127.0.0.1:4000".into();
+        let r = with_learned(&cfg, vec![other]);
+        assert!(
+            r.render().contains("has no such endpoint"),
+            "{}",
+            r.render()
+        );
     }
 }

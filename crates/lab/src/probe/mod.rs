@@ -22,7 +22,7 @@
 
 mod measure;
 mod report;
-mod target;
+pub(crate) mod target;
 mod wire;
 
 use std::fmt;

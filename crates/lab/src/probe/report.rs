@@ -73,6 +73,18 @@ pub struct Recommendation {
     pub learn_keep_alive: bool,
     /// The settings as a TOML snippet, each with its reason.
     pub toml: String,
+    /// The snippet's lines: the setting, and why.
+    #[serde(skip)]
+    lines: Vec<(String, String)>,
+}
+
+fn render_toml(lines: &[(String, String)]) -> String {
+    let width = lines.iter().map(|(kv, _)| kv.len()).max().unwrap_or(0);
+    let mut toml = String::from("[[cluster]]\n");
+    for (kv, why) in lines {
+        let _ = writeln!(toml, "{kv:<width$}  # {why}");
+    }
+    toml
 }
 
 /// Everything the probe found.
@@ -91,6 +103,9 @@ pub struct Report {
     /// What the measurements mean for a client that reuses connections.
     pub findings: Vec<String>,
     pub recommendation: Recommendation,
+    /// What a running linger learned of this endpoint (`--admin`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub learned: Option<crate::check::LearnedFacts>,
 }
 
 fn compare_hint(hint: &KeepAliveHint, idle: &IdleReport) -> HintComparison {
@@ -154,7 +169,9 @@ impl Report {
                 max_requests_per_connection: 0,
                 learn_keep_alive: true,
                 toml: String::new(),
+                lines: Vec::new(),
             },
+            learned: None,
         };
         report.findings = report.findings(opts);
         report.recommendation = report.recommend(target);
@@ -469,18 +486,75 @@ impl Report {
         };
         lines.push((format!("learn_keep_alive = {learn}"), why));
 
-        let width = lines.iter().map(|(kv, _)| kv.len()).max().unwrap_or(0);
-        let mut toml = String::from("[[cluster]]\n");
-        for (kv, why) in &lines {
-            let _ = writeln!(toml, "{kv:<width$}  # {why}");
-        }
         Recommendation {
             idle_timeout,
             max_idle_per_endpoint: max_idle,
             max_requests_per_connection: max_requests,
             learn_keep_alive: learn,
-            toml,
+            toml: render_toml(&lines),
+            lines,
         }
+    }
+
+    /// Takes in what a running linger (its admin listener at `admin`) learned of the
+    /// endpoints; the one at this report's address, if any, becomes a finding, and a
+    /// learned idle limit shorter than the recommended `idle_timeout` replaces it.
+    /// Returns whether the running linger knows this endpoint.
+    pub fn learned_by_linger(&mut self, admin: &str, facts: &[crate::check::LearnedFacts]) -> bool {
+        let Some(f) = facts.iter().find(|f| f.endpoint == self.address) else {
+            return false;
+        };
+        self.learned = Some(f.clone());
+        let Some(learned) = f.learned_s.map(Duration::from_secs_f64) else {
+            self.findings.push(format!(
+                "The linger at {admin} (cluster \"{}\") has learned nothing shorter than \
+                 its idle limit of {} for this endpoint from live traffic.",
+                f.cluster,
+                secs(Duration::from_secs_f64(f.idle_limit_s))
+            ));
+            return true;
+        };
+        let evidence = f
+            .last_change
+            .as_ref()
+            .map_or(String::new(), |c| format!(": {}", c.evidence));
+        self.findings.push(format!(
+            "The linger at {admin} (cluster \"{}\") learned from live traffic that this \
+             endpoint drops connections idle for less than its configured {}: it reuses them \
+             for {} at most{evidence}.",
+            f.cluster,
+            secs(Duration::from_secs_f64(f.idle_timeout_s)),
+            secs(learned)
+        ));
+        let rec = &mut self.recommendation;
+        if rec.max_idle_per_endpoint == Some(0) {
+            return true;
+        }
+        let recommended = rec
+            .idle_timeout
+            .as_deref()
+            .and_then(|t| ConfigDuration::parse(t).ok())
+            .map_or(Duration::from_millis(1500), |d| d.0);
+        let safe = Duration::from_millis(learned.as_millis() as u64 / 100 * 100)
+            .max(Duration::from_millis(50));
+        if safe < recommended {
+            let t = secs(safe);
+            let line = (
+                format!("idle_timeout = \"{t}\""),
+                format!("learned by the linger at {admin} from live traffic (R1)"),
+            );
+            match rec
+                .lines
+                .iter_mut()
+                .find(|(kv, _)| kv.starts_with("idle_timeout"))
+            {
+                Some(l) => *l = line,
+                None => rec.lines.insert(2, line),
+            }
+            rec.idle_timeout = Some(t);
+            rec.toml = render_toml(&rec.lines);
+        }
+        true
     }
 
     /// The report as text: measurements, findings, then the recommended settings.

@@ -3,6 +3,7 @@
 //! (drawn from the seed), and how the run is measured.
 
 mod r01_upstream_idle_close;
+mod r01b_late_reset;
 mod r02_downstream_idle_close;
 mod r03_unannounced_close;
 mod r04_early_response;
@@ -35,7 +36,7 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// One race, reproduced.
 #[derive(Debug)]
 pub struct Scenario {
-    /// `R1` ... `R11`.
+    /// `R1` ... `R11` (`R1b`: a second kind of R1).
     pub id: &'static str,
     /// A short name that `linger lab run` also accepts.
     pub name: &'static str,
@@ -115,9 +116,10 @@ impl Measured {
 }
 
 /// Every scenario, in order.
-pub fn all() -> [&'static Scenario; 11] {
+pub fn all() -> [&'static Scenario; 12] {
     [
         &r01_upstream_idle_close::SCENARIO,
+        &r01b_late_reset::SCENARIO,
         &r02_downstream_idle_close::SCENARIO,
         &r03_unannounced_close::SCENARIO,
         &r04_early_response::SCENARIO,
@@ -457,7 +459,8 @@ mod tests {
     #[test]
     fn scenarios_are_found_by_id_or_name_and_cover_r1_to_r11() {
         let ids: Vec<&str> = all().iter().map(|s| s.id).collect();
-        let want: Vec<String> = (1..=11).map(|i| format!("R{i}")).collect();
+        let mut want: Vec<String> = (1..=11).map(|i| format!("R{i}")).collect();
+        want.insert(1, "R1b".into());
         assert_eq!(ids, want);
         for sc in all() {
             assert_eq!(find(sc.id).map(|s| s.id), Some(sc.id));

@@ -5,6 +5,8 @@
 //!   header asks for it first;
 //! * `/stats` the page's numbers as JSON; `/connections` and `/connections/{id}` the
 //!   registry and journals as JSON;
+//! * `/upstreams` what linger learned of each endpoint's closes, with each endpoint's
+//!   journal of changes;
 //! * `/ready` (503 once a drain starts) and `/live`.
 
 use std::collections::BTreeMap;
@@ -21,8 +23,9 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 
 use crate::observe::exposition::{self, Format};
-use crate::observe::journal::wall_ms;
+use crate::observe::journal::{wall_ms, EventView};
 use crate::server::Server;
+use crate::upstream::learn::{Learned, LearnedView};
 
 /// The live page, embedded so the binary serves it offline.
 const PAGE: &str = include_str!("page.html");
@@ -64,6 +67,7 @@ fn route(server: &Server, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         }
         "/stats" => text(StatusCode::OK, JSON, stats_json(server)),
         "/connections" => text(StatusCode::OK, JSON, server.registry.list_json()),
+        "/upstreams" => text(StatusCode::OK, JSON, upstreams_json(server)),
         "/live" => text(StatusCode::OK, "text/plain", "live\n".into()),
         "/ready" => {
             if server.ready() {
@@ -93,7 +97,8 @@ fn route(server: &Server, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             None => text(
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                "not found: try /, /metrics, /stats, /connections, /ready or /live\n".into(),
+                "not found: try /, /metrics, /stats, /upstreams, /connections, /ready or /live\n"
+                    .into(),
             ),
         },
     }
@@ -140,6 +145,38 @@ struct Stats {
     closes: BTreeMap<&'static str, BTreeMap<&'static str, u64>>,
     requests: BTreeMap<String, u64>,
     retries: BTreeMap<String, u64>,
+    /// What linger learned of each endpoint's closes.
+    upstreams: Vec<LearnedView>,
+}
+
+/// One endpoint on `/upstreams`: the learned values and the journal of their changes.
+#[derive(Serialize)]
+struct Upstream {
+    #[serde(flatten)]
+    learned: LearnedView,
+    /// Wall-clock milliseconds the journal's `t_ms` count from.
+    journal_opened_ms: f64,
+    journal: Vec<EventView>,
+    journal_dropped: u32,
+}
+
+fn learned(server: &Server) -> impl Iterator<Item = &Learned> {
+    server.learned.iter().flatten().map(|l| &**l)
+}
+
+fn upstreams_json(server: &Server) -> String {
+    let list: Vec<Upstream> = learned(server)
+        .map(|l| {
+            let (journal, journal_dropped) = l.events();
+            Upstream {
+                learned: l.view(),
+                journal_opened_ms: l.journal_opened_ms(),
+                journal,
+                journal_dropped,
+            }
+        })
+        .collect();
+    serde_json::to_string(&serde_json::json!({ "upstreams": list })).expect("upstreams serialize")
 }
 
 fn stats_json(server: &Server) -> String {
@@ -150,6 +187,7 @@ fn stats_json(server: &Server) -> String {
         closes: server.registry.closes(),
         requests: sum_by_label(&metrics, "linger_requests_total", "termination"),
         retries: sum_by_label(&metrics, "linger_retries_total", "reason"),
+        upstreams: learned(server).map(Learned::view).collect(),
     };
     serde_json::to_string(&stats).expect("stats serialize")
 }

@@ -322,6 +322,8 @@ pub struct FileCluster {
     pub max_requests_per_connection: u64,
     #[serde(default = "yes")]
     pub learn_keep_alive: bool,
+    #[serde(default = "yes")]
+    pub learn_from_closes: bool,
     #[serde(default = "default_hint_margin")]
     pub keep_alive_margin: ConfigDuration,
     /// The idle close the endpoints themselves apply, when known (nginx `keepalive_timeout`,
@@ -560,6 +562,9 @@ pub struct ClusterConfig {
     pub max_idle_per_endpoint: usize,
     pub max_requests_per_connection: Option<u64>,
     pub learn_keep_alive: bool,
+    /// Learn each endpoint's idle close and close-after-response habit from its own
+    /// connections (`upstream::learn`).
+    pub learn_from_closes: bool,
     pub keep_alive_margin: Duration,
     /// What the endpoints' own idle close is said to be (for `linger check`).
     pub upstream_idle_timeout: Option<Duration>,
@@ -817,6 +822,7 @@ impl File {
                 max_idle_per_endpoint: c.max_idle_per_endpoint,
                 max_requests_per_connection: nonzero(c.max_requests_per_connection),
                 learn_keep_alive: c.learn_keep_alive,
+                learn_from_closes: c.learn_from_closes,
                 keep_alive_margin: c.keep_alive_margin.0,
                 upstream_idle_timeout: c.upstream_idle_timeout.map(|d| d.0),
                 retry: RetryConfig {

@@ -102,22 +102,18 @@ pub async fn run(
             Ok(h) => h,
             Err(e) => return e,
         };
-        let (req, asked) = match request(found, shared) {
+        // The request and the response are handed on by plain functions: values moved
+        // into a boxed future must not stay in this loop's frame, which every idle
+        // connection keeps.
+        let Begun { handling, asked } = match begin(svc, found, shared) {
             Ok(r) => r,
             Err(e) => return Ending::BadHead(e),
         };
-        // The request path's future lives on the heap while it runs: an idle connection
-        // keeps only this loop's small state.
-        let fut = Box::pin(svc.clone().handle(req));
-        let resp = match wait_response(fut, conn, shared, listener, &mut drain).await {
+        let resp = match wait_response(handling, conn, shared, listener, &mut drain).await {
             Ok(r) => r,
             Err(e) => return e,
         };
-        let upgrade = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-        // On the heap while it runs, as the request path is.
-        let written = Box::pin(write_response(
-            resp, asked, conn, shared, listener, &mut drain,
-        ));
+        let (written, upgrade) = respond(resp, asked, conn, shared, listener, &mut drain);
         if let Err(e) = written.await {
             return e;
         }
@@ -131,6 +127,47 @@ pub async fn run(
             return Ending::Closed;
         }
     }
+}
+
+/// The request a found head describes, on its way through the request path, whose future
+/// lives on the heap while it runs.
+fn begin(
+    svc: &DsService,
+    found: FoundHead,
+    shared: &Arc<Shared>,
+) -> Result<Begun<impl Future<Output = Response<DownBody>>>, HeadError> {
+    let (req, asked) = request(found, shared)?;
+    Ok(Begun {
+        handling: Box::pin(svc.clone().handle(req)),
+        asked,
+    })
+}
+
+/// A request on its way: the request path's future, and what the client asked of the
+/// response's form.
+struct Begun<F> {
+    handling: Pin<Box<F>>,
+    asked: Asked,
+}
+
+/// The response's writing, on the heap while it runs as the request path is; and whether
+/// it switches protocols.
+fn respond<'a>(
+    resp: Response<DownBody>,
+    asked: Asked,
+    conn: &'a DsConn,
+    shared: &'a Shared,
+    listener: &'a ListenerCtx,
+    drain: &'a mut DrainWatch,
+) -> (
+    Pin<Box<impl Future<Output = Result<(), Ending>> + 'a>>,
+    bool,
+) {
+    let upgrade = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    (
+        Box::pin(write_response(resp, asked, conn, shared, listener, drain)),
+        upgrade,
+    )
 }
 
 /// Waits for the next complete request head, with the connection's timers and the drain.

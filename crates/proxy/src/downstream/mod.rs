@@ -281,13 +281,19 @@ impl DsConn {
 /// Accepts connections until the drain starts, spawning a driver for each.
 pub async fn accept_loop(worker: Arc<WorkerCtx>, listener: Arc<ListenerCtx>, socket: TcpListener) {
     let mut drain = worker.drain.clone();
+    // Bound to one address, every accepted connection's local address is that one: no
+    // getsockname per connection. A wildcard bind asks each socket.
+    let local = socket
+        .local_addr()
+        .ok()
+        .filter(|a| !a.ip().is_unspecified());
     loop {
         if *drain.borrow() != Drain::Running {
             break;
         }
         tokio::select! {
             accepted = socket.accept() => match accepted {
-                Ok((stream, peer)) => spawn_connection(&worker, &listener, stream, peer),
+                Ok((stream, peer)) => spawn_connection(&worker, &listener, stream, peer, local),
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!(listener = %listener.name, error = %e, "accept failed");
@@ -307,7 +313,7 @@ pub async fn accept_loop(worker: Arc<WorkerCtx>, listener: Arc<ListenerCtx>, soc
     })
     .await
     {
-        spawn_connection(&worker, &listener, stream, peer);
+        spawn_connection(&worker, &listener, stream, peer, local);
     }
     tracing::info!(listener = %listener.name, "stopped accepting");
 }
@@ -317,13 +323,14 @@ fn spawn_connection(
     listener: &Arc<ListenerCtx>,
     stream: TcpStream,
     peer: SocketAddr,
+    local: Option<SocketAddr>,
 ) {
     let w = worker.clone();
     let l = listener.clone();
     worker.conns.inc();
     tokio::spawn(async move {
         let conns = w.conns.clone();
-        serve_connection(w, l, stream, peer).await;
+        serve_connection(w, l, stream, peer, local).await;
         conns.dec();
     });
 }
@@ -336,6 +343,7 @@ pub async fn serve_connection(
     listener: Arc<ListenerCtx>,
     stream: TcpStream,
     peer: SocketAddr,
+    local: Option<SocketAddr>,
 ) {
     let cfg = &listener.cfg;
     listener.socket_options(&stream);
@@ -349,7 +357,7 @@ pub async fn serve_connection(
         .inc();
     worker.metrics.downstream_open.get_or_create(&labels).inc();
 
-    let local = stream.local_addr().ok();
+    let local = local.or_else(|| stream.local_addr().ok());
     let stats = Arc::new(IoStats::default());
     let now = Instant::now();
     let id = DOWNSTREAM_CONN_IDS.fetch_add(1, Ordering::Relaxed);
@@ -501,6 +509,11 @@ async fn close_connection(
         Ending::Tunneled => LingerOutcome::PeerAlreadyClosed,
         // At the drain deadline there is no time left to linger: FIN, and close.
         Ending::Cut => linger_close(&shared.stream, stats, Duration::ZERO, &mut late).await,
+        // The client asked for the close (`Connection: close`, HTTP/1.0) and sent nothing
+        // more: it sends nothing after its request, so there is nothing to drain and no
+        // late request to catch. The close sends the FIN (as nginx's lingering_close does
+        // when no more data is expected).
+        Ending::Closed if asked_to_close(conn, shared) => LingerOutcome::NotNeeded,
         _ => linger_close(&shared.stream, stats, listener.cfg.linger_time, &mut late).await,
     };
     let reason = if bad_request {
@@ -554,6 +567,16 @@ async fn close_connection(
         linger = ?outcome,
         "downstream connection closed"
     );
+}
+
+/// Did the client ask for this close, with nothing of its unread?
+fn asked_to_close(conn: &DsConn, shared: &Shared) -> bool {
+    conn.lifecycle(|lc| lc.close_reason()) == Some(CloseReason::RequestedClose)
+        && conn.stats.peer() == crate::io::PeerClose::Open
+        && {
+            let ib = shared.inbound.lock().expect("inbound lock");
+            ib.buf.is_empty() && !ib.body_pending()
+        }
 }
 
 /// Logs a request that linger refused before it became a request (the parser or the framing

@@ -1082,6 +1082,7 @@ impl DsService {
         cluster.begin_try(ep_idx);
         inflight.endpoint_in_flight = Some((cluster.clone(), ep_idx));
         let written_before = conn.stats.bytes_written();
+        let read_before = conn.stats.bytes_read();
         let sent_at = Instant::now();
         let out = Outgoing {
             head: &head,
@@ -1114,6 +1115,12 @@ impl DsService {
                 cluster.end_try(ep_idx);
                 let mut err = TryError::new(kind, written, conn.reused);
                 err.conn = Some(conn.id);
+                if conn.reused
+                    && matches!(err.kind, TryErrorKind::PeerGone(_))
+                    && conn.stats.bytes_read() == read_before
+                {
+                    cluster.reuse_failed(&conn);
+                }
                 let (_, reason) = err.classify();
                 conn.stats.journal().record_with("failed", reason);
                 let close = err.close_reason();

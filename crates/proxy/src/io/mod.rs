@@ -202,6 +202,8 @@ pub fn send_fin(stream: &TcpStream, stats: &IoStats) {
 pub enum LingerOutcome {
     /// The peer had already closed its side: nothing could be unread, no wait.
     PeerAlreadyClosed,
+    /// The client asked for the close and nothing of it was pending: closed at once.
+    NotNeeded,
     /// The peer closed (FIN) while linger was reading and discarding.
     PeerClosed { discarded: u64 },
     /// The peer reset the connection while linger was draining.

@@ -88,6 +88,22 @@ fn r1_upstream_idle_close() {
         Decision::RefuseNotIdempotent
     );
     assert_eq!(decide(sent.failure(), true, true, 0, 2), Decision::Retry);
+    // An origin that drops idle connections without a hint is learned from the failure:
+    // connections idle as long are no longer reused.
+    let learned = learned();
+    learned.reuse_failed(ms(130));
+    assert!(learned.reuse_limit().is_some_and(|l| l < ms(100)));
+}
+
+/// What an endpoint has shown of its closes, with nothing learned yet.
+fn learned() -> Learned {
+    Learned::new(
+        std::sync::Arc::new("c".into()),
+        std::sync::Arc::new("e".into()),
+        Duration::from_secs(60),
+        true,
+        &crate::observe::Metrics::new(),
+    )
 }
 
 /// R2: linger's own idle close. It meets only an idle connection, at its deadline; bytes
@@ -227,11 +243,11 @@ fn r9_close_after_response() {
         Reuse::Close(CloseReason::UpstreamConnectionClose)
     );
     let t0 = Instant::now();
-    let learned = Learned::default();
+    let learned = learned();
     assert!(!learned.upstream_closed(RIGHT_AFTER + ms(1), t0));
     assert!(learned.upstream_closed(ms(1), t0));
     assert!(learned.closes_after_response(t0 + ms(10)));
-    learned.reuse_worked();
+    learned.reuse_worked(Duration::ZERO);
     assert!(!learned.closes_after_response(t0 + ms(10)));
 }
 

@@ -7,6 +7,7 @@
 //! (each listener, each cluster, each race): a scrape before any traffic already shows what
 //! can be counted.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
@@ -59,6 +60,19 @@ pub struct RetryLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub cluster: Name,
+    pub endpoint: Name,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LearnedLabels {
+    pub cluster: Name,
+    pub endpoint: Name,
+    pub cause: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RaceLabels {
     pub race: &'static str,
     pub what: &'static str,
@@ -99,6 +113,10 @@ pub struct Metrics {
     pub retries: Family<RetryLabels, Counter>,
     /// Residual races linger detected and handled (or could not), by race number.
     pub races: Family<RaceLabels, Counter>,
+    /// The idle limit each endpoint's pool uses now (configured, hinted or learned).
+    pub learned_idle: Family<EndpointLabels, Gauge<f64, AtomicU64>>,
+    /// Changes of what linger learned of an endpoint, by cause.
+    pub learned_changes: Family<LearnedLabels, Counter>,
 }
 
 fn seconds_buckets() -> Histogram {
@@ -249,6 +267,19 @@ impl Metrics {
                 r,
                 "races",
                 "Connection-lifecycle races seen, by race (R1..R12) and what linger did",
+                Family::default(),
+            ),
+            learned_idle: listed(
+                r,
+                "upstream_learned_idle_seconds",
+                "The idle time after which an endpoint's pooled connections are no longer \
+                 reused: the configured idle_timeout, or shorter as announced or learned",
+                Family::default(),
+            ),
+            learned_changes: listed(
+                r,
+                "upstream_learned_changes",
+                "Changes of what linger learned of an endpoint's closes, by cause",
                 Family::default(),
             ),
             registry: root,

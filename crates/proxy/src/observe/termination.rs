@@ -147,6 +147,9 @@ pub enum CloseReason {
     UpstreamUnexpectedData,
     /// linger's pool idle timeout (or the learned `Keep-Alive: timeout`).
     PoolIdleTimeout,
+    /// Idle longer than the endpoint's learned idle limit (the upstream was seen dropping
+    /// connections idle that long).
+    PoolLearnedIdle,
     /// The response said `Connection: close`, or was HTTP/1.0.
     UpstreamConnectionClose,
     /// The learned `Keep-Alive: max` or `max_requests_per_connection` was reached.
@@ -217,6 +220,7 @@ impl CloseReason {
             Self::UpstreamFinBusy => "upstream_fin_busy",
             Self::UpstreamUnexpectedData => "upstream_unexpected_data",
             Self::PoolIdleTimeout => "pool_idle_timeout",
+            Self::PoolLearnedIdle => "pool_learned_idle",
             Self::UpstreamConnectionClose => "upstream_connection_close",
             Self::UpstreamMaxRequests => "upstream_max_requests",
             Self::PoolFull => "pool_full",

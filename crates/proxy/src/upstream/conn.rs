@@ -10,6 +10,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
@@ -67,6 +68,8 @@ pub struct UpstreamConn {
     pub requests_left: Option<u64>,
     /// Did the current request get it from the pool?
     pub reused: bool,
+    /// How long it sat idle in the pool before the current request took it.
+    pub idle_age: Duration,
     /// Bytes read and not used yet. Empty (and released) while the connection is idle.
     pub buf: BytesMut,
     ctx: Arc<ConnCtx>,
@@ -99,6 +102,7 @@ impl UpstreamConn {
             requests: 0,
             requests_left: None,
             reused: false,
+            idle_age: Duration::ZERO,
             buf: BytesMut::new(),
             ctx,
             reason: None,
@@ -226,7 +230,26 @@ pub fn poll_fill(
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(read);
         }
-        match stream.try_read_buf(buf) {
+        // A read shorter than the room it had emptied the socket: the cached readiness is
+        // dropped with it (the closure's `WouldBlock`), so the next read waits for the
+        // kernel's next event instead of a syscall that would find nothing. The readiness
+        // dropped is the one seen before this read: an event that arrives after it stands.
+        let room = buf.capacity() - buf.len();
+        let mut short = 0;
+        let read = stream.try_io(tokio::io::Interest::READABLE, || {
+            match stream.try_read_buf(buf) {
+                Ok(n) if n > 0 && n < room => {
+                    short = n;
+                    Err(io::ErrorKind::WouldBlock.into())
+                }
+                r => r,
+            }
+        });
+        let read = match read {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && short > 0 => Ok(short),
+            r => r,
+        };
+        match read {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => {
                 stats.record_error(&e);

@@ -41,8 +41,8 @@ pub struct Endpoint {
     pub name: Arc<String>,
     pub pool: Pool,
     pub in_flight: AtomicUsize,
-    /// What linger learned of how it closes connections.
-    pub learned: learn::Learned,
+    /// What linger learned of how it closes connections (shared by the workers).
+    pub learned: Arc<learn::Learned>,
 }
 
 /// A cluster as one worker sees it: endpoints, pools, balancer state, retry budget.
@@ -66,18 +66,25 @@ pub struct Cluster {
 // === impl Cluster ===
 
 impl Cluster {
-    pub fn new(cfg: &ClusterConfig, metrics: Arc<Metrics>, registry: Arc<Registry>) -> Self {
+    /// `learned` holds one entry per endpoint of `cfg`, shared with the other workers.
+    pub fn new(
+        cfg: &ClusterConfig,
+        metrics: Arc<Metrics>,
+        registry: Arc<Registry>,
+        learned: &[Arc<learn::Learned>],
+    ) -> Self {
         let name: Name = Arc::new(cfg.name.clone());
         let endpoints = cfg
             .endpoints
             .iter()
-            .map(|a| Endpoint {
+            .zip(learned)
+            .map(|(a, learned)| Endpoint {
                 addr: *a,
                 label: a.to_string(),
                 name: Arc::new(a.to_string()),
                 pool: Pool::new(cfg.max_idle_per_endpoint),
                 in_flight: AtomicUsize::new(0),
-                learned: learn::Learned::default(),
+                learned: learned.clone(),
             })
             .collect();
         let reuse_counter = |reused: &'static str| {
@@ -200,7 +207,7 @@ impl Cluster {
         }
         let conn = ep
             .pool
-            .checkout(now, &self.metrics, &self.pool_idle, &ep.learned)?;
+            .checkout(now, &self.metrics, &self.pool_idle, &ep.learned, may_retry)?;
         let journal = conn.stats.journal();
         journal.set_state(ConnState::Active);
         journal.record("reused");
@@ -214,8 +221,9 @@ impl Cluster {
         journal.record_with("pooled", Detail::ReusableFor(idle_for));
         let ep = &self.endpoints[conn.endpoint];
         if conn.reused {
-            ep.learned.reuse_worked();
+            ep.learned.reuse_worked(conn.idle_age);
         }
+        ep.learned.hinted(idle_for);
         ep.pool.checkin(
             conn,
             Instant::now() + idle_for,
@@ -232,6 +240,14 @@ impl Cluster {
             ep.pool
                 .reap(now, &self.pool_idle, &self.metrics, &ep.learned);
         }
+    }
+
+    /// A reused connection failed before any byte of a response: the upstream had
+    /// dropped it while it sat idle (R1).
+    pub fn reuse_failed(&self, conn: &UpstreamConn) {
+        self.endpoints[conn.endpoint]
+            .learned
+            .reuse_failed(conn.idle_age);
     }
 
     /// Opens a new connection.

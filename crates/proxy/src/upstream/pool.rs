@@ -51,8 +51,8 @@ fn unusable(
     }
 }
 
-/// Closes an idle connection; an upstream FIN right after its last response teaches the
-/// endpoint's [`Learned`].
+/// Closes an idle connection; the upstream's own close of it, timed, teaches the
+/// endpoint's [`Learned`] (right after its last response: R9; later: its idle close).
 fn closed(
     conn: UpstreamConn,
     reason: CloseReason,
@@ -61,14 +61,12 @@ fn closed(
     metrics: &Metrics,
     learned: &Learned,
 ) {
-    if reason == CloseReason::UpstreamFinIdle && learned.upstream_closed(now - since, now) {
+    let by_upstream = matches!(
+        reason,
+        CloseReason::UpstreamFinIdle | CloseReason::UpstreamRst
+    );
+    if by_upstream && learned.upstream_closed(now - since, now) {
         metrics.race("R9", "close_after_response_learned");
-        tracing::info!(
-            upstream_conn = conn.id,
-            idle_ms = (now - since).as_millis() as u64,
-            "the upstream closes right after its responses: requests that may not be retried \
-             go to fresh connections to this endpoint"
-        );
     }
     conn.close(reason);
 }
@@ -84,19 +82,40 @@ impl Pool {
     }
 
     /// The most recently used connection that is still usable; the unusable ones met on
-    /// the way are closed with their reason.
+    /// the way are closed with their reason. Connections idle longer than the endpoint's
+    /// learned limit are not taken, but by a `probe` (a request that may be retried), which
+    /// takes the oldest of them.
     pub fn checkout(
         &self,
         now: Instant,
         metrics: &Metrics,
         idle_gauge: &Gauge,
         learned: &Learned,
+        may_retry: bool,
     ) -> Option<UpstreamConn> {
+        let limit = learned.reuse_limit();
         loop {
-            let entry = self.idle.lock().expect("pool lock").pop()?;
+            let entry = {
+                let mut idle = self.idle.lock().expect("pool lock");
+                let top = idle.last()?;
+                if limit.is_some_and(|l| now.saturating_duration_since(top.since) > l) {
+                    // Every pooled connection is idle longer than the limit (the newest is
+                    // on top).
+                    if !(may_retry && learned.probe_due(now)) {
+                        return None;
+                    }
+                    idle.remove(0)
+                } else {
+                    idle.pop()?
+                }
+            };
             idle_gauge.dec();
             match unusable(&entry.conn, entry.expires, now, true) {
-                None => return Some(entry.conn),
+                None => {
+                    let mut conn = entry.conn;
+                    conn.idle_age = now.saturating_duration_since(entry.since);
+                    return Some(conn);
+                }
                 Some(reason) => {
                     if reason != CloseReason::PoolIdleTimeout {
                         // Caught before a request went out on it (R1, R9).
@@ -142,17 +161,29 @@ impl Pool {
         idle_gauge.inc();
     }
 
-    /// Closes idle connections past their deadline or ended by the upstream.
+    /// Closes idle connections past their deadline or ended by the upstream, and those
+    /// idle longer than the learned limit but the oldest (kept for a probe).
     pub fn reap(&self, now: Instant, idle_gauge: &Gauge, metrics: &Metrics, learned: &Learned) {
+        let limit = learned.reuse_limit();
         let mut closed_now = Vec::new();
         {
             let mut idle = self.idle.lock().expect("pool lock");
+            let mut probe_kept = false;
             let mut i = 0;
             while i < idle.len() {
-                if let Some(reason) = unusable(&idle[i].conn, idle[i].expires, now, true) {
-                    closed_now.push((idle.remove(i), reason));
-                } else {
-                    i += 1;
+                let e = &idle[i];
+                let reason = unusable(&e.conn, e.expires, now, true).or_else(|| {
+                    let over = limit.is_some_and(|l| now.saturating_duration_since(e.since) > l);
+                    if over && probe_kept {
+                        Some(CloseReason::PoolLearnedIdle)
+                    } else {
+                        probe_kept |= over;
+                        None
+                    }
+                });
+                match reason {
+                    Some(reason) => closed_now.push((idle.remove(i), reason)),
+                    None => i += 1,
                 }
             }
         }

@@ -3,10 +3,12 @@
 #   nginx, haproxy   the other proxies the lab compares (started by the lab itself,
 #                    on free ports, from its own configs; the packages' services stay off)
 #   iproute2, nftables   network namespaces and silent drops for R6
+#   tcpdump          packet captures of lab runs (linger lab run --capture DIR), which
+#                    linger explain reads
 # Run as root. `linger lab setup` runs this same script.
 set -euo pipefail
 
-packages=(nginx haproxy iproute2 nftables)
+packages=(nginx haproxy iproute2 nftables tcpdump)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -26,8 +26,8 @@ enum LabCommand {
     /// cases, `crates/lab/corpus/`) through each target to a recording origin, and print
     /// per source and tier how many rows each handled as the row expects.
     Conformance(ConformanceArgs),
-    /// Install the other targets (nginx, HAProxy) and the tools R6 needs (iproute2,
-    /// nftables) from Debian's packages. Needs root.
+    /// Install the other targets (nginx, HAProxy), the tools R6 needs (iproute2,
+    /// nftables) and tcpdump (for --capture) from Debian's packages. Needs root.
     Setup,
 }
 
@@ -55,6 +55,11 @@ struct RunArgs {
     /// Also write the report as JSON (one record per scenario and target) to FILE.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Record each run's loopback traffic with tcpdump into DIR, one file per scenario and
+    /// target (R1-nginx.pcap), for `linger explain`. Needs tcpdump (`linger lab setup`)
+    /// and root.
+    #[arg(long, value_name = "DIR")]
+    capture: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -211,7 +216,18 @@ fn run(args: RunArgs) -> ExitCode {
             .map_or(Requests::Default, |n| Requests::Exactly(n as usize)),
         seed: args.seed,
         linger_bin,
+        capture: args.capture.clone(),
     };
+    if let Some(dir) = &args.capture {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            eprintln!("error: cannot create {}: {e}", dir.display());
+            return ExitCode::from(2);
+        }
+        if let Some(why) = linger_lab::capture::unavailable() {
+            eprintln!("error: --capture: {why}");
+            return ExitCode::from(2);
+        }
+    }
     println!(
         "linger lab: {} scenario(s) x {} target(s), seed {}\n",
         opts.scenarios.len(),
@@ -220,6 +236,18 @@ fn run(args: RunArgs) -> ExitCode {
     );
     let report = runtime().block_on(runner::run(&opts, &progress));
     print!("{}", report::render(&report));
+    if args.capture.is_some() {
+        println!("\nCaptures (linger explain FILE):");
+        for r in &report.records {
+            match &r.capture {
+                Some(runner::Captured::File(p)) => println!("  {}", p.display()),
+                Some(runner::Captured::Skipped(why)) => {
+                    println!("  {} {}: {why}", r.scenario, r.target.name())
+                }
+                None => {}
+            }
+        }
+    }
     if let Some(path) = &args.json {
         if let Err(e) = std::fs::write(path, report::to_json(&report)) {
             eprintln!("error: cannot write {}: {e}", path.display());

@@ -1,4 +1,4 @@
-//! The `linger` binary: `serve`, `check`, `probe`, `lab`, `demo`.
+//! The `linger` binary: `serve`, `check`, `probe`, `explain`, `lab`, `demo`.
 //!
 //! `serve` is kept thin: load and validate the config, bind, spawn one worker per thread,
 //! wait for a signal, drain with a deadline.
@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+mod explain;
 mod lab;
 
 /// jemalloc: every request allocates a few blocks of several KiB (the request path's
@@ -54,6 +55,11 @@ enum Command {
     /// requests per connection, half-close, HTTP/1.0) and recommend `[[cluster]]` settings.
     /// Progress goes to stderr, the report to stdout.
     Probe(ProbeArgs),
+    /// Read a packet capture (pcap or pcapng, e.g. `tcpdump -w`) and name the
+    /// connection-lifecycle races in it (R1 to R12 of docs/races.md), with packet numbers,
+    /// times and the fix. Exit status 0 when no request was lost, 1 when one was, 2 when
+    /// the capture cannot be read.
+    Explain(explain::ExplainArgs),
 }
 
 #[derive(Args, Debug)]
@@ -173,6 +179,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => lab::demo(args),
         Command::Lab(args) => lab::lab(args),
         Command::Probe(args) => probe(args),
+        Command::Explain(args) => explain::explain(args),
     }
 }
 

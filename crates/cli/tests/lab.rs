@@ -31,6 +31,7 @@ async fn direct_and_linger(id: &str) -> (Record, Record) {
         requests: Requests::Quick,
         seed: SEED,
         linger_bin: linger_bin(),
+        capture: None,
     };
     let report = tokio::time::timeout(Duration::from_secs(120), runner::run(&opts, &|_| {}))
         .await

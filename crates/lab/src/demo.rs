@@ -22,5 +22,6 @@ pub fn options(linger_bin: PathBuf, seed: u64) -> Options {
         requests: Requests::Quick,
         seed,
         linger_bin,
+        capture: None,
     }
 }

@@ -2,6 +2,7 @@
 //! scenarios that run them (one per race), and the targets they run against: no proxy,
 //! linger, nginx and HAProxy. Also the probe and the chain check.
 
+pub mod capture;
 pub mod check;
 pub mod corpus;
 pub mod demo;

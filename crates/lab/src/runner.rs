@@ -10,6 +10,7 @@ use rustix::process::{kill_process, Pid};
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::capture::{self, Tcpdump};
 use crate::netns::NetLab;
 use crate::peers::Origin;
 use crate::scenarios::{Ctx, Measured, Scenario};
@@ -26,6 +27,9 @@ pub struct Options {
     pub seed: u64,
     /// The `linger` binary to start for the `linger` target.
     pub linger_bin: PathBuf,
+    /// Record each run's traffic with tcpdump into this directory, one file per scenario
+    /// and target (`R1-nginx.pcap`).
+    pub capture: Option<PathBuf>,
 }
 
 /// How many requests each scenario sends per target.
@@ -82,6 +86,19 @@ pub struct Record {
     pub origin_requests: u64,
     pub origin_connections: u64,
     pub duration_ms: u64,
+    /// The run's packet capture (with `--capture`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capture: Option<Captured>,
+}
+
+/// Where a run's packets went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "state", content = "detail")]
+pub enum Captured {
+    /// The capture file.
+    File(PathBuf),
+    /// Why there is none.
+    Skipped(String),
 }
 
 impl Record {
@@ -101,6 +118,7 @@ impl Record {
             origin_requests: 0,
             origin_connections: 0,
             duration_ms: 0,
+            capture: None,
         }
     }
 
@@ -140,7 +158,8 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str) + Sync)) -> Report {
         let mut set = tokio::task::JoinSet::new();
         for (i, &kind) in opts.targets.iter().enumerate() {
             let (schedule, bin) = (schedule.clone(), opts.linger_bin.clone());
-            set.spawn(async move { (i, run_one(sc, kind, schedule, bin).await) });
+            let capture = opts.capture.clone();
+            set.spawn(async move { (i, run_one(sc, kind, schedule, bin, capture).await) });
         }
         let mut got: Vec<(usize, Record)> = Vec::new();
         while let Some(r) = set.join_next().await {
@@ -169,6 +188,7 @@ async fn run_one(
     kind: TargetKind,
     schedule: Arc<Schedule>,
     linger_bin: PathBuf,
+    capture: Option<PathBuf>,
 ) -> Record {
     if let Some(why) = targets::missing(kind, &linger_bin) {
         return Record::new(sc, kind, &schedule, Status::NotInstalled(why));
@@ -181,7 +201,7 @@ async fn run_one(
     let started = Instant::now();
     let mut record = match tokio::time::timeout(
         RUN_LIMIT,
-        run_placed(sc, kind, schedule.clone(), linger_bin),
+        run_placed(sc, kind, schedule.clone(), linger_bin, capture),
     )
     .await
     {
@@ -203,6 +223,7 @@ async fn run_placed(
     kind: TargetKind,
     schedule: Arc<Schedule>,
     linger_bin: PathBuf,
+    capture: Option<PathBuf>,
 ) -> Result<Record, Status> {
     let failed = |what: &str, e: std::io::Error| Status::Failed(format!("{what}: {e}"));
     // Where the clients and the proxy run, and where the origin runs.
@@ -265,6 +286,7 @@ async fn run_placed(
             })
         }
     };
+    let capture_place = front.clone();
     let ctx = Ctx {
         target: kind,
         addr: running.addr,
@@ -274,7 +296,22 @@ async fn run_placed(
         drain,
         netlab: netlab.clone(),
     };
+    let tcpdump = match &capture {
+        None => None,
+        Some(dir) => {
+            let ports = [running.addr.port(), origin.addr.port()];
+            Some(start_capture(sc, kind, dir, &capture_place, &ports).await)
+        }
+    };
     let measured = sc.drive(ctx).await;
+    let captured = match tcpdump {
+        None => None,
+        Some(Ok(t)) => Some(match t.stop().await {
+            Ok(path) => Captured::File(path),
+            Err(e) => Captured::Skipped(e),
+        }),
+        Some(Err(why)) => Some(Captured::Skipped(why)),
+    };
     running.stop().await;
     let mut record = Record::new(sc, kind, &schedule, Status::Ran);
     record.failures = measured.failures();
@@ -282,12 +319,29 @@ async fn run_placed(
     record.duplicates = origin.stats.duplicates();
     record.origin_requests = origin.stats.requests();
     record.origin_connections = origin.stats.connections();
+    record.capture = captured;
     // Processes first, then the origin, the runtimes, and last the namespaces.
     drop(running);
     drop(origin);
     drop(runtimes);
     drop(netlab);
     Ok(record)
+}
+
+/// Starts tcpdump for one run, where its clients are (in R6, the namespace of the clients
+/// and the proxy, whose packets to the origin the middlebox drops), on the run's own ports.
+async fn start_capture(
+    sc: &Scenario,
+    kind: TargetKind,
+    dir: &std::path::Path,
+    place: &Place,
+    ports: &[u16],
+) -> Result<Tcpdump, String> {
+    if let Some(why) = capture::unavailable() {
+        return Err(why);
+    }
+    let path = dir.join(format!("{}-{}.pcap", sc.id, kind.name()));
+    Tcpdump::start(place, &path, ports).await
 }
 
 #[cfg(test)]
@@ -303,6 +357,7 @@ mod tests {
             requests: Requests::Exactly(3),
             seed: 1,
             linger_bin: PathBuf::from("/nonexistent/linger"),
+            capture: None,
         };
         let report = run(&opts, &|_| {}).await;
         assert_eq!(report.records.len(), 2);

@@ -23,38 +23,50 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 /// Removes every hop-by-hop header, including those the `Connection` header names.
 /// Returns the `Upgrade` value when the message asked for a protocol upgrade.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
-    // One pass over the names first: most messages carry none of them, and a lookup by
-    // name costs a hash each.
-    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+    // One pass over the names first: most messages carry none or one of them, and each
+    // lookup by name costs a hash.
+    let mut present = [false; 6];
+    for k in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
+            present[i] = true;
+        }
+    }
+    if !present.contains(&true) {
         return None;
     }
     let mut named: Vec<HeaderName> = Vec::new();
     let mut wants_upgrade = false;
     for v in headers.get_all(header::CONNECTION) {
-        if let Ok(s) = v.to_str() {
-            for token in s.split(',') {
-                let token = token.trim();
-                if token.eq_ignore_ascii_case("upgrade") {
-                    wants_upgrade = true;
-                }
-                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                    named.push(name);
-                }
+        let Ok(s) = v.to_str() else { continue };
+        for token in s.split(',') {
+            let token = token.trim();
+            if token.eq_ignore_ascii_case("upgrade") {
+                wants_upgrade = true;
+            }
+            // The fixed ones go below anyway ("keep-alive", "upgrade", ...).
+            if HOP_BY_HOP
+                .iter()
+                .any(|h| token.eq_ignore_ascii_case(h.as_str()))
+            {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                named.push(name);
             }
         }
     }
-    let upgrade = headers.get(header::UPGRADE).cloned();
+    let upgrade = if wants_upgrade {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
         headers.remove(name);
     }
-    if wants_upgrade {
-        upgrade
-    } else {
-        None
-    }
+    upgrade
 }
 
 fn version_str(v: Version) -> &'static str {

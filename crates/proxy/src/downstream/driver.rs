@@ -17,7 +17,6 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use linger_h1::{find_head, FoundHead, Framing, HeadError};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -26,9 +25,11 @@ use super::service::DsService;
 use super::{DsConn, ListenerCtx};
 use crate::body::DownBody;
 use crate::config::HalfClosePolicy;
+use crate::io::transport::write_all;
+use crate::io::{IoStats, Transport};
 use crate::lifecycle::connection::{Action, Drain};
 use crate::lifecycle::upstream::{connection_has, has_token};
-use crate::upstream::conn::{poll_fill, HEAD_READ};
+use crate::upstream::conn::HEAD_READ;
 use crate::upstream::exchange::ReasonPhrase;
 use crate::upstream::UpstreamConn;
 
@@ -236,7 +237,9 @@ async fn sleep_until(deadline: Option<Instant>) {
 async fn read_more(shared: &Shared) -> std::io::Result<usize> {
     std::future::poll_fn(|cx| {
         let mut ib = shared.inbound.lock().expect("inbound lock");
-        poll_fill(&shared.stream, &mut ib.buf, &shared.stats, HEAD_READ, cx)
+        shared
+            .stream
+            .poll_fill(cx, &mut ib.buf, &shared.stats, HEAD_READ)
     })
     .await
 }
@@ -350,7 +353,10 @@ async fn client_gone(shared: &Shared, listener: &ListenerCtx) {
                 // The body's reader sees the close; or enough is read ahead.
                 return Poll::Pending;
             }
-            match poll_fill(&shared.stream, &mut ib.buf, &shared.stats, HEAD_READ, cx) {
+            match shared
+                .stream
+                .poll_fill(cx, &mut ib.buf, &shared.stats, HEAD_READ)
+            {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(()),
                 Poll::Ready(Ok(_)) => {}
@@ -540,14 +546,10 @@ async fn write_parts(shared: &Shared, parts: &[&[u8]]) -> std::io::Result<()> {
             slices[i] = std::io::IoSlice::new(if i == 0 { &p[off..] } else { p });
             n += 1;
         }
-        shared.stream.writable().await?;
-        let mut wrote = match shared.stream.try_write_vectored(&slices[..n]) {
-            Ok(w) => shared.stats.written(Ok(w))?,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(e) => {
-                shared.stats.record_error(&e);
-                return Err(e);
-            }
+        let wrote = std::future::poll_fn(|cx| shared.stream.poll_write_vectored(cx, &slices[..n]));
+        let mut wrote = match shared.stats.written(wrote.await)? {
+            0 => return Err(std::io::ErrorKind::WriteZero.into()),
+            w => w,
         };
         while wrote > 0 && idx < parts.len() {
             let left = parts[idx].len() - off;
@@ -564,11 +566,6 @@ async fn write_parts(shared: &Shared, parts: &[&[u8]]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Writes all of `bytes` to the client.
-async fn write_all(shared: &Shared, bytes: &[u8]) -> std::io::Result<()> {
-    write_parts(shared, &[bytes]).await
-}
-
 /// After a `101`: bytes go both ways between the client and the upstream until both
 /// sides are done; bytes already read on either side go first.
 async fn tunnel(shared: &Shared, mut up: UpstreamConn) {
@@ -577,42 +574,49 @@ async fn tunnel(shared: &Shared, mut up: UpstreamConn) {
         let mut ib = shared.inbound.lock().expect("inbound lock");
         std::mem::take(&mut ib.buf)
     };
-    let down = &shared.stream;
-    let upstream = up.stream_mut();
+    let up_stats = up.stats.clone();
+    let upstream: &dyn Transport = up.stream_mut();
+    let down = End {
+        stream: &shared.stream,
+        stats: &shared.stats,
+    };
+    let upstream = End {
+        stream: upstream,
+        stats: &up_stats,
+    };
     let a = pump(down, upstream, early_down);
     let b = pump(upstream, down, early_up);
     let _ = tokio::join!(a, b);
 }
 
-/// Copies `from` to `to` until `from` ends, then half-closes `to`.
-async fn pump(from: &TcpStream, to: &TcpStream, first: BytesMut) -> std::io::Result<()> {
-    let mut pending = first;
-    let mut buf = vec![0u8; 16 * 1024];
+/// One side of a tunnel.
+#[derive(Clone, Copy)]
+struct End<'a> {
+    stream: &'a dyn Transport,
+    stats: &'a IoStats,
+}
+
+/// Copies `from` to `to` until `from` ends, then ends `to`'s writing side.
+async fn pump(from: End<'_>, to: End<'_>, first: BytesMut) -> std::io::Result<()> {
+    let mut buf = first;
     loop {
-        let mut left: &[u8] = &pending;
-        while !left.is_empty() {
-            to.writable().await?;
-            match to.try_write(left) {
-                Ok(n) => left = &left[n..],
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
-            }
+        if !buf.is_empty() {
+            write_all(to.stream, to.stats, &buf).await?;
+            buf.clear();
         }
-        pending.clear();
-        from.readable().await?;
-        match from.try_read(&mut buf) {
-            Ok(0) => {
-                let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
-                return Ok(());
-            }
-            Ok(n) => pending.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
+        let read =
+            std::future::poll_fn(|cx| from.stream.poll_fill(cx, &mut buf, from.stats, TUNNEL_READ));
+        if read.await? == 0 {
+            to.stream.send_fin(to.stats);
+            return Ok(());
         }
     }
 }
 
+/// A tunnel's reads.
+const TUNNEL_READ: usize = 16 * 1024;
+
 /// The best the client can get of a refusal, within `limit`.
 pub async fn write_best_effort(shared: &Shared, bytes: &[u8], limit: Duration) {
-    let _ = tokio::time::timeout(limit, write_all(shared, bytes)).await;
+    let _ = tokio::time::timeout(limit, write_all(&shared.stream, &shared.stats, bytes)).await;
 }

@@ -13,22 +13,24 @@ use std::task::{ready, Context, Poll};
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use linger_h1::{BodyDecoder, BodyError, Framing, FramingViolation};
-use tokio::net::TcpStream;
 
 use crate::body::BoxError;
 use crate::io::IoStats;
-use crate::upstream::conn::{poll_fill, REQUEST_BODY_READ};
+use crate::io::Transport;
+use crate::upstream::conn::REQUEST_BODY_READ;
 
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
-/// What the driver and the request body share.
+/// What the driver and the request body share. Built over a concrete transport
+/// (`Shared<TcpStream>`) and used as a `Shared` over any.
 #[derive(Debug)]
-pub struct Shared {
-    pub stream: TcpStream,
+pub struct Shared<T: ?Sized + Transport = dyn Transport> {
     pub stats: Arc<IoStats>,
     pub inbound: Mutex<Inbound>,
     /// The most header fields a request head may have.
     pub max_headers: usize,
+    /// Last, so that the transport's type can be forgotten behind the pointer.
+    pub stream: T,
 }
 
 /// Bytes read and the body being read.
@@ -156,10 +158,15 @@ impl Body for ReqBody {
         let mut ib = shared.inbound.lock().expect("inbound lock");
         while ib.continue_left > 0 {
             let from = CONTINUE.len() - ib.continue_left;
-            ready!(shared.stream.poll_write_ready(cx))?;
-            match shared.stream.try_write(&CONTINUE[from..]) {
+            let wrote = ready!(shared
+                .stream
+                .poll_write_vectored(cx, &[std::io::IoSlice::new(&CONTINUE[from..])]));
+            match shared.stats.written(wrote) {
+                Ok(0) => {
+                    let e = std::io::Error::from(std::io::ErrorKind::WriteZero);
+                    return Poll::Ready(Some(Err(Box::new(e))));
+                }
                 Ok(n) => ib.continue_left -= n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 Err(e) => {
                     shared.stats.record_error(&e);
                     return Poll::Ready(Some(Err(Box::new(e))));
@@ -209,13 +216,10 @@ impl Body for ReqBody {
                 }
                 continue;
             }
-            match ready!(poll_fill(
-                &shared.stream,
-                &mut ib.buf,
-                &shared.stats,
-                REQUEST_BODY_READ,
-                cx
-            )) {
+            match ready!(shared
+                .stream
+                .poll_fill(cx, &mut ib.buf, &shared.stats, REQUEST_BODY_READ))
+            {
                 Ok(0) => {
                     let e = decoder.eof().err().unwrap_or(BodyError::Truncated);
                     return this.fail(e);

@@ -392,11 +392,12 @@ pub async fn serve_connection(
         cut: std::sync::atomic::AtomicBool::new(false),
         tunnel: Mutex::new(None),
     });
-    let shared = Arc::new(Shared {
-        stream,
+    // Plain TCP: the one transport so far.
+    let shared: Arc<Shared> = Arc::new(Shared {
         stats: stats.clone(),
         inbound: Mutex::new(Inbound::default()),
         max_headers: cfg.max_headers,
+        stream,
     });
     let svc = DsService {
         worker: worker.clone(),

@@ -10,6 +10,9 @@
 //! (nothing can be unread).
 
 pub mod socket;
+pub mod transport;
+
+pub use transport::Transport;
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -219,12 +222,14 @@ pub const LINGER_KEEP: usize = 1024;
 /// the peer closes or `linger` passes. Dropping the stream afterwards closes the socket.
 /// The first [`LINGER_KEEP`] bytes discarded are kept in `first`.
 pub async fn linger_close(
-    stream: &TcpStream,
+    transport: &dyn Transport,
     stats: &IoStats,
     linger: Duration,
     first: &mut Vec<u8>,
 ) -> LingerOutcome {
-    send_fin(stream, stats);
+    transport.send_fin(stats);
+    // What still arrives is discarded as it is, under any transport.
+    let stream = transport.tcp();
     match stats.peer() {
         PeerClose::Fin | PeerClose::Rst | PeerClose::Error | PeerClose::TimedOut => {
             return LingerOutcome::PeerAlreadyClosed

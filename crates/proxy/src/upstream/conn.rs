@@ -17,6 +17,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+pub use crate::io::transport::poll_fill;
 use crate::io::{IoStats, PeerClose};
 use crate::observe::metrics::{CloseLabels, ClusterLabels};
 use crate::observe::{CloseReason, ConnEntry, Metrics, Registry};
@@ -208,62 +209,6 @@ impl UpstreamConn {
     /// Names the close without closing yet (a tunnel names it before it starts).
     pub fn set_close_reason(&mut self, reason: CloseReason) {
         self.reason = Some(reason);
-    }
-}
-
-/// Reads what `stream` has into `buf`, making room for a read of `read` bytes once bytes
-/// are there; `Ok(0)` is the FIN.
-pub fn poll_fill(
-    stream: &TcpStream,
-    buf: &mut BytesMut,
-    stats: &IoStats,
-    read: usize,
-    cx: &mut Context<'_>,
-) -> Poll<io::Result<usize>> {
-    loop {
-        if let Err(e) = ready!(stream.poll_read_ready(cx)) {
-            stats.record_error(&e);
-            return Poll::Ready(Err(e));
-        }
-        // The buffer grows only once there is something to read: a connection that waits
-        // holds none.
-        if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(read);
-        }
-        // A read shorter than the room it had emptied the socket: the cached readiness is
-        // dropped with it (the closure's `WouldBlock`), so the next read waits for the
-        // kernel's next event instead of a syscall that would find nothing. The readiness
-        // dropped is the one seen before this read: an event that arrives after it stands.
-        let room = buf.capacity() - buf.len();
-        let mut short = 0;
-        let read = stream.try_io(tokio::io::Interest::READABLE, || {
-            match stream.try_read_buf(buf) {
-                Ok(n) if n > 0 && n < room => {
-                    short = n;
-                    Err(io::ErrorKind::WouldBlock.into())
-                }
-                r => r,
-            }
-        });
-        let read = match read {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock && short > 0 => Ok(short),
-            r => r,
-        };
-        match read {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => {
-                stats.record_error(&e);
-                return Poll::Ready(Err(e));
-            }
-            Ok(0) => {
-                stats.record_peer(PeerClose::Fin);
-                return Poll::Ready(Ok(0));
-            }
-            Ok(n) => {
-                stats.add_read(n);
-                return Poll::Ready(Ok(n));
-            }
-        }
     }
 }
 

@@ -157,7 +157,7 @@ fn respond<'a>(
     resp: Response<DownBody>,
     asked: Asked,
     conn: &'a DsConn,
-    shared: &'a Shared,
+    shared: &'a Arc<Shared>,
     listener: &'a ListenerCtx,
     drain: &'a mut DrainWatch,
 ) -> (
@@ -172,9 +172,11 @@ fn respond<'a>(
 }
 
 /// Waits for the next complete request head, with the connection's timers and the drain.
+/// (The futures an idle connection keeps take `&Arc<Shared>`: a thin pointer, where
+/// `&Shared` is a pointer and the transport's vtable.)
 async fn next_head(
     conn: &DsConn,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     listener: &ListenerCtx,
     drain: &mut DrainWatch,
 ) -> Result<FoundHead, Ending> {
@@ -234,7 +236,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 /// Reads what the client sent into the shared buffer.
-async fn read_more(shared: &Shared) -> std::io::Result<usize> {
+async fn read_more(shared: &Arc<Shared>) -> std::io::Result<usize> {
     std::future::poll_fn(|cx| {
         let mut ib = shared.inbound.lock().expect("inbound lock");
         shared
@@ -312,7 +314,7 @@ fn request(found: FoundHead, shared: &Arc<Shared>) -> Result<(Request<ReqBody>, 
 async fn wait_response<F>(
     mut fut: Pin<Box<F>>,
     conn: &DsConn,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     listener: &ListenerCtx,
     drain: &mut DrainWatch,
 ) -> Result<Response<DownBody>, Ending>
@@ -344,7 +346,7 @@ where
 /// Resolves when the client closes or resets the connection while no body of its is
 /// being read; bytes it sends meanwhile (a pipelined request) are kept for later, up to
 /// a head's size.
-async fn client_gone(shared: &Shared, listener: &ListenerCtx) {
+async fn client_gone(shared: &Arc<Shared>, listener: &ListenerCtx) {
     let max = listener.cfg.max_header_bytes;
     std::future::poll_fn(|cx| {
         let mut ib = shared.inbound.lock().expect("inbound lock");
@@ -371,7 +373,7 @@ async fn write_response(
     resp: Response<DownBody>,
     asked: Asked,
     conn: &DsConn,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     listener: &ListenerCtx,
     drain: &mut DrainWatch,
 ) -> Result<(), Ending> {

@@ -219,8 +219,9 @@ pub struct DsConn {
     pub(crate) violation_logged: std::sync::atomic::AtomicBool,
     /// linger closed the connection at the drain deadline, whatever it was doing.
     pub(crate) cut: std::sync::atomic::AtomicBool,
-    /// After a `101`, the upstream connection the tunnel takes over.
-    tunnel: Mutex<Option<crate::upstream::UpstreamConn>>,
+    /// After a `101`, the upstream connection the tunnel takes over (boxed: every
+    /// connection carries the slot, few ever fill it).
+    tunnel: Mutex<Option<Box<crate::upstream::UpstreamConn>>>,
 }
 
 // === impl DsConn ===
@@ -249,11 +250,11 @@ impl DsConn {
 
     /// Hands the upstream connection of an upgrade to the tunnel that follows the `101`.
     pub fn set_tunnel(&self, up: crate::upstream::UpstreamConn) {
-        *self.tunnel.lock().expect("tunnel lock") = Some(up);
+        *self.tunnel.lock().expect("tunnel lock") = Some(Box::new(up));
     }
 
     fn take_tunnel(&self) -> Option<crate::upstream::UpstreamConn> {
-        self.tunnel.lock().expect("tunnel lock").take()
+        self.tunnel.lock().expect("tunnel lock").take().map(|b| *b)
     }
 
     /// Runs `f` on the lifecycle machine.

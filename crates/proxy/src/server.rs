@@ -113,11 +113,23 @@ impl Server {
                 ))
             })
             .collect();
+        // Each worker's connections watch the drain on the worker's own channel: a watch
+        // registers every waiting connection under the channel's lock, and one channel for
+        // all workers made the workers' threads take turns at it on every request.
+        let (worker_drain_tx, worker_drain) = watch::channel(*self.drain_tx.borrow());
+        let mut global = self.drain_tx.subscribe();
+        // Lives on while the worker's connections finish (the drain deadline reaches them
+        // through it), and ends with the server's channel.
+        tokio::spawn(async move {
+            while global.changed().await.is_ok() {
+                worker_drain_tx.send_replace(*global.borrow_and_update());
+            }
+        });
         let worker = Arc::new(WorkerCtx {
             metrics: self.metrics.clone(),
             access_log: self.access_log.clone(),
             clusters: clusters.clone(),
-            drain: self.drain_tx.subscribe(),
+            drain: worker_drain,
             conns: self.conns.clone(),
             registry: self.registry.clone(),
         });

@@ -7,9 +7,9 @@ use std::net::SocketAddr;
 use serde::Serialize;
 
 use crate::hops::{idle_start, Hop, Hops, RIGHT_AFTER};
-use crate::http::{Announced, Body};
+use crate::http::{answered_before_body, Announced, Body};
 use crate::report::secs;
-use crate::tcp::{Conn, Mark, Side};
+use crate::tcp::{find, Conn, Mark, Side};
 
 /// A server still streaming this long after its client's FIN ignores the half-close (R5).
 pub const STREAM_AFTER_FIN: f64 = 1.0;
@@ -113,10 +113,11 @@ impl Draft {
     }
 }
 
-/// Every finding of every connection, in order of connection and time.
-pub fn detect(scope: &Scope<'_>) -> Vec<Finding> {
+/// Every finding of the connections `ids` (in order of id), in order of connection and time;
+/// the other connections of the scope are read as their other hops.
+pub fn detect(scope: &Scope<'_>, ids: &[usize]) -> Vec<Finding> {
     let mut out = Vec::new();
-    for c in scope.conns {
+    for c in ids.iter().filter_map(|&id| find(scope.conns, id)) {
         let hop = &scope.hops.hops[scope.hops.hop_of[&c.id]];
         let mut drafts = Vec::new();
         drafts.extend(reuse_into_close(scope, c, hop));
@@ -621,7 +622,7 @@ fn client_left(scope: &Scope<'_>, c: &Conn) -> Option<Draft> {
     );
     if let Some(&(cc, ci)) = scope.hops.copies.get(&(c.id, i)).and_then(|cs| cs.last()) {
         // A proxy forwarded it: did it cancel the upstream request?
-        let up = &scope.conns[cc];
+        let up = find(scope.conns, cc)?;
         if up.has_gaps() {
             return None;
         }
@@ -702,10 +703,8 @@ fn cut_mid_body(scope: &Scope<'_>, c: &Conn) -> Option<Draft> {
     // not a second race.
     let upstream_cut = scope.hops.copies.get(&(c.id, i)).is_some_and(|cs| {
         cs.iter().any(|&(cc, ci)| {
-            scope.conns[cc]
-                .http
-                .responses
-                .get(ci)
+            find(scope.conns, cc)
+                .and_then(|up| up.http.responses.get(ci))
                 .is_some_and(|r| r.cut.is_some())
         })
     });
@@ -785,17 +784,18 @@ fn framing(c: &Conn) -> Vec<Draft> {
 /// that stays open: whether the body still follows is then a guess on both sides, and the
 /// next request can be read as part of it (or the body as a request).
 fn expect_answered_early(c: &Conn) -> Option<Draft> {
-    let (i, req) = c.http.requests.iter().enumerate().find(|(i, r)| {
-        r.expect_continue
-            && r.body != Body::None
-            && c.http.responses.get(*i).is_some_and(|resp| {
-                resp.status >= 200
-                    && resp.announced != Announced::Close
-                    && r.end.is_none_or(|e| e.packet > resp.start.packet)
-            })
-    })?;
-    let resp = &c.http.responses[i];
-    let next = c.http.requests.get(i + 1);
+    let (req, resp, next) = match c.http.expect_early.as_deref() {
+        Some((req, resp, next)) => (req, resp, next.as_ref()),
+        None => {
+            let (i, req) = c.http.requests.iter().enumerate().find(|(i, r)| {
+                c.http
+                    .responses
+                    .get(*i)
+                    .is_some_and(|resp| answered_before_body(r, resp))
+            })?;
+            (req, &c.http.responses[i], c.http.requests.get(i + 1))
+        }
+    };
     let mut d = Draft::new(
         "R12",
         "a final status to Expect: 100-continue, and the connection kept",

@@ -213,7 +213,7 @@ pub fn line_up(conns: &[Conn]) -> Hops {
             hops.hops.len() - 1
         });
         hops.hops[h].conns.push(c.id);
-        hops.hops[h].requests += c.http.requests.len();
+        hops.hops[h].requests += c.http.request_count();
         hops.hop_of.insert(c.id, h);
     }
     for h in &mut hops.hops {

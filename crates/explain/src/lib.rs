@@ -90,7 +90,13 @@ impl Explained {
     /// Explains the held connections that `done` picks (the others are their scope, for
     /// the other hops of their requests), keeps their summaries and findings, and drops
     /// them from `tracker`.
-    fn settle(&mut self, tracker: &mut tcp::Tracker, mut done: impl FnMut(&tcp::Conn) -> bool) {
+    /// `now`: how far the capture has been read, `None` at its end.
+    fn settle(
+        &mut self,
+        tracker: &mut tcp::Tracker,
+        now: Option<f64>,
+        mut done: impl FnMut(&tcp::Conn) -> bool,
+    ) {
         self.most_held = self.most_held.max(tracker.conns.len());
         let ids: Vec<usize> = tracker
             .conns
@@ -125,6 +131,7 @@ impl Explained {
                 conns: &tracker.conns,
                 hops: &lined,
                 t0: self.t0,
+                now,
             },
             &ids,
         );
@@ -220,13 +227,13 @@ pub fn explain(
         if t_last >= next_sweep {
             next_sweep = t_last + SWEEP_EVERY;
             let now = t_last;
-            done.settle(&mut tracker, |c| {
+            done.settle(&mut tracker, Some(now), |c| {
                 let quiet = now - c.last.time;
                 (c.finished() && quiet > LINGER) || quiet > IDLE_WINDOW
             });
         }
     }
-    done.settle(&mut tracker, |_| true);
+    done.settle(&mut tracker, None, |_| true);
     let mut hops: Vec<(usize, report::HopSummary)> = done.hops.into_values().collect();
     hops.sort_by_key(|(first, _)| *first);
     let mut connections = done.flagged;

@@ -77,6 +77,9 @@ pub struct Scope<'a> {
     pub hops: &'a Hops,
     /// Time of the first packet: the report's times are relative to it.
     pub t0: f64,
+    /// How far the capture has been read, when the connections are explained while it goes
+    /// on (`None` at its end).
+    pub now: Option<f64>,
 }
 
 impl std::fmt::Debug for Scope<'_> {
@@ -122,7 +125,7 @@ pub fn detect(scope: &Scope<'_>, ids: &[usize]) -> Vec<Finding> {
         let mut drafts = Vec::new();
         drafts.extend(reuse_into_close(scope, c, hop));
         drafts.extend(early_response(scope, c));
-        drafts.extend(half_close_ignored(c));
+        drafts.extend(half_close_ignored(scope, c));
         drafts.extend(silent_drop(scope, c));
         drafts.extend(client_left(scope, c));
         drafts.extend(cut_mid_body(scope, c));
@@ -481,7 +484,7 @@ fn early_response(scope: &Scope<'_>, c: &Conn) -> Option<Draft> {
 }
 
 /// R5: the client's FIN during a streamed response, and the server keeps streaming.
-fn half_close_ignored(c: &Conn) -> Option<Draft> {
+fn half_close_ignored(scope: &Scope<'_>, c: &Conn) -> Option<Draft> {
     let (fin, how) = c.close_of(Side::Client)?;
     if how != "FIN" {
         return None;
@@ -502,9 +505,13 @@ fn half_close_ignored(c: &Conn) -> Option<Draft> {
         .saturating_sub(server.bytes_at_peer_fin.unwrap_or(0));
     let mut d = Draft::new("R5", "half-close ignored while streaming", true);
     d.bytes_in_flight = Some(after);
-    let ended = match c.close_of(Side::Server) {
-        Some((m, h)) => format!("it closed only at packet {} ({h})", m.packet),
-        None => "it had not closed when the capture ended".into(),
+    let ended = match (c.close_of(Side::Server), scope.now) {
+        (Some((m, h)), _) => format!("it closed only at packet {} ({h})", m.packet),
+        (None, None) => "it had not closed when the capture ended".into(),
+        (None, Some(now)) => format!(
+            "it had not closed {} after its last packet",
+            secs(now - c.last.time)
+        ),
     };
     d.text = format!(
         "The client sent a FIN (packet {}) during response {} (packet {}); {} kept streaming \
@@ -554,11 +561,16 @@ fn silent_drop(scope: &Scope<'_>, c: &Conn) -> Option<Draft> {
     );
     d.bytes_in_flight = Some(stall.in_flight);
     let end = if stall.acked {
-        "the peer acknowledged them in the end"
+        "the peer acknowledged them in the end".to_string()
     } else if stall.gave_up {
-        "nothing acknowledged them, and the sender gave up with an RST"
+        "nothing acknowledged them, and the sender gave up with an RST".to_string()
+    } else if let Some(now) = scope.now {
+        format!(
+            "nothing acknowledged them and no RST came in the {} after",
+            secs(now - stall.last_retransmit.time)
+        )
     } else {
-        "nothing acknowledged them and no RST came before the capture ended"
+        "nothing acknowledged them and no RST came before the capture ended".to_string()
     };
     d.text = format!(
         "{} sent {} bytes (packet {}) and retransmitted them {} times over {} (last at packet \
@@ -653,10 +665,17 @@ fn client_left(scope: &Scope<'_>, c: &Conn) -> Option<Draft> {
                 secs(kept),
                 m.packet
             ),
-            None => format!(
-                "the upstream connection was still open {} later, when the capture ended",
-                secs(kept)
-            ),
+            None => match scope.now {
+                None => format!(
+                    "the upstream connection was still open {} later, when the capture ended",
+                    secs(kept)
+                ),
+                Some(now) => format!(
+                    "the upstream connection was still open {} later, and quiet for {} after",
+                    secs(kept),
+                    secs(now - end_time)
+                ),
+            },
         };
         d.text = format!(
             "{head}. The proxy {} had forwarded it upstream (packet {}) and did not cancel \

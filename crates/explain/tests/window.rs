@@ -246,3 +246,35 @@ fn a_connection_with_many_requests_holds_only_its_last_ones() {
     assert!(r12[0].text.contains("PUT /f"), "{}", r12[0].text);
     assert!(r12[0].text.contains("GET /a"), "{}", r12[0].text);
 }
+
+#[test]
+fn a_connection_gone_quiet_is_explained_while_the_capture_goes_on() {
+    // A silent drop at 10 s (R6), then nothing more on that connection, and a short clean
+    // connection every 10 s for 1200 s: the quiet one is dropped past its idle window.
+    let mut cap = Capture::new(Link::Ethernet);
+    let mut dead = cap.conn("10.5.0.1:45000", "10.5.0.2:6379", 9);
+    cap.handshake(&mut dead, 10.0, RTT);
+    cap.send_unacked(&mut dead, By::Client, 10.001, GET);
+    for t in [10.2, 10.6, 11.4, 13.0] {
+        cap.retransmit(&mut dead, By::Client, t, GET);
+    }
+    for k in 0..120 {
+        let t = 20.0 + k as f64 * 10.0;
+        let mut c = cap.conn(&format!("10.0.0.1:{}", 20000 + k), "10.0.0.2:80", k);
+        cap.handshake(&mut c, t, RTT);
+        cap.exchange(&mut c, t + 0.01, GET, OK);
+        cap.fin(&mut c, By::Client, t + 0.5);
+        cap.fin(&mut c, By::Server, t + 0.501);
+    }
+    let report = run(cap.pcap(), None);
+    assert_eq!(report.connections_seen, 121);
+    assert!(report.most_held < 40, "held {}", report.most_held);
+    assert_eq!(races(&report), vec![("R6".into(), "10.5.0.2:6379".into())]);
+    let text = &report.findings[0].text;
+    // Dropped within a sweep (30 s) past the idle window, 13 s + 900 s.
+    assert!(
+        text.contains("no RST came in the 9") && !text.contains("capture ended"),
+        "{text}"
+    );
+    assert_eq!(report.connections[0].id, 0);
+}

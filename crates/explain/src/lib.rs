@@ -153,7 +153,10 @@ impl Explained {
         }
         let gone = tracker.take(|c| ids.binary_search(&c.id).is_ok());
         for c in &gone {
-            let summary = report::summarize(c, self.t0);
+            let mut summary = report::summarize(c, self.t0);
+            if summary.closes.is_empty() {
+                summary.quiet_when_dropped = now.map(|now| now - c.last.time);
+            }
             if found.iter().any(|f| f.conn == c.id) {
                 self.flagged.push(summary);
             } else {

@@ -47,6 +47,10 @@ pub struct ConnSummary {
     pub missing_bytes: u64,
     /// Directions not followed as HTTP, and why.
     pub not_followed: Vec<String>,
+    /// Seconds without a packet when an open connection was explained and dropped while the
+    /// capture went on (past its idle window); absent when it was there to the end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quiet_when_dropped: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -175,6 +179,7 @@ pub(crate) fn summarize(c: &Conn, t0: f64) -> ConnSummary {
             .iter()
             .map(|(s, why)| format!("{}: {why}", s.name()))
             .collect(),
+        quiet_when_dropped: None,
     }
 }
 
@@ -422,7 +427,16 @@ impl Report {
                 );
             }
             if c.closes.is_empty() {
-                line.push_str("; still open at the end of the capture");
+                match c.quiet_when_dropped {
+                    Some(q) => {
+                        let _ = write!(
+                            line,
+                            "; still open, no packet for {} when it was explained",
+                            secs(q)
+                        );
+                    }
+                    None => line.push_str("; still open at the end of the capture"),
+                }
             }
             for n in &c.not_followed {
                 let _ = write!(line, "; not followed as HTTP ({n})");

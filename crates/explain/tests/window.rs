@@ -276,5 +276,20 @@ fn a_connection_gone_quiet_is_explained_while_the_capture_goes_on() {
         text.contains("no RST came in the 9") && !text.contains("capture ended"),
         "{text}"
     );
-    assert_eq!(report.connections[0].id, 0);
+    let quiet = &report.connections[0];
+    assert_eq!(quiet.id, 0);
+    assert!(
+        quiet
+            .quiet_when_dropped
+            .is_some_and(|q| q > 900.0 && q < 935.0),
+        "{quiet:?}"
+    );
+    assert!(report.connections[1..]
+        .iter()
+        .all(|c| c.quiet_when_dropped.is_none()));
+    assert!(
+        report.render().contains("when it was explained"),
+        "{}",
+        report.render()
+    );
 }

@@ -10,7 +10,9 @@
 //! 250 exchanges a second over 200 keep-alive connections to one server; each connection
 //! carries 100 exchanges and is closed by both sides, and a new one takes its place. Every
 //! 1000th connection ends in an R3 instead: the server closes it right after a response
-//! that said keep-alive, and the client writes its next request into the close.
+//! that said keep-alive, and the client writes its next request into the close. With
+//! `LINGER_BIG_PROXY=1` that server is a proxy: it forwards each request (each with its own
+//! `X-Request-Id`) on one of 50 pooled connections to an origin, which stay open.
 
 mod synth;
 
@@ -23,6 +25,7 @@ const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: keep-ali
 const RATE: f64 = 250.0;
 const SLOTS: usize = 200;
 const PER_CONN: usize = 100;
+const POOL: usize = 50;
 
 #[test]
 #[ignore = "writes hundreds of megabytes for a measurement by hand"]
@@ -53,6 +56,14 @@ fn write_a_long_capture() {
     let mut slots: Vec<_> = (0..SLOTS)
         .map(|j| open(&mut cap, j as f64 / RATE))
         .collect();
+    let proxy = std::env::var_os("LINGER_BIG_PROXY").is_some();
+    let mut pool: Vec<_> = (0..if proxy { POOL } else { 0 })
+        .map(|j| {
+            let mut c = cap.conn(&format!("10.0.0.2:{}", 50_000 + j), "10.0.0.3:9000", 7);
+            cap.handshake(&mut c, j as f64 / RATE, 0.000_2);
+            c
+        })
+        .collect();
     let mut k = SLOTS;
     while written < mb << 20 {
         let t = k as f64 / RATE;
@@ -65,6 +76,14 @@ fn write_a_long_capture() {
                 cap.fin(c, By::Server, t + 0.000_5);
             }
             slots[k % SLOTS] = open(&mut cap, t + 0.001);
+        } else if proxy {
+            let get = format!("GET /a HTTP/1.1\r\nhost: x\r\nx-request-id: {k}\r\n\r\n");
+            let up = &mut pool[k % POOL];
+            cap.send(c, By::Client, t, get.as_bytes());
+            cap.send(up, By::Client, t + 0.000_2, get.as_bytes());
+            cap.send(up, By::Server, t + 0.000_8, OK);
+            cap.send(c, By::Server, t + 0.001, OK);
+            *done += 1;
         } else {
             cap.exchange(c, t, GET, OK);
             *done += 1;

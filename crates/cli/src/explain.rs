@@ -46,6 +46,7 @@ pub fn explain(args: ExplainArgs) -> ExitCode {
         ports: args.ports,
         since: args.since,
         until: args.until,
+        ..Options::default()
     };
     let tty = std::io::stderr().is_terminal();
     let mut shown = false;

@@ -249,6 +249,15 @@ fn the_exit_status_says_whether_a_request_was_lost() {
     assert_eq!(code, Some(1), "{text}");
     let json: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(json["findings"][0]["race"], "R4", "{text}");
+    // Every connection is counted, and listed (none past the report's cap).
+    assert_eq!(json["connections_seen"], 1, "{text}");
+    assert_eq!(
+        json["connections"].as_array().map(Vec::len),
+        Some(1),
+        "{text}"
+    );
+    assert_eq!(json["connections_left_out"], 0, "{text}");
+    assert_eq!(json["most_held"], 1, "{text}");
     // A capture cut short: status 2 and the offset.
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("explain-cut");
     std::fs::create_dir_all(&dir).unwrap();

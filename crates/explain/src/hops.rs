@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 
 use serde::Serialize;
 
-use crate::tcp::{Conn, Mark, Side};
+use crate::tcp::{find, Conn, Mark, Side};
 
 /// A close within this long of the last response is a close after the response, not an
 /// idle close.
@@ -45,10 +45,10 @@ pub struct Hop {
     pub conns: Vec<usize>,
     pub requests: usize,
     pub idle: Idle,
-    /// The hop this one's server forwards to (its server is a proxy).
-    pub feeds: Option<usize>,
-    /// The hop whose server is this one's client (its client is a proxy).
-    pub fed_by: Option<usize>,
+    /// The server of the hop this one's server forwards to (its server is a proxy).
+    pub feeds: Option<SocketAddr>,
+    /// The server of the hop whose server is this one's client (its client is a proxy).
+    pub fed_by: Option<SocketAddr>,
     /// The client keeps connections idle longer than the server does.
     pub wrong_way: bool,
 }
@@ -68,13 +68,31 @@ pub struct Hops {
 /// When the exchange before request `i` ended (or the connection opened): the start of
 /// the idle time before it.
 pub fn idle_start(c: &Conn, i: usize) -> Option<f64> {
-    if i == 0 {
+    if i == 0 && c.http.trimmed == 0 {
         return c.half(Side::Client).syn.map(|m| m.time);
     }
-    let prev = c.http.responses.get(i - 1)?;
-    let resp_end = prev.end.unwrap_or(prev.start).time;
-    let req_end = c.http.requests[i - 1].end.map_or(0.0, |m| m.time);
-    Some(resp_end.max(req_end))
+    c.http.idle_start(i)
+}
+
+impl Idle {
+    /// What `self` and `other` measure together (`self` from the earlier connections).
+    pub fn merge(&mut self, other: &Idle) {
+        if let Some(s) = other.server_close {
+            if self.server_close.is_none_or(|m| s < m) {
+                self.server_close = Some(s);
+                self.server_close_at = other.server_close_at;
+            }
+        }
+        if let Some(r) = other.longest_reuse {
+            self.longest_reuse = max_opt(self.longest_reuse, r);
+        }
+        if let Some(a) = other.longest_attempt {
+            self.longest_attempt = max_opt(self.longest_attempt, a);
+        }
+        if let Some(c) = other.client_close {
+            self.client_close = min_opt(self.client_close, c);
+        }
+    }
 }
 
 fn min_opt(a: Option<f64>, b: f64) -> Option<f64> {
@@ -85,13 +103,19 @@ fn max_opt(a: Option<f64>, b: f64) -> Option<f64> {
     Some(a.map_or(b, |a| a.max(b)))
 }
 
-fn measure(conns: &[Conn], ids: &[usize]) -> Idle {
+/// What the connections `ids` of one hop measure of its idle timeouts.
+pub fn measure(conns: &[Conn], ids: &[usize]) -> Idle {
     let mut idle = Idle::default();
-    for &id in ids {
-        let c = &conns[id];
+    for c in ids.iter().filter_map(|&id| find(conns, id)) {
         let reqs = &c.http.requests;
         let resps = &c.http.responses;
-        for (i, req) in reqs.iter().enumerate().skip(1) {
+        // The exchanges no longer held were all answered.
+        if let Some(age) = c.http.trimmed_longest_idle {
+            idle.longest_attempt = max_opt(idle.longest_attempt, age);
+            idle.longest_reuse = max_opt(idle.longest_reuse, age);
+        }
+        let first = usize::from(c.http.trimmed == 0);
+        for (i, req) in reqs.iter().enumerate().skip(first) {
             let Some(start) = idle_start(c, i) else {
                 continue;
             };
@@ -189,7 +213,7 @@ pub fn line_up(conns: &[Conn]) -> Hops {
             hops.hops.len() - 1
         });
         hops.hops[h].conns.push(c.id);
-        hops.hops[h].requests += c.http.requests.len();
+        hops.hops[h].requests += c.http.request_count();
         hops.hop_of.insert(c.id, h);
     }
     for h in &mut hops.hops {
@@ -268,8 +292,8 @@ pub fn line_up(conns: &[Conn]) -> Hops {
     }
     for (back, b) in best.into_iter().enumerate() {
         let Some((front, _, pairs)) = b else { continue };
-        hops.hops[back].fed_by = Some(front);
-        hops.hops[front].feeds = Some(back);
+        hops.hops[back].fed_by = Some(hops.hops[front].server);
+        hops.hops[front].feeds = Some(hops.hops[back].server);
         for (copy, orig) in pairs {
             hops.original.insert(copy, orig);
             hops.copies.entry(orig).or_default().push(copy);
@@ -284,7 +308,7 @@ impl Hops {
     /// `None` when the request is not a forwarded copy.
     pub fn delivered_downstream(&self, conns: &[Conn], copy: ReqRef) -> Option<bool> {
         let orig = *self.original.get(&copy)?;
-        let c = &conns[orig.0];
+        let c = find(conns, orig.0)?;
         let Some(resp) = c.http.responses.get(orig.1) else {
             return Some(false);
         };
@@ -294,10 +318,8 @@ impl Hops {
         if resp.status >= 500 {
             let from_upstream = self.copies.get(&orig).is_some_and(|cs| {
                 cs.iter().any(|&(cc, ci)| {
-                    conns[cc]
-                        .http
-                        .responses
-                        .get(ci)
+                    find(conns, cc)
+                        .and_then(|up| up.http.responses.get(ci))
                         .is_some_and(|r| r.status == resp.status)
                 })
             });

@@ -119,6 +119,32 @@ pub struct Conversation {
     pub problems: Vec<FramingProblem>,
     /// Why a direction stopped being followed.
     pub opaque: Vec<(Side, String)>,
+    /// Exchanges no longer held (the oldest, answered), see [`Conversation::trim`].
+    pub trimmed: usize,
+    /// The longest idle age at which one of them was written (all were answered).
+    pub trimmed_longest_idle: Option<f64>,
+    /// When the last of them ended: the start of the idle time before the first held request.
+    pub trimmed_end: Option<f64>,
+    /// The first of them that got a final status to `Expect: 100-continue` before its body
+    /// was sent, on a connection kept open, with the request after it (R12).
+    pub expect_early: Option<Box<(Request, Response, Option<Request>)>>,
+}
+
+/// Exchanges held per connection: past twice this many, the oldest answered ones are
+/// dropped down to this many, and only counted (with their longest idle age). The detectors
+/// read the end of a connection; a keep-alive connection may carry millions of requests.
+pub const KEEP_EXCHANGES: usize = 64;
+/// Framing problems kept per connection (the first ones).
+pub const MAX_PROBLEMS: usize = 16;
+
+/// Whether `resp` is a final status to `req`'s `Expect: 100-continue`, sent before the body
+/// was, on a connection kept open.
+pub fn answered_before_body(req: &Request, resp: &Response) -> bool {
+    req.expect_continue
+        && req.body != Body::None
+        && resp.status >= 200
+        && resp.announced != Announced::Close
+        && req.end.is_none_or(|e| e.packet > resp.start.packet)
 }
 
 fn head_end(buf: &[u8], from: usize) -> Option<usize> {
@@ -159,6 +185,69 @@ fn body_text(body: Body) -> String {
 }
 
 impl Conversation {
+    /// Requests seen on the connection.
+    pub fn request_count(&self) -> usize {
+        self.trimmed + self.requests.len()
+    }
+
+    /// Responses seen on the connection.
+    pub fn response_count(&self) -> usize {
+        self.trimmed + self.responses.len()
+    }
+
+    /// When the exchange before held request `i` ended: the start of the idle time before
+    /// it (`None` for the connection's first request).
+    pub fn idle_start(&self, i: usize) -> Option<f64> {
+        if i == 0 {
+            return self.trimmed_end;
+        }
+        let prev = self.responses.get(i - 1)?;
+        let resp_end = prev.end.unwrap_or(prev.start).time;
+        let req_end = self.requests[i - 1].end.map_or(0.0, |m| m.time);
+        Some(resp_end.max(req_end))
+    }
+
+    /// Drops the oldest answered exchanges past twice [`KEEP_EXCHANGES`], down to that many,
+    /// keeping what the report and the detectors read of them.
+    pub fn trim(&mut self) {
+        if self.requests.len() <= 2 * KEEP_EXCHANGES {
+            return;
+        }
+        let n = (self.requests.len() - KEEP_EXCHANGES).min(self.responses.len().saturating_sub(1));
+        if n == 0 {
+            return;
+        }
+        for i in 0..n {
+            let idle = (i > 0 || self.trimmed > 0)
+                .then(|| self.idle_start(i))
+                .flatten()
+                .map(|start| self.requests[i].start.time - start);
+            if let Some(age) = idle {
+                if self.trimmed_longest_idle.is_none_or(|l| age > l) {
+                    self.trimmed_longest_idle = Some(age);
+                }
+            }
+            let req = &self.requests[i];
+            if self.expect_early.is_none() && answered_before_body(req, &self.responses[i]) {
+                self.expect_early = Some(Box::new((
+                    req.clone(),
+                    self.responses[i].clone(),
+                    self.requests.get(i + 1).cloned(),
+                )));
+            }
+        }
+        self.trimmed_end = self.idle_start(n);
+        self.requests.drain(..n);
+        self.responses.drain(..n);
+        self.trimmed += n;
+    }
+
+    fn problem(&mut self, p: FramingProblem) {
+        if self.problems.len() < MAX_PROBLEMS {
+            self.problems.push(p);
+        }
+    }
+
     fn parser(&mut self, side: Side) -> &mut Parser {
         match side {
             Side::Client => &mut self.client,
@@ -250,7 +339,7 @@ impl Conversation {
                         }
                     }
                     Err(e) => {
-                        self.problems.push(FramingProblem {
+                        self.problem(FramingProblem {
                             side,
                             at: mark,
                             what: format!("{} body: {e}", side_noun(side)),
@@ -291,7 +380,7 @@ impl Conversation {
                 let (framing, switches) = match linger_h1::check_head(head) {
                     Ok(c) => (c.framing, c.switches),
                     Err(v) => {
-                        self.problems.push(FramingProblem {
+                        self.problem(FramingProblem {
                             side,
                             at: mark,
                             what: format!("request head: {}", v.as_str()),
@@ -359,7 +448,7 @@ impl Conversation {
                             .iter()
                             .any(|h| h.name.eq_ignore_ascii_case("content-length"));
                         if f.must_close && cl && f.framing != Framing::Empty {
-                            self.problems.push(FramingProblem {
+                            self.problem(FramingProblem {
                                 side,
                                 at: mark,
                                 what: "response head: both Content-Length and Transfer-Encoding"
@@ -369,7 +458,7 @@ impl Conversation {
                         f.framing
                     }
                     Err(e) => {
-                        self.problems.push(FramingProblem {
+                        self.problem(FramingProblem {
                             side,
                             at: mark,
                             what: format!("response head: {e}"),

@@ -7,9 +7,9 @@ use std::net::SocketAddr;
 use serde::Serialize;
 
 use crate::hops::{idle_start, Hop, Hops, RIGHT_AFTER};
-use crate::http::{Announced, Body};
+use crate::http::{answered_before_body, Announced, Body};
 use crate::report::secs;
-use crate::tcp::{Conn, Mark, Side};
+use crate::tcp::{find, Conn, Mark, Side};
 
 /// A server still streaming this long after its client's FIN ignores the half-close (R5).
 pub const STREAM_AFTER_FIN: f64 = 1.0;
@@ -77,6 +77,9 @@ pub struct Scope<'a> {
     pub hops: &'a Hops,
     /// Time of the first packet: the report's times are relative to it.
     pub t0: f64,
+    /// How far the capture has been read, when the connections are explained while it goes
+    /// on (`None` at its end).
+    pub now: Option<f64>,
 }
 
 impl std::fmt::Debug for Scope<'_> {
@@ -113,15 +116,16 @@ impl Draft {
     }
 }
 
-/// Every finding of every connection, in order of connection and time.
-pub fn detect(scope: &Scope<'_>) -> Vec<Finding> {
+/// Every finding of the connections `ids` (in order of id), in order of connection and time;
+/// the other connections of the scope are read as their other hops.
+pub fn detect(scope: &Scope<'_>, ids: &[usize]) -> Vec<Finding> {
     let mut out = Vec::new();
-    for c in scope.conns {
+    for c in ids.iter().filter_map(|&id| find(scope.conns, id)) {
         let hop = &scope.hops.hops[scope.hops.hop_of[&c.id]];
         let mut drafts = Vec::new();
         drafts.extend(reuse_into_close(scope, c, hop));
         drafts.extend(early_response(scope, c));
-        drafts.extend(half_close_ignored(c));
+        drafts.extend(half_close_ignored(scope, c));
         drafts.extend(silent_drop(scope, c));
         drafts.extend(client_left(scope, c));
         drafts.extend(cut_mid_body(scope, c));
@@ -480,7 +484,7 @@ fn early_response(scope: &Scope<'_>, c: &Conn) -> Option<Draft> {
 }
 
 /// R5: the client's FIN during a streamed response, and the server keeps streaming.
-fn half_close_ignored(c: &Conn) -> Option<Draft> {
+fn half_close_ignored(scope: &Scope<'_>, c: &Conn) -> Option<Draft> {
     let (fin, how) = c.close_of(Side::Client)?;
     if how != "FIN" {
         return None;
@@ -501,9 +505,13 @@ fn half_close_ignored(c: &Conn) -> Option<Draft> {
         .saturating_sub(server.bytes_at_peer_fin.unwrap_or(0));
     let mut d = Draft::new("R5", "half-close ignored while streaming", true);
     d.bytes_in_flight = Some(after);
-    let ended = match c.close_of(Side::Server) {
-        Some((m, h)) => format!("it closed only at packet {} ({h})", m.packet),
-        None => "it had not closed when the capture ended".into(),
+    let ended = match (c.close_of(Side::Server), scope.now) {
+        (Some((m, h)), _) => format!("it closed only at packet {} ({h})", m.packet),
+        (None, None) => "it had not closed when the capture ended".into(),
+        (None, Some(now)) => format!(
+            "it had not closed {} after its last packet",
+            secs(now - c.last.time)
+        ),
     };
     d.text = format!(
         "The client sent a FIN (packet {}) during response {} (packet {}); {} kept streaming \
@@ -553,11 +561,16 @@ fn silent_drop(scope: &Scope<'_>, c: &Conn) -> Option<Draft> {
     );
     d.bytes_in_flight = Some(stall.in_flight);
     let end = if stall.acked {
-        "the peer acknowledged them in the end"
+        "the peer acknowledged them in the end".to_string()
     } else if stall.gave_up {
-        "nothing acknowledged them, and the sender gave up with an RST"
+        "nothing acknowledged them, and the sender gave up with an RST".to_string()
+    } else if let Some(now) = scope.now {
+        format!(
+            "nothing acknowledged them and no RST came in the {} after",
+            secs(now - stall.last_retransmit.time)
+        )
     } else {
-        "nothing acknowledged them and no RST came before the capture ended"
+        "nothing acknowledged them and no RST came before the capture ended".to_string()
     };
     d.text = format!(
         "{} sent {} bytes (packet {}) and retransmitted them {} times over {} (last at packet \
@@ -621,7 +634,7 @@ fn client_left(scope: &Scope<'_>, c: &Conn) -> Option<Draft> {
     );
     if let Some(&(cc, ci)) = scope.hops.copies.get(&(c.id, i)).and_then(|cs| cs.last()) {
         // A proxy forwarded it: did it cancel the upstream request?
-        let up = &scope.conns[cc];
+        let up = find(scope.conns, cc)?;
         if up.has_gaps() {
             return None;
         }
@@ -652,10 +665,17 @@ fn client_left(scope: &Scope<'_>, c: &Conn) -> Option<Draft> {
                 secs(kept),
                 m.packet
             ),
-            None => format!(
-                "the upstream connection was still open {} later, when the capture ended",
-                secs(kept)
-            ),
+            None => match scope.now {
+                None => format!(
+                    "the upstream connection was still open {} later, when the capture ended",
+                    secs(kept)
+                ),
+                Some(now) => format!(
+                    "the upstream connection was still open {} later, and quiet for {} after",
+                    secs(kept),
+                    secs(now - end_time)
+                ),
+            },
         };
         d.text = format!(
             "{head}. The proxy {} had forwarded it upstream (packet {}) and did not cancel \
@@ -702,10 +722,8 @@ fn cut_mid_body(scope: &Scope<'_>, c: &Conn) -> Option<Draft> {
     // not a second race.
     let upstream_cut = scope.hops.copies.get(&(c.id, i)).is_some_and(|cs| {
         cs.iter().any(|&(cc, ci)| {
-            scope.conns[cc]
-                .http
-                .responses
-                .get(ci)
+            find(scope.conns, cc)
+                .and_then(|up| up.http.responses.get(ci))
                 .is_some_and(|r| r.cut.is_some())
         })
     });
@@ -785,17 +803,18 @@ fn framing(c: &Conn) -> Vec<Draft> {
 /// that stays open: whether the body still follows is then a guess on both sides, and the
 /// next request can be read as part of it (or the body as a request).
 fn expect_answered_early(c: &Conn) -> Option<Draft> {
-    let (i, req) = c.http.requests.iter().enumerate().find(|(i, r)| {
-        r.expect_continue
-            && r.body != Body::None
-            && c.http.responses.get(*i).is_some_and(|resp| {
-                resp.status >= 200
-                    && resp.announced != Announced::Close
-                    && r.end.is_none_or(|e| e.packet > resp.start.packet)
-            })
-    })?;
-    let resp = &c.http.responses[i];
-    let next = c.http.requests.get(i + 1);
+    let (req, resp, next) = match c.http.expect_early.as_deref() {
+        Some((req, resp, next)) => (req, resp, next.as_ref()),
+        None => {
+            let (i, req) = c.http.requests.iter().enumerate().find(|(i, r)| {
+                c.http
+                    .responses
+                    .get(*i)
+                    .is_some_and(|resp| answered_before_body(r, resp))
+            })?;
+            (req, &c.http.responses[i], c.http.requests.get(i + 1))
+        }
+    };
     let mut d = Draft::new(
         "R12",
         "a final status to Expect: 100-continue, and the connection kept",

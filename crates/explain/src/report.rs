@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use serde::Serialize;
 
 use crate::capture::Skipped;
-use crate::hops::{idle_start, Hops};
+use crate::hops::{idle_start, Hop};
 use crate::races::Finding;
 use crate::tcp::{Conn, Mark, Side};
 
@@ -47,6 +47,10 @@ pub struct ConnSummary {
     pub missing_bytes: u64,
     /// Directions not followed as HTTP, and why.
     pub not_followed: Vec<String>,
+    /// Seconds without a packet when an open connection was explained and dropped while the
+    /// capture went on (past its idle window); absent when it was there to the end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quiet_when_dropped: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -78,7 +82,15 @@ pub struct Report {
     pub duration: f64,
     pub hops: Vec<HopSummary>,
     pub findings: Vec<Finding>,
+    /// Every TCP connection of the capture.
+    pub connections_seen: usize,
+    /// Each connection with a finding, and the first [`crate::KEEP_CLEAN`] without one
+    /// (in order of id).
     pub connections: Vec<ConnSummary>,
+    /// Connections without a finding past those listed in `connections`.
+    pub connections_left_out: usize,
+    /// The most connections held in memory at once while reading.
+    pub most_held: usize,
 }
 
 fn rel(m: Mark, t0: f64) -> f64 {
@@ -101,7 +113,11 @@ fn close_context(c: &Conn, m: Mark) -> String {
     let sent = reqs.iter().filter(|r| r.start.packet < m.packet).count();
     let answered = resps.iter().filter(|r| r.start.packet < m.packet).count();
     if sent == 0 {
-        return "before any request".into();
+        return if c.http.trimmed == 0 {
+            "before any request".into()
+        } else {
+            format!("after {} exchange(s)", c.http.trimmed)
+        };
     }
     if answered < sent {
         let r = &reqs[answered];
@@ -119,8 +135,10 @@ fn close_context(c: &Conn, m: Mark) -> String {
 
 pub(crate) fn summarize(c: &Conn, t0: f64) -> ConnSummary {
     let syn = c.half(Side::Client).syn;
-    let longest_idle = (1..c.http.requests.len())
+    let first = usize::from(c.http.trimmed == 0);
+    let longest_idle = (first..c.http.requests.len())
         .filter_map(|i| idle_start(c, i).map(|s| c.http.requests[i].start.time - s))
+        .chain(c.http.trimmed_longest_idle)
         .max_by(f64::total_cmp);
     let mut closes = Vec::new();
     for side in [Side::Client, Side::Server] {
@@ -144,8 +162,8 @@ pub(crate) fn summarize(c: &Conn, t0: f64) -> ConnSummary {
         server: c.server(),
         opened: syn.map(|m| rel(m, t0)),
         opened_packet: syn.map(|m| m.packet),
-        requests: c.http.requests.len(),
-        responses: c.http.responses.len(),
+        requests: c.http.request_count(),
+        responses: c.http.response_count(),
         longest_idle,
         closes,
         retransmissions: c.halves[0].retransmissions + c.halves[1].retransmissions,
@@ -161,35 +179,59 @@ pub(crate) fn summarize(c: &Conn, t0: f64) -> ConnSummary {
             .iter()
             .map(|(s, why)| format!("{}: {why}", s.name()))
             .collect(),
+        quiet_when_dropped: None,
     }
 }
 
-pub(crate) fn hop_summaries(hops: &Hops) -> Vec<HopSummary> {
-    hops.hops
-        .iter()
-        .map(|h| {
-            let note = match (h.wrong_way, h.idle.server_close, h.idle.longest_attempt) {
-                (true, Some(s), Some(a)) => Some(format!(
-                    "the wrong way round: the client reuses connections idle up to {} but the \
-                     server closes them at about {}; the client's idle timeout must be the \
-                     shorter",
-                    secs(a),
-                    secs(s)
-                )),
-                _ => None,
-            };
-            HopSummary {
-                server: h.server,
-                connections: h.conns.len(),
-                requests: h.requests,
-                client_is_proxy_of: h.fed_by.map(|f| hops.hops[f].server),
-                server_forwards_to: h.feeds.map(|b| hops.hops[b].server),
-                idle: h.idle.clone(),
-                wrong_way: h.wrong_way,
-                note,
-            }
-        })
-        .collect()
+impl HopSummary {
+    /// A hop with nothing counted yet.
+    pub(crate) fn new(server: SocketAddr) -> Self {
+        Self {
+            server,
+            connections: 0,
+            requests: 0,
+            client_is_proxy_of: None,
+            server_forwards_to: None,
+            idle: crate::hops::Idle::default(),
+            wrong_way: false,
+            note: None,
+        }
+    }
+
+    /// Counts the connections `ids` of `hop` (lined up among `conns`) in this summary.
+    pub(crate) fn add(&mut self, hop: &Hop, conns: &[Conn], ids: &[usize]) {
+        self.connections += ids.len();
+        self.requests += ids
+            .iter()
+            .filter_map(|&id| crate::tcp::find(conns, id))
+            .map(|c| c.http.request_count())
+            .sum::<usize>();
+        self.idle.merge(&crate::hops::measure(conns, ids));
+        self.client_is_proxy_of = hop.fed_by.or(self.client_is_proxy_of);
+        self.server_forwards_to = hop.feeds.or(self.server_forwards_to);
+    }
+
+    /// Whether the hop is the wrong way round, and the note that says so.
+    pub(crate) fn conclude(&mut self) {
+        self.wrong_way = matches!(
+            (self.idle.server_close, self.idle.longest_attempt),
+            (Some(s), Some(a)) if a >= s
+        );
+        self.note = match (
+            self.wrong_way,
+            self.idle.server_close,
+            self.idle.longest_attempt,
+        ) {
+            (true, Some(s), Some(a)) => Some(format!(
+                "the wrong way round: the client reuses connections idle up to {} but the \
+                 server closes them at about {}; the client's idle timeout must be the \
+                 shorter",
+                secs(a),
+                secs(s)
+            )),
+            _ => None,
+        };
+    }
 }
 
 /// Wraps `text` at `width` columns, each line after `indent`.
@@ -229,7 +271,7 @@ impl Report {
             self.capture,
             self.packets,
             self.tcp_segments,
-            self.connections.len(),
+            self.connections_seen,
             self.hops.len(),
             self.duration
         );
@@ -318,7 +360,7 @@ impl Report {
             }
         }
         let with_findings: Vec<usize> = self.findings.iter().map(|f| f.conn).collect();
-        let listed: Vec<&ConnSummary> = if self.connections.len() <= LIST_CONNECTIONS {
+        let listed: Vec<&ConnSummary> = if self.connections_seen <= LIST_CONNECTIONS {
             self.connections.iter().collect()
         } else {
             self.connections
@@ -326,14 +368,22 @@ impl Report {
                 .filter(|c| with_findings.contains(&c.id))
                 .collect()
         };
-        if listed.len() == self.connections.len() {
+        if listed.len() == self.connections_seen {
             let _ = writeln!(o, "\nConnections ({}):", listed.len());
         } else {
+            let json = if self.connections_left_out == 0 {
+                "--json has them all".to_string()
+            } else {
+                format!(
+                    "--json has them all but {} without findings, only counted",
+                    self.connections_left_out
+                )
+            };
             let _ = writeln!(
                 o,
                 "\nConnections ({}; past {LIST_CONNECTIONS} only those with findings are listed, \
-                 --json has them all): {} listed",
-                self.connections.len(),
+                 {json}): {} listed",
+                self.connections_seen,
                 listed.len()
             );
         }
@@ -377,7 +427,16 @@ impl Report {
                 );
             }
             if c.closes.is_empty() {
-                line.push_str("; still open at the end of the capture");
+                match c.quiet_when_dropped {
+                    Some(q) => {
+                        let _ = write!(
+                            line,
+                            "; still open, no packet for {} when it was explained",
+                            secs(q)
+                        );
+                    }
+                    None => line.push_str("; still open at the end of the capture"),
+                }
             }
             for n in &c.not_followed {
                 let _ = write!(line, "; not followed as HTTP ({n})");

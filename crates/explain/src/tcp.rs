@@ -326,7 +326,7 @@ impl Conn {
     }
 
     /// Closed by both sides, or reset.
-    fn finished(&self) -> bool {
+    pub fn finished(&self) -> bool {
         let (a, b) = (&self.halves[0], &self.halves[1]);
         a.rst.is_some() || b.rst.is_some() || (a.fin.is_some() && b.fin.is_some())
     }
@@ -341,6 +341,25 @@ impl Conn {
 
     pub(crate) fn event(&mut self, mark: Mark, side: Side, what: String) {
         push_event(&mut self.events, &mut self.events_dropped, mark, side, what);
+    }
+
+    /// The end of this connection's part of the capture: an open stall ends here, and data
+    /// held behind bytes that were never captured is delivered after the gap.
+    pub fn finish(&mut self) {
+        for i in 0..2 {
+            let side = self.side_of(i);
+            let h = &mut self.halves[i];
+            h.end_stall(false, false);
+            let mut out = Vec::new();
+            h.skip_gap(&mut out);
+            // Bytes the peer acknowledged that the capture never saw.
+            let fin = u64::from(h.fin.is_some());
+            h.missing += h.highest_ack.saturating_sub(h.sent_high + fin);
+            for (bytes, at) in out {
+                self.http
+                    .feed(side, &bytes, at, &mut self.events, &mut self.events_dropped);
+            }
+        }
     }
 }
 
@@ -358,11 +377,22 @@ pub(crate) fn push_event(
     events.push_back(Event { mark, side, what });
 }
 
-/// Every connection of a capture.
+/// The connection `id` among `conns` (in order of id), if it is still held.
+pub fn find(conns: &[Conn], id: usize) -> Option<&Conn> {
+    conns
+        .binary_search_by_key(&id, |c| c.id)
+        .ok()
+        .map(|i| &conns[i])
+}
+
+/// The connections of a capture still held: those that may yet change or that another
+/// connection's findings may still read. Ids count every connection seen.
 #[derive(Debug, Default)]
 pub struct Tracker {
     by_ends: HashMap<(SocketAddr, SocketAddr), usize>,
+    /// In order of id.
     pub conns: Vec<Conn>,
+    next_id: usize,
 }
 
 impl Tracker {
@@ -377,13 +407,18 @@ impl Tracker {
             (seg.dst, seg.src)
         };
         let fresh_syn = seg.syn && !seg.has_ack;
-        let idx = match self.by_ends.get(&key) {
-            Some(&i) if !(fresh_syn && self.conns[i].finished()) => i,
+        let held = self
+            .by_ends
+            .get(&key)
+            .and_then(|&id| self.conns.binary_search_by_key(&id, |c| c.id).ok());
+        let idx = match held {
+            Some(i) if !(fresh_syn && self.conns[i].finished()) => i,
             _ => {
-                let id = self.conns.len();
+                let id = self.next_id;
+                self.next_id += 1;
                 self.conns.push(Conn::new(id, seg, mark));
                 self.by_ends.insert(key, id);
-                id
+                self.conns.len() - 1
             }
         };
         let conn = &mut self.conns[idx];
@@ -437,6 +472,7 @@ impl Tracker {
                 conn.http
                     .feed(side, &bytes, at, &mut conn.events, &mut conn.events_dropped);
             }
+            conn.http.trim();
         }
         if seg.fin && conn.halves[i].fin.is_none() {
             let h = &mut conn.halves[i];
@@ -473,24 +509,34 @@ impl Tracker {
         }
     }
 
-    /// The end of the capture: open stalls end here, and data held behind bytes that
-    /// were never captured is delivered after the gap.
+    /// Every connection seen so far.
+    pub fn seen(&self) -> usize {
+        self.next_id
+    }
+
+    /// The connections that `done` picks, taken out of the tracker (in order of id).
+    pub fn take(&mut self, mut done: impl FnMut(&Conn) -> bool) -> Vec<Conn> {
+        let (gone, kept): (Vec<Conn>, Vec<Conn>) = std::mem::take(&mut self.conns)
+            .into_iter()
+            .partition(|c| done(c));
+        self.conns = kept;
+        for c in &gone {
+            let key = if c.ends[0] <= c.ends[1] {
+                (c.ends[0], c.ends[1])
+            } else {
+                (c.ends[1], c.ends[0])
+            };
+            if self.by_ends.get(&key) == Some(&c.id) {
+                self.by_ends.remove(&key);
+            }
+        }
+        gone
+    }
+
+    /// The end of the capture: every connection's part of it ends.
     pub fn finish(&mut self) {
         for c in &mut self.conns {
-            for i in 0..2 {
-                let side = c.side_of(i);
-                let h = &mut c.halves[i];
-                h.end_stall(false, false);
-                let mut out = Vec::new();
-                h.skip_gap(&mut out);
-                // Bytes the peer acknowledged that the capture never saw.
-                let fin = u64::from(h.fin.is_some());
-                h.missing += h.highest_ack.saturating_sub(h.sent_high + fin);
-                for (bytes, at) in out {
-                    c.http
-                        .feed(side, &bytes, at, &mut c.events, &mut c.events_dropped);
-                }
-            }
+            c.finish();
         }
     }
 }

@@ -242,6 +242,15 @@ impl Capture {
 
     /// The capture as a pcap file (microsecond times, little-endian).
     pub fn pcap(&self) -> Vec<u8> {
+        let mut out = self.pcap_header();
+        for f in self.sorted() {
+            pcap_record(&mut out, f);
+        }
+        out
+    }
+
+    /// The file header of [`Capture::pcap`].
+    pub fn pcap_header(&self) -> Vec<u8> {
         let mut out = Vec::new();
         out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
         out.extend_from_slice(&2u16.to_le_bytes());
@@ -250,13 +259,21 @@ impl Capture {
         out.extend_from_slice(&0u32.to_le_bytes());
         out.extend_from_slice(&65535u32.to_le_bytes());
         out.extend_from_slice(&self.link.linktype().to_le_bytes());
-        for f in self.sorted() {
-            let micros = (f.time * 1e6).round() as u64;
-            out.extend_from_slice(&((micros / 1_000_000) as u32).to_le_bytes());
-            out.extend_from_slice(&((micros % 1_000_000) as u32).to_le_bytes());
-            out.extend_from_slice(&(f.bytes.len() as u32).to_le_bytes());
-            out.extend_from_slice(&(f.bytes.len() as u32).to_le_bytes());
-            out.extend_from_slice(&f.bytes);
+        out
+    }
+
+    /// The pcap records of the packets up to `until` seconds, in time order, taken out of
+    /// the capture: a long capture is written piece by piece after its header.
+    pub fn take_pcap_records(&mut self, until: f64) -> Vec<u8> {
+        let (now, later): (Vec<Frame>, Vec<Frame>) = std::mem::take(&mut self.frames)
+            .into_iter()
+            .partition(|f| f.time <= T0 + until);
+        self.frames = later;
+        let mut now = now;
+        now.sort_by(|a, b| a.time.total_cmp(&b.time));
+        let mut out = Vec::new();
+        for f in &now {
+            pcap_record(&mut out, f);
         }
         out
     }
@@ -298,4 +315,13 @@ impl Capture {
         }
         out
     }
+}
+
+fn pcap_record(out: &mut Vec<u8>, f: &Frame) {
+    let micros = (f.time * 1e6).round() as u64;
+    out.extend_from_slice(&((micros / 1_000_000) as u32).to_le_bytes());
+    out.extend_from_slice(&((micros % 1_000_000) as u32).to_le_bytes());
+    out.extend_from_slice(&(f.bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(f.bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(&f.bytes);
 }

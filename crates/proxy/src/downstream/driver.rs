@@ -25,7 +25,7 @@ use super::service::DsService;
 use super::{DsConn, ListenerCtx};
 use crate::body::DownBody;
 use crate::config::HalfClosePolicy;
-use crate::io::transport::write_all;
+use crate::io::transport::{self, write_all};
 use crate::io::{IoStats, Transport};
 use crate::lifecycle::connection::{Action, Drain};
 use crate::lifecycle::upstream::{connection_has, has_token};
@@ -534,38 +534,7 @@ fn write_head(out: &mut Vec<u8>, parts: &http::response::Parts, http10: bool) {
 
 /// Writes all of `parts`, in order, to the client: vectored, without copying them.
 async fn write_parts(shared: &Shared, parts: &[&[u8]]) -> std::io::Result<()> {
-    let mut idx = 0;
-    let mut off = 0;
-    while idx < parts.len() {
-        if parts[idx].len() == off {
-            idx += 1;
-            off = 0;
-            continue;
-        }
-        let mut slices = [std::io::IoSlice::new(&[]); 3];
-        let mut n = 0;
-        for (i, p) in parts[idx..].iter().take(slices.len()).enumerate() {
-            slices[i] = std::io::IoSlice::new(if i == 0 { &p[off..] } else { p });
-            n += 1;
-        }
-        let wrote = std::future::poll_fn(|cx| shared.stream.poll_write_vectored(cx, &slices[..n]));
-        let mut wrote = match shared.stats.written(wrote.await)? {
-            0 => return Err(std::io::ErrorKind::WriteZero.into()),
-            w => w,
-        };
-        while wrote > 0 && idx < parts.len() {
-            let left = parts[idx].len() - off;
-            if wrote >= left {
-                wrote -= left;
-                idx += 1;
-                off = 0;
-            } else {
-                off += wrote;
-                wrote = 0;
-            }
-        }
-    }
-    Ok(())
+    transport::write_parts(&shared.stream, &shared.stats, parts).await
 }
 
 /// After a `101`: bytes go both ways between the client and the upstream until both

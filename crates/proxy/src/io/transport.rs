@@ -77,12 +77,42 @@ impl Transport for TcpStream {
 }
 
 /// Writes all of `bytes` to `t`, counted in `stats`.
-pub async fn write_all(t: &dyn Transport, stats: &IoStats, mut bytes: &[u8]) -> io::Result<()> {
-    while !bytes.is_empty() {
-        let n = std::future::poll_fn(|cx| t.poll_write_vectored(cx, &[IoSlice::new(bytes)])).await;
-        match stats.written(n)? {
+pub async fn write_all(t: &dyn Transport, stats: &IoStats, bytes: &[u8]) -> io::Result<()> {
+    write_parts(t, stats, &[bytes]).await
+}
+
+/// Writes all of `parts`, in order, to `t`: vectored, without copying them. Counted in
+/// `stats`.
+pub async fn write_parts(t: &dyn Transport, stats: &IoStats, parts: &[&[u8]]) -> io::Result<()> {
+    let mut idx = 0;
+    let mut off = 0;
+    while idx < parts.len() {
+        if parts[idx].len() == off {
+            idx += 1;
+            off = 0;
+            continue;
+        }
+        let mut slices = [IoSlice::new(&[]); 3];
+        let mut n = 0;
+        for (i, p) in parts[idx..].iter().take(slices.len()).enumerate() {
+            slices[i] = IoSlice::new(if i == 0 { &p[off..] } else { p });
+            n += 1;
+        }
+        let wrote = std::future::poll_fn(|cx| t.poll_write_vectored(cx, &slices[..n]));
+        let mut wrote = match stats.written(wrote.await)? {
             0 => return Err(io::ErrorKind::WriteZero.into()),
-            n => bytes = &bytes[n..],
+            w => w,
+        };
+        while wrote > 0 && idx < parts.len() {
+            let left = parts[idx].len() - off;
+            if wrote >= left {
+                wrote -= left;
+                idx += 1;
+                off = 0;
+            } else {
+                off += wrote;
+                wrote = 0;
+            }
         }
     }
     Ok(())

@@ -187,6 +187,12 @@ fn floor_100ms(d: Duration) -> Duration {
     Duration::from_millis(d.as_millis() as u64 / 100 * 100)
 }
 
+/// The `idle_timeout` to set for an idle limit a running linger learned: rounded down to
+/// a tenth of a second, and no lower than the 50 ms linger itself learns down to.
+pub(crate) fn learned_idle_timeout(learned: Duration) -> Duration {
+    floor_100ms(learned).max(Duration::from_millis(50))
+}
+
 fn show(d: Duration) -> String {
     ConfigDuration(d).to_string()
 }
@@ -339,7 +345,7 @@ fn learned_pair(
                 fix: Some(format!(
                     "[[cluster]] name = \"{}\": idle_timeout = \"{}\"",
                     c.name,
-                    show(floor_100ms(learned).max(Duration::from_millis(50)))
+                    show(learned_idle_timeout(learned))
                 )),
             });
         }

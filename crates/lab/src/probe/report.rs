@@ -535,8 +535,7 @@ impl Report {
             .as_deref()
             .and_then(|t| ConfigDuration::parse(t).ok())
             .map_or(Duration::from_millis(1500), |d| d.0);
-        let safe = Duration::from_millis(learned.as_millis() as u64 / 100 * 100)
-            .max(Duration::from_millis(50));
+        let safe = crate::check::learned_idle_timeout(learned);
         if safe < recommended {
             let t = secs(safe);
             let line = (

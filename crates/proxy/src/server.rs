@@ -120,9 +120,11 @@ impl Server {
         let mut global = self.drain_tx.subscribe();
         // Lives on while the worker's connections finish (the drain deadline reaches them
         // through it), and ends with the server's channel.
+        let registry = self.registry.clone();
         tokio::spawn(async move {
             while global.changed().await.is_ok() {
                 worker_drain_tx.send_replace(*global.borrow_and_update());
+                registry.wake_downstream();
             }
         });
         let worker = Arc::new(WorkerCtx {

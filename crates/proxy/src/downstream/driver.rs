@@ -17,18 +17,18 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use linger_h1::{find_head, FoundHead, Framing, HeadError};
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::inbound::{ReqBody, Shared};
 use super::service::DsService;
-use super::{DsConn, ListenerCtx};
+use super::{DsConn, ListenerCtx, Opened, WorkerCtx};
 use crate::body::DownBody;
 use crate::config::HalfClosePolicy;
 use crate::io::transport::{self, write_all};
 use crate::io::{IoStats, Transport};
 use crate::lifecycle::connection::{Action, Drain};
 use crate::lifecycle::upstream::{connection_has, has_token};
+use crate::observe::ConnEntry;
 use crate::upstream::conn::HEAD_READ;
 use crate::upstream::exchange::ReasonPhrase;
 use crate::upstream::UpstreamConn;
@@ -60,37 +60,40 @@ struct Asked {
     trailers: bool,
 }
 
-/// The connection's view of the drain.
-struct DrainWatch {
-    rx: watch::Receiver<Drain>,
-    /// The sender is gone: nothing will change any more.
-    closed: bool,
+/// The connection's view of the drain: its worker's state, read again whenever the
+/// registry wakes the connection's task after a change.
+struct DrainWatch<'a> {
+    worker: &'a WorkerCtx,
+    entry: &'a ConnEntry,
+    seen: Drain,
 }
 
-impl DrainWatch {
+impl<'a> DrainWatch<'a> {
     /// Resolves with the drain's new state.
-    async fn changed(&mut self) -> Drain {
-        if self.closed || self.rx.changed().await.is_err() {
-            self.closed = true;
-            std::future::pending::<()>().await;
-        }
-        *self.rx.borrow_and_update()
+    fn changed(&mut self) -> impl Future<Output = Drain> + use<'_, 'a> {
+        std::future::poll_fn(move |cx| {
+            // Registered before the state is read: a change after the read wakes it.
+            self.entry.set_waker(cx.waker());
+            let now = *self.worker.drain.borrow();
+            if now == self.seen {
+                return Poll::Pending;
+            }
+            self.seen = now;
+            Poll::Ready(now)
+        })
     }
 }
 
 /// Serves requests on one connection until it ends.
-pub async fn run(
-    svc: &DsService,
-    conn: &Arc<DsConn>,
-    shared: &Arc<Shared>,
-    listener: &ListenerCtx,
-    drain: watch::Receiver<Drain>,
-) -> Ending {
+pub(super) async fn run(o: &Opened) -> Ending {
+    let (svc, shared) = (&o.svc, &o.shared);
+    let (conn, listener) = (&svc.conn, &*svc.listener);
+    let now_draining = *svc.worker.drain.borrow();
     let mut drain = DrainWatch {
-        rx: drain,
-        closed: false,
+        worker: &svc.worker,
+        entry: &conn.entry,
+        seen: now_draining,
     };
-    let now_draining = *drain.rx.borrow_and_update();
     if now_draining != Drain::Running {
         match conn.lifecycle(|lc| lc.drain(now_draining, Instant::now())) {
             Action::Cut => return Ending::Cut,
@@ -99,7 +102,7 @@ pub async fn run(
         }
     }
     loop {
-        let found = match next_head(conn, shared, listener, &mut drain).await {
+        let found = match next_head(o, &mut drain).await {
             Ok(h) => h,
             Err(e) => return e,
         };
@@ -153,15 +156,15 @@ struct Begun<F> {
 
 /// The response's writing, on the heap while it runs as the request path is; and whether
 /// it switches protocols.
-fn respond<'a>(
+fn respond<'a, 'b>(
     resp: Response<DownBody>,
     asked: Asked,
     conn: &'a DsConn,
     shared: &'a Arc<Shared>,
     listener: &'a ListenerCtx,
-    drain: &'a mut DrainWatch,
+    drain: &'a mut DrainWatch<'b>,
 ) -> (
-    Pin<Box<impl Future<Output = Result<(), Ending>> + 'a>>,
+    Pin<Box<impl Future<Output = Result<(), Ending>> + use<'a, 'b>>>,
     bool,
 ) {
     let upgrade = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -172,38 +175,33 @@ fn respond<'a>(
 }
 
 /// Waits for the next complete request head, with the connection's timers and the drain.
-/// (The futures an idle connection keeps take `&Arc<Shared>`: a thin pointer, where
-/// `&Shared` is a pointer and the transport's vtable.)
-async fn next_head(
-    conn: &DsConn,
-    shared: &Arc<Shared>,
-    listener: &ListenerCtx,
-    drain: &mut DrainWatch,
-) -> Result<FoundHead, Ending> {
-    let max = listener.cfg.max_header_bytes;
+/// (Every idle connection keeps this future: it holds one pointer to the connection and
+/// reaches everything through it.)
+async fn next_head(o: &Opened, drain: &mut DrainWatch<'_>) -> Result<FoundHead, Ending> {
     loop {
         {
-            let mut ib = shared.inbound.lock().expect("inbound lock");
+            let mut ib = o.shared.inbound.lock().expect("inbound lock");
             if ib.buf.is_empty() {
                 ib.release_if_empty();
             } else {
-                conn.lifecycle(|lc| lc.head_started(Instant::now()));
-                match find_head(&mut ib.buf, max) {
+                o.svc.conn.lifecycle(|lc| lc.head_started(Instant::now()));
+                match find_head(&mut ib.buf, o.svc.listener.cfg.max_header_bytes) {
                     Ok(Some(h)) => return Ok(h),
                     Ok(None) => {}
                     Err(e) => return Err(Ending::BadHead(e)),
                 }
             }
         }
-        let deadline = conn.lifecycle(|lc| lc.deadline());
+        let deadline = o.svc.conn.lifecycle(|lc| lc.deadline());
         tokio::select! {
-            r = read_more(shared) => {
+            r = read_more(&o.shared) => {
                 if !matches!(r, Ok(n) if n > 0) {
                     return Err(Ending::Closed);
                 }
-                conn.stats.journal().set_state(crate::observe::ConnState::Reading);
+                o.svc.conn.stats.journal().set_state(crate::observe::ConnState::Reading);
             }
             _ = sleep_until(deadline) => {
+                let conn = &o.svc.conn;
                 match conn.lifecycle(|lc| lc.on_timer(Instant::now())) {
                     Action::Close(reason) => {
                         conn.stats.journal().record_with("closing", reason.as_str());
@@ -215,6 +213,7 @@ async fn next_head(
                 }
             }
             d = drain.changed() => {
+                let conn = &o.svc.conn;
                 match conn.lifecycle(|lc| lc.drain(d, Instant::now())) {
                     Action::Cut => return Err(Ending::Cut),
                     Action::Close(reason) => {
@@ -316,7 +315,7 @@ async fn wait_response<F>(
     conn: &DsConn,
     shared: &Arc<Shared>,
     listener: &ListenerCtx,
-    drain: &mut DrainWatch,
+    drain: &mut DrainWatch<'_>,
 ) -> Result<Response<DownBody>, Ending>
 where
     F: Future<Output = Response<DownBody>>,
@@ -375,7 +374,7 @@ async fn write_response(
     conn: &DsConn,
     shared: &Arc<Shared>,
     listener: &ListenerCtx,
-    drain: &mut DrainWatch,
+    drain: &mut DrainWatch<'_>,
 ) -> Result<(), Ending> {
     let (mut parts, mut body) = resp.into_parts();
     let status = parts.status.as_u16();

@@ -326,26 +326,29 @@ fn spawn_connection(
     peer: SocketAddr,
     local: Option<SocketAddr>,
 ) {
-    let w = worker.clone();
-    let l = listener.clone();
     worker.conns.inc();
-    tokio::spawn(async move {
-        let conns = w.conns.clone();
-        serve_connection(w, l, stream, peer, local).await;
-        conns.dec();
-    });
+    let opened = open_connection(worker, listener, stream, peer, local);
+    tokio::spawn(serve_connection(opened));
 }
 
 const RESPONSE_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-type: text/plain\r\ncontent-length: 48\r\n\r\n408 Request Timeout: request head not received\n";
 
-/// Drives one downstream connection from accept to close.
-pub async fn serve_connection(
-    worker: Arc<WorkerCtx>,
-    listener: Arc<ListenerCtx>,
+/// An accepted connection as its task holds it. Everything it needs is behind these two
+/// pointers: the task's future, which every idle connection keeps, holds nothing else.
+#[derive(Debug)]
+pub(crate) struct Opened {
+    pub svc: DsService,
+    pub shared: Arc<Shared>,
+}
+
+/// Counts, registers and builds what one accepted connection needs, before its task runs.
+fn open_connection(
+    worker: &Arc<WorkerCtx>,
+    listener: &Arc<ListenerCtx>,
     stream: TcpStream,
     peer: SocketAddr,
     local: Option<SocketAddr>,
-) {
+) -> Opened {
     let cfg = &listener.cfg;
     listener.socket_options(&stream);
     let labels = ListenerLabels {
@@ -395,30 +398,51 @@ pub async fn serve_connection(
     });
     // Plain TCP: the one transport so far.
     let shared: Arc<Shared> = Arc::new(Shared {
-        stats: stats.clone(),
+        stats,
         inbound: Mutex::new(Inbound::default()),
         max_headers: cfg.max_headers,
         stream,
     });
-    let svc = DsService {
-        worker: worker.clone(),
-        listener: listener.clone(),
-        conn: conn.clone(),
-    };
-    let ending = driver::run(&svc, &conn, &shared, &listener, worker.drain.clone()).await;
-    drop(svc);
-    // The close's futures live on the heap: an open connection's task stays small.
-    let bad_request = Box::pin(answer_ending(&ending, &worker, &listener, &conn, &shared)).await;
-    Box::pin(close_connection(
-        &ending,
-        bad_request,
-        &worker,
-        &listener,
-        &conn,
-        &shared,
-        labels,
-    ))
-    .await;
+    Opened {
+        svc: DsService {
+            worker: worker.clone(),
+            listener: listener.clone(),
+            conn,
+        },
+        shared,
+    }
+}
+
+/// Drives one downstream connection from accept to close. (A block that borrows what it
+/// owns: an `async fn` would keep its argument twice in the task.)
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its argument twice: 40 bytes more per connection"
+)]
+fn serve_connection(o: Opened) -> impl std::future::Future<Output = ()> {
+    async move {
+        let o = &o;
+        let ending = driver::run(o).await;
+        // The close's futures live on the heap: an open connection's task stays small.
+        let bad_request = Box::pin(answer_ending(
+            &ending,
+            &o.svc.worker,
+            &o.svc.listener,
+            &o.svc.conn,
+            &o.shared,
+        ))
+        .await;
+        Box::pin(close_connection(
+            &ending,
+            bad_request,
+            &o.svc.worker,
+            &o.svc.listener,
+            &o.svc.conn,
+            &o.shared,
+        ))
+        .await;
+        o.svc.worker.conns.dec();
+    }
 }
 
 /// Answers what the loop could not: a head that never completed (408) or that linger
@@ -500,7 +524,6 @@ async fn close_connection(
     listener: &ListenerCtx,
     conn: &DsConn,
     shared: &Shared,
-    labels: ListenerLabels,
 ) {
     let stats = &conn.stats;
     stats.journal().set_state(ConnState::Closing);
@@ -561,6 +584,9 @@ async fn close_connection(
         .requests_per_connection
         .get_or_create(&close)
         .observe(conn.requests() as f64);
+    let labels = ListenerLabels {
+        listener: listener.name.clone(),
+    };
     worker.metrics.downstream_open.get_or_create(&labels).dec();
     tracing::debug!(
         downstream_conn = conn.id,

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Waker;
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -57,6 +58,9 @@ pub struct ConnEntry {
     pub stats: Arc<IoStats>,
     requests: AtomicU64,
     closed: Mutex<Option<Closed>>,
+    /// The task serving a downstream connection, woken when the drain changes
+    /// ([`Registry::wake_downstream`]).
+    waker: Mutex<Option<Waker>>,
 }
 
 // === impl ConnEntry ===
@@ -79,6 +83,7 @@ impl ConnEntry {
             stats,
             requests: AtomicU64::new(0),
             closed: Mutex::new(None),
+            waker: Mutex::new(None),
         }
     }
 
@@ -89,6 +94,14 @@ impl ConnEntry {
 
     pub fn journal(&self) -> &Journal {
         self.stats.journal()
+    }
+
+    /// The connection's task is to be woken by [`Registry::wake_downstream`].
+    pub fn set_waker(&self, waker: &Waker) {
+        let mut slot = self.waker.lock().expect("waker lock");
+        if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            *slot = Some(waker.clone());
+        }
     }
 
     /// Counts a request on this connection; returns its index (1 = the first).
@@ -218,6 +231,18 @@ impl Registry {
                 inner.closed.pop_front();
             }
             inner.closed.push_back(entry.clone());
+        }
+    }
+
+    /// Wakes the task of every open downstream connection: the drain changed, and each
+    /// reads the new state from its worker. (A connection keeps no waiter on the drain's
+    /// channel, which would cost every idle connection about a hundred bytes.)
+    pub fn wake_downstream(&self) {
+        let inner = self.inner.lock().expect("registry lock");
+        for e in inner.open.values().filter(|e| e.side == Side::Downstream) {
+            if let Some(w) = e.waker.lock().expect("waker lock").as_ref() {
+                w.wake_by_ref();
+            }
         }
     }
 

@@ -198,13 +198,13 @@ async fn next_head(o: &Opened, drain: &mut DrainWatch<'_>) -> Result<FoundHead, 
                 if !matches!(r, Ok(n) if n > 0) {
                     return Err(Ending::Closed);
                 }
-                o.svc.conn.stats.journal().set_state(crate::observe::ConnState::Reading);
+                o.svc.conn.stats().journal().set_state(crate::observe::ConnState::Reading);
             }
             _ = sleep_until(deadline) => {
                 let conn = &o.svc.conn;
                 match conn.lifecycle(|lc| lc.on_timer(Instant::now())) {
                     Action::Close(reason) => {
-                        conn.stats.journal().record_with("closing", reason.as_str());
+                        conn.stats().journal().record_with("closing", reason.as_str());
                         return Err(Ending::Closed);
                     }
                     Action::AnswerTimeout => return Err(Ending::HeaderTimeout),
@@ -217,7 +217,7 @@ async fn next_head(o: &Opened, drain: &mut DrainWatch<'_>) -> Result<FoundHead, 
                 match conn.lifecycle(|lc| lc.drain(d, Instant::now())) {
                     Action::Cut => return Err(Ending::Cut),
                     Action::Close(reason) => {
-                        conn.stats.journal().record_with("closing", reason.as_str());
+                        conn.stats().journal().record_with("closing", reason.as_str());
                         return Err(Ending::Closed);
                     }
                     _ => {}

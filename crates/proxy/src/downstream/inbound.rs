@@ -38,12 +38,13 @@ pub struct Shared<T: ?Sized + Transport = dyn Transport> {
 pub struct Inbound {
     /// Read and not used yet: the rest of a body, or the next request.
     pub buf: BytesMut,
-    /// The body of the request in flight, while it is not read to its end.
-    decoder: Option<BodyDecoder>,
+    /// The body of the request in flight, while it is not read to its end. (Boxed, as
+    /// `ahead`: every idle connection keeps this struct, and only bodies need them.)
+    decoder: Option<Box<BodyDecoder>>,
     /// A second decoder that checks every byte as soon as it is read, ahead of what the
     /// request path has pulled: a body that breaks its framing anywhere in what arrived
     /// is refused before any of those bytes is handed on (as the gate judged whole reads).
-    ahead: Option<BodyDecoder>,
+    ahead: Option<Box<BodyDecoder>>,
     /// How far into `buf` the look-ahead has checked.
     ahead_pos: usize,
     /// What the look-ahead found wrong.
@@ -60,7 +61,7 @@ impl Inbound {
     pub fn start_body(&mut self, framing: Framing, expect_continue: bool) {
         self.decoder = match framing {
             Framing::Empty | Framing::Length(0) => None,
-            f => Some(BodyDecoder::new(f)),
+            f => Some(Box::new(BodyDecoder::new(f))),
         };
         self.continue_left = if expect_continue && self.decoder.is_some() {
             CONTINUE.len()

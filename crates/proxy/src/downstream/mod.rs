@@ -206,13 +206,7 @@ struct DsState {
 /// One downstream connection, shared by its driver and its service.
 #[derive(Debug)]
 pub struct DsConn {
-    pub id: u64,
-    pub peer: SocketAddr,
-    /// The peer's IP as a header value, for `X-Forwarded-For`.
-    pub peer_ip_value: http::HeaderValue,
-    pub started: Instant,
-    pub stats: Arc<IoStats>,
-    /// Its entry in the registry (journal, request count).
+    /// Its entry in the registry: id, peer, counters, journal, request count.
     pub entry: Arc<ConnEntry>,
     state: Mutex<DsState>,
     /// The service already logged the request that broke its framing (a bad chunk).
@@ -227,6 +221,23 @@ pub struct DsConn {
 // === impl DsConn ===
 
 impl DsConn {
+    pub fn id(&self) -> u64 {
+        self.entry.id
+    }
+
+    pub fn peer(&self) -> SocketAddr {
+        self.entry.peer
+    }
+
+    pub fn stats(&self) -> &Arc<IoStats> {
+        &self.entry.stats
+    }
+
+    /// When the connection was accepted.
+    pub fn started(&self) -> Instant {
+        self.entry.journal().opened()
+    }
+
     /// A request head was parsed and handed to the service.
     pub fn begin_request(&self) -> u64 {
         self.state
@@ -234,7 +245,7 @@ impl DsConn {
             .expect("conn state lock")
             .lc
             .request_started();
-        self.stats.journal().set_state(ConnState::Waiting);
+        self.stats().journal().set_state(ConnState::Waiting);
         self.entry.add_request()
     }
 
@@ -245,7 +256,7 @@ impl DsConn {
             // A close decided on the response: the driver closes after it.
             let _ = s.lc.response_ended(Instant::now());
         }
-        self.stats.journal().set_state(ConnState::Idle);
+        self.stats().journal().set_state(ConnState::Idle);
     }
 
     /// Hands the upstream connection of an upgrade to the tunnel that follows the `101`.
@@ -274,7 +285,9 @@ impl DsConn {
             lc.close_reason() == Some(reason)
         });
         if named {
-            self.stats.journal().record_with("closing", reason.as_str());
+            self.stats()
+                .journal()
+                .record_with("closing", reason.as_str());
         }
     }
 }
@@ -375,12 +388,6 @@ fn open_connection(
     ));
     stats.journal().record_with("accepted", peer.to_string());
     let conn = Arc::new(DsConn {
-        id,
-        peer,
-        peer_ip_value: http::HeaderValue::from_str(&peer.ip().to_string())
-            .expect("an IP address is a valid header value"),
-        started: now,
-        stats: stats.clone(),
         entry,
         state: Mutex::new(DsState {
             lc: Connection::new(
@@ -457,7 +464,7 @@ async fn answer_ending(
     let limit = Duration::from_secs(1);
     match ending {
         Ending::Cut => {
-            tracing::info!(downstream_conn = conn.id, "closed at the drain deadline");
+            tracing::info!(downstream_conn = conn.id(), "closed at the drain deadline");
             false
         }
         Ending::HeaderTimeout => {
@@ -480,7 +487,7 @@ async fn answer_ending(
             let (status, term, detail) = match e {
                 HeadError::Violation(v) => {
                     worker.metrics.race("R12", "ambiguous_framing_refused");
-                    tracing::info!(downstream_conn = conn.id, violation = %v, "ambiguous request framing refused");
+                    tracing::info!(downstream_conn = conn.id(), violation = %v, "ambiguous request framing refused");
                     (
                         400,
                         Termination::BadRequest,
@@ -525,7 +532,7 @@ async fn close_connection(
     conn: &DsConn,
     shared: &Shared,
 ) {
-    let stats = &conn.stats;
+    let stats = &conn.stats();
     stats.journal().set_state(ConnState::Closing);
     // What arrived after linger's FIN: a request that met the close, if it parses as one.
     let mut late = Vec::new();
@@ -551,7 +558,11 @@ async fn close_connection(
             stats
                 .journal()
                 .record_with("linger_timeout", format!("{discarded} bytes discarded"));
-            tracing::debug!(downstream_conn = conn.id, discarded, "linger time ran out");
+            tracing::debug!(
+                downstream_conn = conn.id(),
+                discarded,
+                "linger time ran out"
+            );
         }
         LingerOutcome::PeerClosed { discarded } | LingerOutcome::PeerReset { discarded }
             if discarded > 0 =>
@@ -578,7 +589,7 @@ async fn close_connection(
         .metrics
         .connection_lifetime
         .get_or_create(&close)
-        .observe(conn.started.elapsed().as_secs_f64());
+        .observe(conn.started().elapsed().as_secs_f64());
     worker
         .metrics
         .requests_per_connection
@@ -589,7 +600,7 @@ async fn close_connection(
     };
     worker.metrics.downstream_open.get_or_create(&labels).dec();
     tracing::debug!(
-        downstream_conn = conn.id,
+        downstream_conn = conn.id(),
         reason = reason.as_str(),
         requests = conn.requests(),
         linger = ?outcome,
@@ -600,7 +611,7 @@ async fn close_connection(
 /// Did the client ask for this close, with nothing of its unread?
 fn asked_to_close(conn: &DsConn, shared: &Shared) -> bool {
     conn.lifecycle(|lc| lc.close_reason()) == Some(CloseReason::RequestedClose)
-        && conn.stats.peer() == crate::io::PeerClose::Open
+        && conn.stats().peer() == crate::io::PeerClose::Open
         && {
             let ib = shared.inbound.lock().expect("inbound lock");
             ib.buf.is_empty() && !ib.body_pending()
@@ -617,7 +628,7 @@ fn log_refusal(
     term: Termination,
     detail: String,
 ) {
-    conn.stats
+    conn.stats()
         .journal()
         .record_with("refused", format!("{status} {term}"));
     count_unserved(worker, listener, status, term);
@@ -659,13 +670,13 @@ fn log_request_at_idle_close(
         },
         "request_at_idle_close",
     );
-    conn.stats.journal().record_with(
+    conn.stats().journal().record_with(
         "request_lost",
         format!("{} bytes after {reason}", late.len()),
     );
     count_unserved(worker, listener, 0, term);
     tracing::info!(
-        downstream_conn = conn.id,
+        downstream_conn = conn.id(),
         close = reason.as_str(),
         bytes = late.len(),
         "a request arrived as linger closed the idle connection"
@@ -713,9 +724,9 @@ fn unserved_record(listener: &ListenerCtx, conn: &DsConn) -> AccessRecord {
     AccessRecord {
         ts: crate::observe::access_log::unix_now(),
         listener: listener.name.clone(),
-        downstream_conn: conn.id,
+        downstream_conn: conn.id(),
         request_index: conn.requests() + 1,
-        client: conn.peer.to_string(),
+        client: conn.peer().to_string(),
         ..AccessRecord::default()
     }
 }

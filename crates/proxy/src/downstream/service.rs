@@ -47,7 +47,7 @@ pub struct DsService {
 impl std::fmt::Debug for DsService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DsService")
-            .field("conn", &self.conn.id)
+            .field("conn", &self.conn.id())
             .finish()
     }
 }
@@ -121,7 +121,7 @@ impl Drop for Inflight {
                 cluster.end_try(ep);
             }
             let mut record = record;
-            if let Some(v) = self.svc.conn.stats.framing_violation() {
+            if let Some(v) = self.svc.conn.stats().framing_violation() {
                 // The request body broke its framing; the connection answers 400 and closes.
                 self.svc
                     .conn
@@ -141,7 +141,7 @@ impl Drop for Inflight {
                 .worker
                 .metrics
                 .race("R7", "downstream_closed_while_waiting");
-            let peer = self.svc.conn.stats.peer();
+            let peer = self.svc.conn.stats().peer();
             record.detail = Some(format!(
                 "client aborted while waiting (downstream {})",
                 peer.as_str()
@@ -243,7 +243,7 @@ impl Exchange for Finish {
             .race("R5", "downstream_closed_while_streaming");
         record.detail = Some(format!(
             "downstream closed during the response body ({})",
-            self.svc.conn.stats.peer().as_str()
+            self.svc.conn.stats().peer().as_str()
         ));
         self.svc.finish(
             record,
@@ -492,7 +492,7 @@ async fn collect_bounded(
 
 impl DsService {
     fn journal(&self) -> &crate::observe::Journal {
-        self.conn.stats.journal()
+        self.conn.stats().journal()
     }
 
     /// A response head is handed to the driver.
@@ -533,9 +533,9 @@ impl DsService {
             let rec = AccessRecord {
                 ts: unix_now(),
                 listener: self.listener.name.clone(),
-                downstream_conn: self.conn.id,
+                downstream_conn: self.conn.id(),
                 request_index: record.index,
-                client: self.conn.peer.to_string(),
+                client: self.conn.peer().to_string(),
                 method: record.method.to_string(),
                 path: record.path,
                 version: version_str(record.version),
@@ -562,7 +562,7 @@ impl DsService {
         }
         if term != Termination::Ok {
             tracing::debug!(
-                downstream_conn = self.conn.id,
+                downstream_conn = self.conn.id(),
                 termination = term.as_str(),
                 "request ended abnormally"
             );
@@ -588,7 +588,7 @@ impl DsService {
             .as_ref()
             .is_some_and(|p| !p.is_done() && !p.failed());
         tracing::info!(
-            downstream_conn = self.conn.id,
+            downstream_conn = self.conn.id(),
             status = status.as_u16(),
             termination = term.as_str(),
             endpoint = record.endpoint.as_deref().unwrap_or("-"),
@@ -602,7 +602,7 @@ impl DsService {
         );
         let decision = self.listener.policy.decide(ResponseFacts {
             request_index: record.index,
-            age: self.conn.started.elapsed(),
+            age: self.conn.started().elapsed(),
             draining: self.worker.is_draining(),
             request_wants_close: record.wants_close,
             request_body_unread: body_unread,
@@ -623,7 +623,7 @@ impl DsService {
             status.as_u16(),
             status.canonical_reason().unwrap_or(""),
             term.as_str(),
-            self.conn.id,
+            self.conn.id(),
             record.index
         );
         let mut resp = Response::new(DownBody::full(
@@ -792,8 +792,7 @@ impl DsService {
         forward::add_forwarding(
             &mut headers,
             &self.listener.cfg.headers,
-            self.conn.peer.ip(),
-            &self.conn.peer_ip_value,
+            self.conn.peer().ip(),
             original_host.as_ref(),
             parts.version,
         );
@@ -1026,7 +1025,7 @@ impl DsService {
         }
         let decision = self.listener.policy.decide(ResponseFacts {
             request_index: record.index,
-            age: self.conn.started.elapsed(),
+            age: self.conn.started().elapsed(),
             draining: self.worker.is_draining(),
             request_wants_close: ds_wants_close,
             request_body_unread: !body_complete,
@@ -1161,7 +1160,7 @@ impl DsService {
             "request_head",
             Detail::For {
                 method: method.into(),
-                id: self.conn.id,
+                id: self.conn.id(),
             },
         );
         if let Some(r) = inflight.record.as_mut() {

@@ -28,6 +28,7 @@ use crate::io::transport::{self, write_all};
 use crate::io::{IoStats, Transport};
 use crate::lifecycle::connection::{Action, Drain};
 use crate::lifecycle::upstream::{connection_has, has_token};
+use crate::observe::journal::Kind;
 use crate::observe::ConnEntry;
 use crate::upstream::conn::HEAD_READ;
 use crate::upstream::exchange::ReasonPhrase;
@@ -204,7 +205,7 @@ async fn next_head(o: &Opened, drain: &mut DrainWatch<'_>) -> Result<FoundHead, 
                 let conn = &o.svc.conn;
                 match conn.lifecycle(|lc| lc.on_timer(Instant::now())) {
                     Action::Close(reason) => {
-                        conn.stats().journal().record_with("closing", reason.as_str());
+                        conn.stats().journal().record_with(Kind::Closing, reason.as_str());
                         return Err(Ending::Closed);
                     }
                     Action::AnswerTimeout => return Err(Ending::HeaderTimeout),
@@ -217,7 +218,7 @@ async fn next_head(o: &Opened, drain: &mut DrainWatch<'_>) -> Result<FoundHead, 
                 match conn.lifecycle(|lc| lc.drain(d, Instant::now())) {
                     Action::Cut => return Err(Ending::Cut),
                     Action::Close(reason) => {
-                        conn.stats().journal().record_with("closing", reason.as_str());
+                        conn.stats().journal().record_with(Kind::Closing, reason.as_str());
                         return Err(Ending::Closed);
                     }
                     _ => {}

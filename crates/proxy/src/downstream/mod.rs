@@ -25,6 +25,7 @@ use crate::config::{ListenerConfig, RouteConfig};
 use crate::io::{self, linger_close, IoStats, LingerOutcome};
 use crate::lifecycle::connection::{Connection, Timers};
 use crate::lifecycle::downstream::DownstreamPolicy;
+use crate::observe::journal::Kind;
 use crate::observe::metrics::{CloseLabels, ListenerLabels, Name};
 use crate::observe::{
     AccessLog, AccessRecord, CloseReason, ConnEntry, ConnState, Metrics, Registry, Side,
@@ -287,7 +288,7 @@ impl DsConn {
         if named {
             self.stats()
                 .journal()
-                .record_with("closing", reason.as_str());
+                .record_with(Kind::Closing, reason.as_str());
         }
     }
 }
@@ -386,7 +387,9 @@ fn open_connection(
         local,
         stats.clone(),
     ));
-    stats.journal().record_with("accepted", peer.to_string());
+    stats
+        .journal()
+        .record_with(Kind::Accepted, peer.to_string());
     let conn = Arc::new(DsConn {
         entry,
         state: Mutex::new(DsState {
@@ -557,7 +560,7 @@ async fn close_connection(
         LingerOutcome::TimedOut { discarded } => {
             stats
                 .journal()
-                .record_with("linger_timeout", format!("{discarded} bytes discarded"));
+                .record_with(Kind::LingerTimeout, format!("{discarded} bytes discarded"));
             tracing::debug!(
                 downstream_conn = conn.id(),
                 discarded,
@@ -569,7 +572,7 @@ async fn close_connection(
         {
             stats
                 .journal()
-                .record_with("lingered", format!("{discarded} bytes discarded"));
+                .record_with(Kind::Lingered, format!("{discarded} bytes discarded"));
         }
         _ => {}
     }
@@ -630,7 +633,7 @@ fn log_refusal(
 ) {
     conn.stats()
         .journal()
-        .record_with("refused", format!("{status} {term}"));
+        .record_with(Kind::Refused, format!("{status} {term}"));
     count_unserved(worker, listener, status, term);
     if !worker.access_log.enabled() {
         return;
@@ -671,7 +674,7 @@ fn log_request_at_idle_close(
         "request_at_idle_close",
     );
     conn.stats().journal().record_with(
-        "request_lost",
+        Kind::RequestLost,
         format!("{} bytes after {reason}", late.len()),
     );
     count_unserved(worker, listener, 0, term);

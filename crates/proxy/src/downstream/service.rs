@@ -27,6 +27,7 @@ use crate::lifecycle::downstream::{ConnDecision, ResponseFacts};
 use crate::lifecycle::upstream::{connection_has, Exchange as UpExchange, Reuse};
 use crate::observe::access_log::unix_now;
 use crate::observe::journal::Detail;
+use crate::observe::journal::Kind;
 use crate::observe::metrics::{RequestLabels, RetryLabels};
 use crate::observe::{AccessRecord, CloseReason, ConnState, RetryEntry, Termination};
 use crate::retry::{self, Decision, TryFailure};
@@ -171,7 +172,7 @@ impl Exchange for Finish {
         if let Some((cluster, endpoint, reuse)) = self.upstream.take() {
             cluster.end_try(endpoint);
             if let Some(mut conn) = conn {
-                conn.stats.journal().record("response_end");
+                conn.stats.journal().record(Kind::ResponseEnd);
                 match reuse {
                     Reuse::Keep {
                         idle_for,
@@ -499,12 +500,12 @@ impl DsService {
     fn responding(&self, status: u16) {
         let j = self.journal();
         j.set_state(ConnState::Responding);
-        j.record_with("response_head", Detail::Status(status));
+        j.record_with(Kind::ResponseHead, Detail::Status(status));
     }
 
     fn finish(&self, record: Record, status: u16, bytes_out: u64, term: Termination) {
         self.journal().record_with(
-            "response_end",
+            Kind::ResponseEnd,
             Detail::End {
                 status,
                 term,
@@ -720,7 +721,7 @@ impl DsService {
     fn begin(&self, req: &Request<Incoming>) -> Inflight {
         let index = self.conn.begin_request();
         self.journal().record_with(
-            "request_head",
+            Kind::RequestHead,
             Detail::Request {
                 method: req.method().into(),
                 index: u32::try_from(index).unwrap_or(u32::MAX),
@@ -1101,7 +1102,7 @@ impl DsService {
         match outcome {
             Ok(answered) => {
                 conn.stats.journal().record_with(
-                    "response_head",
+                    Kind::ResponseHead,
                     Detail::Status(answered.head.parts.status.as_u16()),
                 );
                 if let Some(r) = inflight.record.as_mut() {
@@ -1121,7 +1122,7 @@ impl DsService {
                     cluster.reuse_failed(&conn);
                 }
                 let (_, reason) = err.classify();
-                conn.stats.journal().record_with("failed", reason);
+                conn.stats.journal().record_with(Kind::Failed, reason);
                 let close = err.close_reason();
                 if let Some(r) = inflight.record.as_mut() {
                     // The last try's connection, as the line's other upstream_* fields.
@@ -1149,7 +1150,7 @@ impl DsService {
             cluster.fresh_requests.inc();
         }
         self.journal().record_with(
-            "upstream",
+            Kind::Upstream,
             Detail::Upstream {
                 id: conn.id,
                 reused: conn.reused,
@@ -1157,7 +1158,7 @@ impl DsService {
             },
         );
         conn.stats.journal().record_with(
-            "request_head",
+            Kind::RequestHead,
             Detail::For {
                 method: method.into(),
                 id: self.conn.id(),
@@ -1183,7 +1184,7 @@ impl DsService {
         if let Some((cluster, ep)) = inflight.endpoint_in_flight.take() {
             cluster.end_try(ep);
         }
-        conn.stats.journal().record("upgraded");
+        conn.stats.journal().record(Kind::Upgraded);
         conn.set_close_reason(CloseReason::UpgradeEnded);
         self.conn.set_tunnel(conn);
         let upgrade_value = parts.headers.get(header::UPGRADE).cloned().or(upgrade);
@@ -1261,7 +1262,7 @@ impl DsService {
             })
             .inc();
         self.journal().record_with(
-            "retry",
+            Kind::Retry,
             format!("try {} failed: {reason}; {}", retries_done + 1, d.as_str()),
         );
         if let Some(r) = inflight.record.as_mut() {

@@ -21,6 +21,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::observe::journal::Kind;
 use crate::observe::journal::{ConnState, Journal};
 use linger_h1::FramingViolation;
 
@@ -141,13 +142,13 @@ impl IoStats {
                 Ordering::Relaxed,
             );
             match p {
-                PeerClose::Fin => self.journal.record("fin_received"),
-                PeerClose::Rst => self.journal.record("rst_received"),
+                PeerClose::Fin => self.journal.record(Kind::FinReceived),
+                PeerClose::Rst => self.journal.record(Kind::RstReceived),
                 PeerClose::TimedOut => self
                     .journal
-                    .record_with("dead_peer", "ETIMEDOUT: keepalive or user timeout"),
+                    .record_with(Kind::DeadPeer, "ETIMEDOUT: keepalive or user timeout"),
                 PeerClose::Error => self.journal.record_with(
-                    "socket_error",
+                    Kind::SocketError,
                     self.errno().map_or_else(String::new, |e| {
                         std::io::Error::from_raw_os_error(e).to_string()
                     }),
@@ -192,7 +193,7 @@ pub fn send_fin(stream: &TcpStream, stats: &IoStats) {
     if stats.fin_sent.swap(true, Ordering::Relaxed) {
         return;
     }
-    stats.journal.record("fin_sent");
+    stats.journal.record(Kind::FinSent);
     if let Err(e) = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write) {
         if e.kind() != io::ErrorKind::NotConnected {
             stats.record_error(&e);

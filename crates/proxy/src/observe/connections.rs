@@ -14,6 +14,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::io::IoStats;
+use crate::observe::journal::Kind;
 use crate::observe::journal::{wall_ms, ConnState, EventView, Journal};
 use crate::observe::metrics::Name;
 
@@ -222,7 +223,7 @@ impl Registry {
         }
         let journal = entry.journal();
         journal.set_state(ConnState::Closed);
-        journal.record_with("closed", reason);
+        journal.record_with(Kind::Closed, reason);
         let mut inner = self.inner.lock().expect("registry lock");
         inner.open.remove(&(entry.side, entry.id));
         *inner.closes.entry((entry.side, reason)).or_insert(0) += 1;
@@ -346,7 +347,7 @@ mod tests {
         let a = entry(&reg, Side::Downstream, 1);
         let b = entry(&reg, Side::Upstream, 1);
         let c = entry(&reg, Side::Downstream, 2);
-        a.journal().record("accepted");
+        a.journal().record(Kind::Accepted);
         reg.close(&a, "idle_timeout");
         reg.close(&b, "upstream_fin_idle");
         reg.close(&c, "idle_timeout");

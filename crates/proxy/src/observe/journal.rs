@@ -20,9 +20,56 @@ use super::Termination;
 use tokio::time::Instant;
 
 /// Events kept per connection. 32 covers the whole life of most connections (accept, a few
-/// requests, the close) and the last requests of long-lived ones. An event is 48 bytes plus
-/// any detail text (a request's path): 1.5 KiB plus that text when full.
+/// requests, the close) and the last requests of long-lived ones. An event is 32 bytes plus
+/// any detail text (a request's path): 1 KiB plus that text when full.
 pub const MAX_EVENTS: usize = 32;
+
+macro_rules! kinds {
+    ($($kind:ident = $name:literal,)*) => {
+        /// What an event is.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[repr(u8)]
+        pub enum Kind {
+            $($kind,)*
+        }
+
+        impl Kind {
+            const ALL: &'static [Kind] = &[$(Kind::$kind,)*];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Kind::$kind => $name,)*
+                }
+            }
+        }
+    };
+}
+
+kinds! {
+    Accepted = "accepted",
+    RequestHead = "request_head",
+    Upstream = "upstream",
+    ResponseHead = "response_head",
+    ResponseEnd = "response_end",
+    Closing = "closing",
+    Closed = "closed",
+    Upgraded = "upgraded",
+    RstReceived = "rst_received",
+    Reused = "reused",
+    Refused = "refused",
+    Pooled = "pooled",
+    Lingered = "lingered",
+    LingerTimeout = "linger_timeout",
+    FinSent = "fin_sent",
+    FinReceived = "fin_received",
+    Failed = "failed",
+    DeadPeer = "dead_peer",
+    Connected = "connected",
+    Learned = "learned",
+    RequestLost = "request_lost",
+    Retry = "retry",
+    SocketError = "socket_error",
+}
 
 /// Where a connection is in its life. Downstream: idle, reading, waiting, responding,
 /// closing. Upstream: active, pooled, closing. Both end closed.
@@ -203,13 +250,30 @@ impl std::fmt::Display for Detail {
     }
 }
 
-/// One event.
+/// One event: 32 bytes.
 #[derive(Debug, Clone)]
 struct Event {
-    /// Nanoseconds since the journal was opened.
-    at: u64,
-    kind: &'static str,
+    /// Nanoseconds since the journal was opened (56 bits: two years), and the kind in the
+    /// low 8 bits.
+    at_kind: u64,
     detail: Detail,
+}
+
+impl Event {
+    fn new(at: u64, kind: Kind, detail: Detail) -> Self {
+        Self {
+            at_kind: at.min(u64::MAX >> 8) << 8 | kind as u64,
+            detail,
+        }
+    }
+
+    fn at(&self) -> u64 {
+        self.at_kind >> 8
+    }
+
+    fn kind(&self) -> Kind {
+        Kind::ALL[(self.at_kind & 0xff) as usize]
+    }
 }
 
 /// One event, as the admin listener shows it.
@@ -254,18 +318,18 @@ impl Default for Journal {
 
 impl Journal {
     /// Records an event whose kind says it all.
-    pub fn record(&self, kind: &'static str) {
+    pub fn record(&self, kind: Kind) {
         self.push(kind, Detail::None);
     }
 
     /// Records an event with a detail.
-    pub fn record_with(&self, kind: &'static str, detail: impl Into<Detail>) {
+    pub fn record_with(&self, kind: Kind, detail: impl Into<Detail>) {
         self.push(kind, detail.into());
     }
 
-    fn push(&self, kind: &'static str, detail: Detail) {
+    fn push(&self, kind: Kind, detail: Detail) {
         let at = u64::try_from(self.opened.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        let ev = Event { at, kind, detail };
+        let ev = Event::new(at, kind, detail);
         let mut e = self.events.lock().expect("journal lock");
         if e.first.is_none() {
             e.first = Some(ev);
@@ -304,8 +368,8 @@ impl Journal {
             .iter()
             .chain(e.ring.iter())
             .map(|ev| EventView {
-                t_ms: ev.at as f64 / 1e6,
-                kind: ev.kind,
+                t_ms: ev.at() as f64 / 1e6,
+                kind: ev.kind().as_str(),
                 detail: ev.detail.to_string(),
             })
             .collect();
@@ -335,9 +399,9 @@ mod tests {
     #[test]
     fn keeps_the_first_and_the_latest_events_and_counts_the_rest() {
         let j = Journal::default();
-        j.record("accepted");
+        j.record(Kind::Accepted);
         for i in 0..100 {
-            j.record_with("request_head", format!("GET /{i}"));
+            j.record_with(Kind::RequestHead, format!("GET /{i}"));
         }
         let (events, dropped) = j.events();
         assert_eq!(events.len(), MAX_EVENTS);
@@ -349,8 +413,15 @@ mod tests {
     }
 
     #[test]
-    fn an_event_is_48_bytes_and_details_render_as_text() {
-        assert_eq!(std::mem::size_of::<Event>(), 48);
+    fn an_event_is_32_bytes_and_details_render_as_text() {
+        assert_eq!(std::mem::size_of::<Event>(), 32);
+        for &k in Kind::ALL {
+            let ev = Event::new(123_456_789, k, Detail::None);
+            assert_eq!((ev.kind(), ev.at()), (k, 123_456_789));
+        }
+        // Past two years the time saturates; the kind survives.
+        let late = Event::new(u64::MAX, Kind::Closed, Detail::None);
+        assert_eq!((late.kind(), late.at()), (Kind::Closed, u64::MAX >> 8));
         let end = Detail::End {
             status: 200,
             term: Termination::Ok,

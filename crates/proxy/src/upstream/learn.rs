@@ -43,6 +43,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use crate::observe::journal::Kind;
 use crate::observe::journal::{wall_ms, Detail, EventView, Journal};
 use crate::observe::metrics::{EndpointLabels, LearnedLabels, Name};
 use crate::observe::Metrics;
@@ -418,7 +419,7 @@ impl Learned {
         self.gauge.set(to.as_secs_f64());
         self.changes[cause as usize].inc();
         self.journal.record_with(
-            "learned",
+            Kind::Learned,
             Detail::Text(
                 format!(
                     "{}: {} -> {}: {evidence}",

@@ -23,6 +23,7 @@ use crate::error::{TryError, TryErrorKind};
 use crate::io::{self, IoStats};
 use crate::lifecycle::upstream::ReusePolicy;
 use crate::observe::journal::Detail;
+use crate::observe::journal::Kind;
 use crate::observe::metrics::{ClusterLabels, Name};
 use crate::observe::{ConnEntry, ConnState, Metrics, Registry, Side};
 
@@ -210,7 +211,7 @@ impl Cluster {
             .checkout(now, &self.metrics, &self.pool_idle, &ep.learned, may_retry)?;
         let journal = conn.stats.journal();
         journal.set_state(ConnState::Active);
-        journal.record("reused");
+        journal.record(Kind::Reused);
         Some(conn)
     }
 
@@ -218,7 +219,7 @@ impl Cluster {
     pub fn checkin(&self, conn: UpstreamConn, idle_for: Duration) {
         let journal = conn.stats.journal();
         journal.set_state(ConnState::Pooled);
-        journal.record_with("pooled", Detail::ReusableFor(idle_for));
+        journal.record_with(Kind::Pooled, Detail::ReusableFor(idle_for));
         let ep = &self.endpoints[conn.endpoint];
         if conn.reused {
             ep.learned.reuse_worked(conn.idle_age);
@@ -280,7 +281,7 @@ impl Cluster {
         let journal = stats.journal();
         journal.set_state(ConnState::Active);
         journal.record_with(
-            "connected",
+            Kind::Connected,
             format!("{} in {:?}", ep.label, started.elapsed()),
         );
         let mut conn = UpstreamConn::new(id, stream, stats, entry, endpoint, self.ctx.clone());

@@ -9,11 +9,19 @@ use http::Version;
 
 use crate::config::{ForwardedFor, HeadersConfig};
 
+/// Names the request path looks up on every message, built once: a lookup by `&str`
+/// parses and lowercases the name each time.
+pub(crate) const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub(crate) const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
 /// Fixed hop-by-hop headers. `Trailer` is not among them: RFC 9110 §6.6.2 makes it an
 /// end-to-end declaration of the trailer fields.
 const HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
+    KEEP_ALIVE,
     HeaderName::from_static("proxy-connection"),
     header::TE,
     header::TRANSFER_ENCODING,
@@ -100,14 +108,14 @@ pub fn add_forwarding(
     match cfg.x_forwarded_for {
         ForwardedFor::Off => {}
         ForwardedFor::Replace => {
-            headers.insert("x-forwarded-for", ip_value(client_ip));
+            headers.insert(X_FORWARDED_FOR, ip_value(client_ip));
         }
-        ForwardedFor::Append if !headers.contains_key("x-forwarded-for") => {
-            headers.insert("x-forwarded-for", ip_value(client_ip));
+        ForwardedFor::Append if !headers.contains_key(X_FORWARDED_FOR) => {
+            headers.insert(X_FORWARDED_FOR, ip_value(client_ip));
         }
         ForwardedFor::Append => {
             let prior: Vec<String> = headers
-                .get_all("x-forwarded-for")
+                .get_all(X_FORWARDED_FOR)
                 .iter()
                 .filter_map(|v| v.to_str().ok().map(str::to_owned))
                 .collect();
@@ -117,7 +125,7 @@ pub fn add_forwarding(
             }
             value.push_str(&client_ip.to_string());
             headers.insert(
-                "x-forwarded-for",
+                X_FORWARDED_FOR,
                 HeaderValue::from_str(&value).unwrap_or_else(|_| {
                     HeaderValue::from_str(&client_ip.to_string()).expect("an IP is a valid header")
                 }),
@@ -125,17 +133,17 @@ pub fn add_forwarding(
         }
     }
     if cfg.x_forwarded_proto {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
     if cfg.x_forwarded_host {
         match original_host {
             Some(h) => {
-                headers.insert("x-forwarded-host", h.clone());
+                headers.insert(X_FORWARDED_HOST, h.clone());
             }
             // Without a Host there is nothing to forward; a client-supplied value would
             // be a forgery.
             None => {
-                headers.remove("x-forwarded-host");
+                headers.remove(X_FORWARDED_HOST);
             }
         }
     }

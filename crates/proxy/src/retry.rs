@@ -13,7 +13,7 @@ pub fn is_idempotent<B>(req: &Request<B>) -> bool {
     matches!(
         *req.method(),
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    ) || req.headers().contains_key("idempotency-key")
+    ) || req.headers().contains_key(crate::forward::IDEMPOTENCY_KEY)
 }
 
 /// What is known about a failed try.

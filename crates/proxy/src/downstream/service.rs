@@ -647,7 +647,7 @@ impl DsService {
             ConnDecision::KeepAlive { announce } => {
                 if announce.is_some() {
                     if let Some(v) = &self.listener.keep_alive_value {
-                        headers.insert("keep-alive", v.clone());
+                        headers.insert(forward::KEEP_ALIVE, v.clone());
                     }
                 }
             }

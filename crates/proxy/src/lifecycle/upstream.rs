@@ -17,7 +17,7 @@ pub struct KeepAliveHint {
 /// repeated parameters wins.
 pub fn parse_keep_alive(headers: &HeaderMap) -> KeepAliveHint {
     let mut hint = KeepAliveHint::default();
-    for value in headers.get_all("keep-alive") {
+    for value in headers.get_all(crate::forward::KEEP_ALIVE) {
         let Ok(s) = value.to_str() else { continue };
         for param in s.split(',') {
             let Some((k, v)) = param.split_once('=') else {

@@ -5,6 +5,7 @@
 //! The request head arrives serialized ([`write_request_head`]); the response head is
 //! parsed with `httparse` and framed by `linger_h1::response_framing` (RFC 9112 §6.3).
 
+use std::mem::MaybeUninit;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -300,14 +301,17 @@ pub fn write_request_head(
     out.extend_from_slice(b"\r\n");
 }
 
-/// Parses a response head from the front of `buf`, taking it out when complete.
+/// Parses a response head from the front of `buf`, taking it out when complete. The
+/// values are slices of the head's bytes, not copies; the field table is not zeroed.
 pub fn parse_response_head(
     buf: &mut BytesMut,
     method: &Method,
 ) -> Result<Option<ResponseHead>, TryErrorKind> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    let mut res = httparse::Response::new(&mut fields);
-    let len = match res.parse(buf) {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_HEADERS];
+    let mut res = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut res, buf, &mut slots)
+    {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() > MAX_RESPONSE_HEAD => {
             return Err(TryErrorKind::Protocol("response head too large"))
@@ -319,35 +323,41 @@ pub fn parse_response_head(
         .map_err(|_| TryErrorKind::Protocol("invalid status code"))?;
     let framing = response_framing(method.as_str(), status.as_u16(), res.headers)
         .map_err(|_| TryErrorKind::Protocol("invalid Content-Length in a response"))?;
-    let mut headers = HeaderMap::with_capacity(res.headers.len());
-    for h in res.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| TryErrorKind::Protocol("invalid header name"))?;
-        let value = HeaderValue::from_bytes(h.value)
-            .map_err(|_| TryErrorKind::Protocol("invalid header value"))?;
-        headers.append(name, value);
-    }
+    let version = if res.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
     let reason = res
         .reason
         .filter(|r| Some(*r) != status.canonical_reason() && !r.is_empty())
         .map(|r| Bytes::copy_from_slice(r.as_bytes()));
-    let mut builder = http::Response::builder()
-        .status(status)
-        .version(if res.version == Some(0) {
-            Version::HTTP_10
-        } else {
-            Version::HTTP_11
-        });
-    if let Some(r) = reason {
-        builder = builder.extension(ReasonPhrase(r));
+    // Where each field sits in the head: the head is then taken out of `buf` as one
+    // shared block (no copy), and each value becomes a slice of it.
+    let base = buf.as_ptr() as usize;
+    let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
+    let mut at = [(0u32, 0u32, 0u32, 0u32); MAX_RESPONSE_HEADERS];
+    let count = res.headers.len();
+    for (h, slot) in res.headers.iter().zip(at.iter_mut()) {
+        let (n, v) = (offset(h.name.as_bytes()), offset(h.value));
+        *slot = (n, n + h.name.len() as u32, v, v + h.value.len() as u32);
     }
-    let mut parts = builder
-        .body(())
-        .map_err(|_| TryErrorKind::Protocol("invalid response head"))?
-        .into_parts()
-        .0;
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(count);
+    for &(ns, ne, vs, ve) in &at[..count] {
+        let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
+            .map_err(|_| TryErrorKind::Protocol("invalid header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
+            .map_err(|_| TryErrorKind::Protocol("invalid header value"))?;
+        headers.append(name, value);
+    }
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = status;
+    parts.version = version;
     parts.headers = headers;
-    buf.advance(len);
+    if let Some(r) = reason {
+        parts.extensions.insert(ReasonPhrase(r));
+    }
     Ok(Some(ResponseHead { parts, framing }))
 }
 

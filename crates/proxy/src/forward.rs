@@ -18,8 +18,9 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 pub(crate) const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// Fixed hop-by-hop headers. `Trailer` is not among them: RFC 9110 §6.6.2 makes it an
-/// end-to-end declaration of the trailer fields.
-const HOP_BY_HOP: [HeaderName; 6] = [
+/// end-to-end declaration of the trailer fields. (A static: a `const` array would be
+/// built and dropped at every use.)
+static HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
     KEEP_ALIVE,
     HeaderName::from_static("proxy-connection"),
@@ -133,7 +134,8 @@ pub fn add_forwarding(
         }
     }
     if cfg.x_forwarded_proto {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        const HTTP: HeaderValue = HeaderValue::from_static("http");
+        headers.insert(X_FORWARDED_PROTO, HTTP);
     }
     if cfg.x_forwarded_host {
         match original_host {
@@ -155,12 +157,16 @@ pub fn add_forwarding(
 /// Appends `Via: <version> linger` (RFC 9110 §7.6.3).
 pub fn append_via(headers: &mut HeaderMap, version: Version) {
     if !headers.contains_key(header::VIA) {
+        // Checked when compiled, not per request.
+        const VIA_10: HeaderValue = HeaderValue::from_static("1.0 linger");
+        const VIA_11: HeaderValue = HeaderValue::from_static("1.1 linger");
+        const VIA_2: HeaderValue = HeaderValue::from_static("2 linger");
         let ours = match version {
-            Version::HTTP_10 => "1.0 linger",
-            Version::HTTP_2 => "2 linger",
-            _ => "1.1 linger",
+            Version::HTTP_10 => VIA_10,
+            Version::HTTP_2 => VIA_2,
+            _ => VIA_11,
         };
-        headers.insert(header::VIA, HeaderValue::from_static(ours));
+        headers.insert(header::VIA, ours);
         return;
     }
     let ours = format!("{} linger", version_str(version));

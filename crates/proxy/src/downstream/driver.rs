@@ -279,7 +279,8 @@ fn request(found: FoundHead, shared: &Arc<Shared>) -> Result<(Request<ReqBody>, 
     } else {
         Version::HTTP_11
     };
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    // Room for the forwarding fields linger adds: no rehash on the way upstream.
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len() + 4);
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| HeadError::Malformed)?;
         let value = HeaderValue::from_maybe_shared(head.slice_ref(h.value))

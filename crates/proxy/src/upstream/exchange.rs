@@ -343,7 +343,9 @@ pub fn parse_response_head(
         *slot = (n, n + h.name.len() as u32, v, v + h.value.len() as u32);
     }
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for the fields linger adds on the way to the client (Date, Keep-Alive,
+    // Connection, framing): no rehash.
+    let mut headers = HeaderMap::with_capacity(count + 4);
     for &(ns, ne, vs, ve) in &at[..count] {
         let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
             .map_err(|_| TryErrorKind::Protocol("invalid header name"))?;

@@ -25,7 +25,7 @@ use super::{DsConn, ListenerCtx, Opened, WorkerCtx};
 use crate::body::DownBody;
 use crate::config::HalfClosePolicy;
 use crate::io::transport::{self, write_all};
-use crate::io::{IoStats, Transport};
+use crate::io::{clock, IoStats, Transport};
 use crate::lifecycle::connection::{Action, Drain};
 use crate::lifecycle::upstream::{connection_has, has_token};
 use crate::observe::journal::Kind;
@@ -185,7 +185,7 @@ async fn next_head(o: &Opened, drain: &mut DrainWatch<'_>) -> Result<FoundHead, 
             if ib.buf.is_empty() {
                 ib.release_if_empty();
             } else {
-                o.svc.conn.lifecycle(|lc| lc.head_started(Instant::now()));
+                o.svc.conn.lifecycle(|lc| lc.head_started(clock::now()));
                 match find_head(&mut ib.buf, o.svc.listener.cfg.max_header_bytes) {
                     Ok(Some(h)) => return Ok(h),
                     Ok(None) => {}
@@ -203,7 +203,7 @@ async fn next_head(o: &Opened, drain: &mut DrainWatch<'_>) -> Result<FoundHead, 
             }
             _ = sleep_until(deadline) => {
                 let conn = &o.svc.conn;
-                match conn.lifecycle(|lc| lc.on_timer(Instant::now())) {
+                match conn.lifecycle(|lc| lc.on_timer(clock::now())) {
                     Action::Close(reason) => {
                         conn.stats().journal().record_with(Kind::Closing, reason.as_str());
                         return Err(Ending::Closed);
@@ -215,7 +215,7 @@ async fn next_head(o: &Opened, drain: &mut DrainWatch<'_>) -> Result<FoundHead, 
             }
             d = drain.changed() => {
                 let conn = &o.svc.conn;
-                match conn.lifecycle(|lc| lc.drain(d, Instant::now())) {
+                match conn.lifecycle(|lc| lc.drain(d, clock::now())) {
                     Action::Cut => return Err(Ending::Cut),
                     Action::Close(reason) => {
                         conn.stats().journal().record_with(Kind::Closing, reason.as_str());
@@ -334,7 +334,7 @@ where
                 return Err(Ending::ClientGone);
             }
             d = drain.changed() => {
-                if conn.lifecycle(|lc| lc.drain(d, Instant::now())) == Action::Cut {
+                if conn.lifecycle(|lc| lc.drain(d, clock::now())) == Action::Cut {
                     conn.cut.store(true, Ordering::Relaxed);
                     drop(fut);
                     return Err(Ending::Cut);
@@ -399,7 +399,7 @@ async fn write_response(
                 return Err(Ending::ClientGone);
             }
             d = drain.changed() => {
-                if conn.lifecycle(|lc| lc.drain(d, Instant::now())) == Action::Cut {
+                if conn.lifecycle(|lc| lc.drain(d, clock::now())) == Action::Cut {
                     conn.cut.store(true, Ordering::Relaxed);
                     drop(body);
                     return Err(Ending::Cut);

@@ -255,7 +255,7 @@ impl DsConn {
         {
             let mut s = self.state.lock().expect("conn state lock");
             // A close decided on the response: the driver closes after it.
-            let _ = s.lc.response_ended(Instant::now());
+            let _ = s.lc.response_ended(io::clock::now());
         }
         self.stats().journal().set_state(ConnState::Idle);
     }
@@ -342,7 +342,7 @@ fn spawn_connection(
 ) {
     worker.conns.inc();
     let opened = open_connection(worker, listener, stream, peer, local);
-    tokio::spawn(serve_connection(opened));
+    tokio::spawn(io::clock::Clocked::new(serve_connection(opened)));
 }
 
 const RESPONSE_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-type: text/plain\r\ncontent-length: 48\r\n\r\n408 Request Timeout: request head not received\n";

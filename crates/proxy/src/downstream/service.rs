@@ -82,7 +82,7 @@ struct Record {
 impl Record {
     fn new(index: u64, method: Method, version: Version) -> Self {
         Self {
-            started: Instant::now(),
+            started: crate::io::clock::now(),
             index,
             method,
             path: String::new(),
@@ -513,7 +513,7 @@ impl DsService {
             },
         );
         let m = &self.worker.metrics;
-        let elapsed = record.started.elapsed();
+        let elapsed = crate::io::clock::since(record.started);
         if term == Termination::Ok {
             self.listener.ok_requests[status_index(status)].inc();
         } else {
@@ -603,7 +603,7 @@ impl DsService {
         );
         let decision = self.listener.policy.decide(ResponseFacts {
             request_index: record.index,
-            age: self.conn.started().elapsed(),
+            age: crate::io::clock::since(self.conn.started()),
             draining: self.worker.is_draining(),
             request_wants_close: record.wants_close,
             request_body_unread: body_unread,
@@ -1026,7 +1026,7 @@ impl DsService {
         }
         let decision = self.listener.policy.decide(ResponseFacts {
             request_index: record.index,
-            age: self.conn.started().elapsed(),
+            age: crate::io::clock::since(self.conn.started()),
             draining: self.worker.is_draining(),
             request_wants_close: ds_wants_close,
             request_body_unread: !body_complete,
@@ -1069,10 +1069,10 @@ impl DsService {
                 c
             }
             None => {
-                let t0 = Instant::now();
+                let t0 = crate::io::clock::now();
                 let c = cluster.connect(ep_idx).await?;
                 if let Some(r) = inflight.record.as_mut() {
-                    r.connect_ms = Some(t0.elapsed().as_secs_f64() * 1000.0);
+                    r.connect_ms = Some(crate::io::clock::since(t0).as_secs_f64() * 1000.0);
                 }
                 c
             }
@@ -1083,7 +1083,7 @@ impl DsService {
         inflight.endpoint_in_flight = Some((cluster.clone(), ep_idx));
         let written_before = conn.stats.bytes_written();
         let read_before = conn.stats.bytes_read();
-        let sent_at = Instant::now();
+        let sent_at = crate::io::clock::now();
         let out = Outgoing {
             head: &head,
             body: req.stream.as_mut(),
@@ -1106,7 +1106,7 @@ impl DsService {
                     Detail::Status(answered.head.parts.status.as_u16()),
                 );
                 if let Some(r) = inflight.record.as_mut() {
-                    r.first_byte_ms = Some(sent_at.elapsed().as_secs_f64() * 1000.0);
+                    r.first_byte_ms = Some(crate::io::clock::since(sent_at).as_secs_f64() * 1000.0);
                 }
                 Ok((conn, answered))
             }
@@ -1168,7 +1168,8 @@ impl DsService {
             r.upstream_conn = Some(conn.id);
             r.upstream_reused = Some(conn.reused);
             r.upstream_conn_requests = Some(conn.requests);
-            r.upstream_conn_age_ms = Some(conn.created.elapsed().as_secs_f64() * 1000.0);
+            r.upstream_conn_age_ms =
+                Some(crate::io::clock::since(conn.created).as_secs_f64() * 1000.0);
         }
     }
 

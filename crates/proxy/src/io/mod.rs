@@ -9,6 +9,7 @@
 //! yet (R4); lingering avoids that, and is skipped when the peer already closed its side
 //! (nothing can be unread).
 
+pub mod clock;
 pub mod socket;
 pub mod transport;
 

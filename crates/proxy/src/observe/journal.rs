@@ -298,6 +298,8 @@ struct Events {
 #[derive(Debug)]
 pub struct Journal {
     opened: Instant,
+    /// `opened` as [`crate::io::clock::now_ns`].
+    opened_ns: u64,
     opened_wall: SystemTime,
     state: AtomicU8,
     events: Mutex<Events>,
@@ -306,7 +308,8 @@ pub struct Journal {
 impl Default for Journal {
     fn default() -> Self {
         Self {
-            opened: Instant::now(),
+            opened: crate::io::clock::now(),
+            opened_ns: crate::io::clock::now_ns(),
             opened_wall: SystemTime::now(),
             state: AtomicU8::new(ConnState::Idle as u8),
             events: Mutex::new(Events::default()),
@@ -328,7 +331,7 @@ impl Journal {
     }
 
     fn push(&self, kind: Kind, detail: Detail) {
-        let at = u64::try_from(self.opened.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let at = crate::io::clock::now_ns().saturating_sub(self.opened_ns);
         let ev = Event::new(at, kind, detail);
         let mut e = self.events.lock().expect("journal lock");
         if e.first.is_none() {

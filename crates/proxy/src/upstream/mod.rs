@@ -202,7 +202,7 @@ impl Cluster {
     /// is known to close right after its responses (R9): it goes on a fresh connection.
     pub fn checkout(&self, endpoint: usize, may_retry: bool) -> Option<UpstreamConn> {
         let ep = &self.endpoints[endpoint];
-        let now = Instant::now();
+        let now = crate::io::clock::now();
         if !may_retry && ep.learned.closes_after_response(now) {
             return None;
         }
@@ -227,7 +227,7 @@ impl Cluster {
         ep.learned.hinted(idle_for);
         ep.pool.checkin(
             conn,
-            Instant::now() + idle_for,
+            crate::io::clock::now() + idle_for,
             &self.pool_idle,
             &self.metrics,
             &ep.learned,

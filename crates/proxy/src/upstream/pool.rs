@@ -137,7 +137,7 @@ impl Pool {
         metrics: &Metrics,
         learned: &Learned,
     ) {
-        let now = Instant::now();
+        let now = crate::io::clock::now();
         // The socket is looked at when the connection is next taken (or swept), not now:
         // a connection used again at once costs one look, not two.
         if let Some(reason) = unusable(&conn, expires, now, false) {

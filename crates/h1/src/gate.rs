@@ -394,7 +394,7 @@ pub fn find_head(buf: &mut [u8], max_head: usize) -> Result<Option<FoundHead>, H
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(hay, needle)
 }
 
 /// Whether `head[from..]` holds an LF not preceded by CR, or a CR followed by anything but
@@ -402,20 +402,20 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// very end may still be followed by its LF.
 fn bare_line_end(head: &[u8], line_start: usize, from: usize) -> bool {
     let from = from.saturating_sub(1).max(line_start);
-    (from..head.len()).any(|i| match head[i] {
-        b'\n' => i == line_start || head[i - 1] != b'\r',
-        b'\r' => head.get(i + 1).is_some_and(|&n| n != b'\n'),
-        _ => false,
+    // Only CRs and LFs matter: jump from one to the next.
+    memchr::memchr2_iter(b'\r', b'\n', &head[from..]).any(|p| {
+        let i = from + p;
+        match head[i] {
+            b'\n' => i == line_start || head[i - 1] != b'\r',
+            _ => head.get(i + 1).is_some_and(|&n| n != b'\n'),
+        }
     })
 }
 
 /// Where the request line in `head` ends (its `\n`), after any empty lines before it.
 fn request_line_end(head: &[u8]) -> Option<usize> {
     let start = head.iter().position(|&b| b != b'\r' && b != b'\n')?;
-    head[start..]
-        .iter()
-        .position(|&b| b == b'\n')
-        .map(|p| start + p)
+    memchr::memchr(b'\n', &head[start..]).map(|p| start + p)
 }
 
 /// The index of the minor version digit in a request line that ends in ` HTTP/1.D` with D

@@ -29,6 +29,12 @@ static HOP_BY_HOP: [HeaderName; 6] = [
     header::UPGRADE,
 ];
 
+/// Could a name of this length be one of [`HOP_BY_HOP`]? (2, 7, 10, 16 or 17 bytes: most
+/// names are ruled out without a comparison.)
+fn hop_by_hop_length(len: usize) -> bool {
+    matches!(len, 2 | 7 | 10 | 16 | 17)
+}
+
 /// Removes every hop-by-hop header, including those the `Connection` header names.
 /// Returns the `Upgrade` value when the message asked for a protocol upgrade.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
@@ -36,6 +42,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
     // lookup by name costs a hash.
     let mut present = [false; 6];
     for k in headers.keys() {
+        if !hop_by_hop_length(k.as_str().len()) {
+            continue;
+        }
         if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
             present[i] = true;
         }
@@ -90,12 +99,31 @@ fn version_str(v: Version) -> &'static str {
 /// An IP address as a header value, written without a `String` in between (made per
 /// request: a value kept per connection would cost every idle connection 80 bytes).
 fn ip_value(ip: IpAddr) -> HeaderValue {
-    use std::io::Write as _;
     // The longest IPv6 text is 45 bytes (an IPv4-mapped address with every group full).
     let mut buf = [0u8; 48];
-    let mut rest = &mut buf[..];
-    write!(rest, "{ip}").expect("an IP address fits in 48 bytes");
-    let n = 48 - rest.len();
+    let n = match ip {
+        // The usual case, without the formatting machinery: four numbers and three dots.
+        IpAddr::V4(v4) => {
+            let mut n = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[n] = b'.';
+                    n += 1;
+                }
+                let mut digits = itoa::Buffer::new();
+                let d = digits.format(octet).as_bytes();
+                buf[n..n + d.len()].copy_from_slice(d);
+                n += d.len();
+            }
+            n
+        }
+        IpAddr::V6(v6) => {
+            use std::io::Write as _;
+            let mut rest = &mut buf[..];
+            write!(rest, "{v6}").expect("an IPv6 address fits in 48 bytes");
+            48 - rest.len()
+        }
+    };
     HeaderValue::from_bytes(&buf[..n]).expect("an IP address is a valid header value")
 }
 
@@ -245,9 +273,18 @@ mod tests {
     }
 
     #[test]
+    fn every_hop_by_hop_name_passes_the_length_filter() {
+        for h in &HOP_BY_HOP {
+            assert!(hop_by_hop_length(h.as_str().len()), "{h}");
+        }
+    }
+
+    #[test]
     fn an_ip_value_is_the_address_text_for_every_length() {
         for ip in [
             "127.0.0.1",
+            "0.0.0.0",
+            "10.20.100.9",
             "255.255.255.255",
             "::1",
             "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",

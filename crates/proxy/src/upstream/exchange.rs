@@ -100,8 +100,8 @@ pub async fn exchange(
     let mut body = body;
     let mut stream_ended = body.is_none();
     let mut pending = Bytes::new();
-    let gate_deadline = Instant::now() + EXPECT_WAIT;
     let mut gate_waiting = gate.is_some_and(|g| !g.is_open());
+    let gate_deadline = gate_waiting.then(|| crate::io::clock::now() + EXPECT_WAIT);
     let mut final_head: Option<ResponseHead> = None;
     let mut early_deadline: Option<Instant> = None;
     let mut discarding = false;
@@ -131,8 +131,9 @@ pub async fn exchange(
                 discarding = true;
                 pending = Bytes::new();
             }
-            let deadline = *early_deadline.get_or_insert_with(|| Instant::now() + early_wait);
-            let now_is_late = Instant::now() >= deadline || (discarding && !hold);
+            let now = crate::io::clock::now();
+            let deadline = *early_deadline.get_or_insert_with(|| now + early_wait);
+            let now_is_late = now >= deadline || (discarding && !hold);
             if body_done || write_dead || now_is_late {
                 let body_complete = body_done && !discarding;
                 let tail = (!body_complete && !write_dead && !discarding).then_some(Tail {
@@ -149,6 +150,13 @@ pub async fn exchange(
             final_head = Some(h);
         }
         let sending = !write_dead && !body_done;
+        // One timer for both deadlines, made only when one is set: the common exchange
+        // (no Expect, no early response) builds none.
+        let wake_at = gate_deadline
+            .filter(|_| gate_waiting)
+            .into_iter()
+            .chain(early_deadline)
+            .min();
         tokio::select! {
             biased;
             r = std::future::poll_fn(|cx| poll_fill(stream, buf, stats, HEAD_READ, cx)), if final_head.is_none() => {
@@ -183,14 +191,24 @@ pub async fn exchange(
                     Frame::Failed => return Err(TryErrorKind::RequestBody),
                 }
             }
-            _ = tokio::time::sleep_until(gate_deadline), if gate_waiting => {
-                gate_waiting = false;
-                if let Some(g) = gate {
-                    g.open();
+            _ = sleep_until(wake_at), if wake_at.is_some() => {
+                // The early deadline is looked at again at the top of the loop.
+                if gate_waiting && gate_deadline.is_some_and(|d| crate::io::clock::now() >= d) {
+                    gate_waiting = false;
+                    if let Some(g) = gate {
+                        g.open();
+                    }
                 }
             }
-            _ = tokio::time::sleep_until(early_deadline.unwrap_or(gate_deadline)), if early_deadline.is_some() => {}
         }
+    }
+}
+
+/// Sleeps until `deadline`; builds no timer without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }
 

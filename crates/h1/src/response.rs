@@ -51,7 +51,10 @@ pub fn response_framing(
         return Ok(empty(false));
     }
     let mut te_last_chunked = None;
-    let mut lengths = Vec::new();
+    // The first Content-Length value, and whether any other differs from it (no list:
+    // nearly every response has exactly one).
+    let mut length: Option<u64> = None;
+    let mut lengths_differ = false;
     for h in headers {
         if h.name.eq_ignore_ascii_case("transfer-encoding") {
             let last = h
@@ -62,7 +65,8 @@ pub fn response_framing(
             te_last_chunked = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
         } else if h.name.eq_ignore_ascii_case("content-length") {
             for v in h.value.split(|&b| b == b',') {
-                lengths.push(parse_length(v).ok_or(ResponseFramingError::InvalidContentLength)?);
+                let n = parse_length(v).ok_or(ResponseFramingError::InvalidContentLength)?;
+                lengths_differ |= *length.get_or_insert(n) != n;
             }
         }
     }
@@ -75,12 +79,12 @@ pub fn response_framing(
             } else {
                 Framing::UntilClose
             },
-            must_close: !lengths.is_empty() || !chunked,
+            must_close: length.is_some() || !chunked,
         });
     }
     // 3. Content-Length, every copy the same.
-    if let Some(&first) = lengths.first() {
-        if lengths.iter().any(|&n| n != first) {
+    if let Some(first) = length {
+        if lengths_differ {
             return Err(ResponseFramingError::InvalidContentLength);
         }
         return Ok(ResponseFraming {

@@ -95,7 +95,6 @@ fn version_str(v: Version) -> &'static str {
     }
 }
 
-/// Adds the forwarding headers to a request going upstream.
 /// An IP address as a header value, written without a `String` in between (made per
 /// request: a value kept per connection would cost every idle connection 80 bytes).
 fn ip_value(ip: IpAddr) -> HeaderValue {
@@ -127,6 +126,7 @@ fn ip_value(ip: IpAddr) -> HeaderValue {
     HeaderValue::from_bytes(&buf[..n]).expect("an IP address is a valid header value")
 }
 
+/// Adds the forwarding headers to a request going upstream.
 pub fn add_forwarding(
     headers: &mut HeaderMap,
     cfg: &HeadersConfig,

@@ -17,11 +17,10 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use linger_h1::{find_head, FoundHead, Framing, HeadError};
-use tokio::time::Instant;
 
 use super::inbound::{ReqBody, Shared};
 use super::service::DsService;
-use super::{DsConn, ListenerCtx, Opened, WorkerCtx};
+use super::{DsConn, ListenerCtx, Opened};
 use crate::body::DownBody;
 use crate::config::HalfClosePolicy;
 use crate::io::transport::{self, write_all};
@@ -29,7 +28,6 @@ use crate::io::{clock, IoStats, Transport};
 use crate::lifecycle::connection::{Action, Drain};
 use crate::lifecycle::upstream::{connection_has, has_token};
 use crate::observe::journal::Kind;
-use crate::observe::ConnEntry;
 use crate::upstream::conn::HEAD_READ;
 use crate::upstream::exchange::ReasonPhrase;
 use crate::upstream::UpstreamConn;
@@ -64,39 +62,43 @@ struct Asked {
 /// The connection's view of the drain: its worker's state, read again whenever the
 /// registry wakes the connection's task after a change.
 struct DrainWatch<'a> {
-    worker: &'a WorkerCtx,
-    entry: &'a ConnEntry,
+    o: &'a Opened,
     seen: Drain,
 }
 
 impl<'a> DrainWatch<'a> {
+    /// The drain's new state, if it changed since last seen.
+    fn poll_changed(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Drain> {
+        // Registered before the state is read: a change after the read wakes it.
+        self.o.svc.conn.entry.set_waker(cx.waker());
+        let now = *self.o.svc.worker.drain.borrow();
+        if now == self.seen {
+            return Poll::Pending;
+        }
+        self.seen = now;
+        Poll::Ready(now)
+    }
+
     /// Resolves with the drain's new state.
     fn changed(&mut self) -> impl Future<Output = Drain> + use<'_, 'a> {
-        std::future::poll_fn(move |cx| {
-            // Registered before the state is read: a change after the read wakes it.
-            self.entry.set_waker(cx.waker());
-            let now = *self.worker.drain.borrow();
-            if now == self.seen {
-                return Poll::Pending;
-            }
-            self.seen = now;
-            Poll::Ready(now)
-        })
+        std::future::poll_fn(move |cx| self.poll_changed(cx))
     }
 }
 
 /// Serves requests on one connection until it ends.
+/// (Its frame, which every idle connection keeps, holds the one pointer and the drain's
+/// last state: the rest is reached through the pointer where it is used.)
 pub(super) async fn run(o: &Opened) -> Ending {
-    let (svc, shared) = (&o.svc, &o.shared);
-    let (conn, listener) = (&svc.conn, &*svc.listener);
-    let now_draining = *svc.worker.drain.borrow();
     let mut drain = DrainWatch {
-        worker: &svc.worker,
-        entry: &conn.entry,
-        seen: now_draining,
+        o,
+        seen: *o.svc.worker.drain.borrow(),
     };
-    if now_draining != Drain::Running {
-        match conn.lifecycle(|lc| lc.drain(now_draining, Instant::now())) {
+    if drain.seen != Drain::Running {
+        match o
+            .svc
+            .conn
+            .lifecycle(|lc| lc.drain(drain.seen, clock::now()))
+        {
             Action::Cut => return Ending::Cut,
             Action::Close(_) => return Ending::Closed,
             _ => {}
@@ -109,26 +111,42 @@ pub(super) async fn run(o: &Opened) -> Ending {
         };
         // The request and the response are handed on by plain functions: values moved
         // into a boxed future must not stay in this loop's frame, which every idle
-        // connection keeps.
-        let Begun { handling, asked } = match begin(svc, found, shared) {
+        // connection keeps (nor do references kept across an await: each costs the
+        // frame a pointer, so the connection is reached through `o` where it is used).
+        let Begun { handling, asked } = match begin(&o.svc, found, &o.shared) {
             Ok(r) => r,
             Err(e) => return Ending::BadHead(e),
         };
-        let resp = match wait_response(handling, conn, shared, listener, &mut drain).await {
+        let resp = match wait_response(
+            handling,
+            &o.svc.conn,
+            &o.shared,
+            &o.svc.listener,
+            &mut drain,
+        )
+        .await
+        {
             Ok(r) => r,
             Err(e) => return e,
         };
-        let (written, upgrade) = respond(resp, asked, conn, shared, listener, &mut drain);
+        let (written, upgrade) = respond(
+            resp,
+            asked,
+            &o.svc.conn,
+            &o.shared,
+            &o.svc.listener,
+            &mut drain,
+        );
         if let Err(e) = written.await {
             return e;
         }
         if upgrade {
-            if let Some(up) = conn.take_tunnel() {
-                Box::pin(tunnel(shared, up)).await;
+            if let Some(up) = o.svc.conn.take_tunnel() {
+                Box::pin(tunnel(&o.shared, up)).await;
                 return Ending::Tunneled;
             }
         }
-        if conn.lifecycle(|lc| lc.close_reason()).is_some() {
+        if o.svc.conn.lifecycle(|lc| lc.close_reason()).is_some() {
             return Ending::Closed;
         }
     }
@@ -193,19 +211,30 @@ async fn next_head(o: &Opened, drain: &mut DrainWatch<'_>) -> Result<FoundHead, 
                 }
             }
         }
-        let deadline = o.svc.conn.lifecycle(|lc| lc.deadline());
-        tokio::select! {
-            r = read_more(&o.shared) => {
+        let sleep = o
+            .svc
+            .conn
+            .lifecycle(|lc| lc.deadline())
+            .map(tokio::time::sleep_until);
+        tokio::pin!(sleep);
+        match wait_idle(o, drain, sleep).await {
+            Woke::Read(r) => {
                 if !matches!(r, Ok(n) if n > 0) {
                     return Err(Ending::Closed);
                 }
-                o.svc.conn.stats().journal().set_state(crate::observe::ConnState::Reading);
+                o.svc
+                    .conn
+                    .stats()
+                    .journal()
+                    .set_state(crate::observe::ConnState::Reading);
             }
-            _ = sleep_until(deadline) => {
+            Woke::Timer => {
                 let conn = &o.svc.conn;
                 match conn.lifecycle(|lc| lc.on_timer(clock::now())) {
                     Action::Close(reason) => {
-                        conn.stats().journal().record_with(Kind::Closing, reason.as_str());
+                        conn.stats()
+                            .journal()
+                            .record_with(Kind::Closing, reason.as_str());
                         return Err(Ending::Closed);
                     }
                     Action::AnswerTimeout => return Err(Ending::HeaderTimeout),
@@ -213,12 +242,14 @@ async fn next_head(o: &Opened, drain: &mut DrainWatch<'_>) -> Result<FoundHead, 
                     Action::Wait => {}
                 }
             }
-            d = drain.changed() => {
+            Woke::Drain(d) => {
                 let conn = &o.svc.conn;
                 match conn.lifecycle(|lc| lc.drain(d, clock::now())) {
                     Action::Cut => return Err(Ending::Cut),
                     Action::Close(reason) => {
-                        conn.stats().journal().record_with(Kind::Closing, reason.as_str());
+                        conn.stats()
+                            .journal()
+                            .record_with(Kind::Closing, reason.as_str());
                         return Err(Ending::Closed);
                     }
                     _ => {}
@@ -228,22 +259,41 @@ async fn next_head(o: &Opened, drain: &mut DrainWatch<'_>) -> Result<FoundHead, 
     }
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
+/// What ended a wait for the client's next bytes.
+enum Woke {
+    Read(std::io::Result<usize>),
+    Timer,
+    Drain(Drain),
 }
 
-/// Reads what the client sent into the shared buffer.
-async fn read_more(shared: &Arc<Shared>) -> std::io::Result<usize> {
-    std::future::poll_fn(|cx| {
-        let mut ib = shared.inbound.lock().expect("inbound lock");
-        shared
-            .stream
-            .poll_fill(cx, &mut ib.buf, &shared.stats, HEAD_READ)
+/// Waits for the client's next bytes, the connection's deadline or a change of the
+/// drain, whichever comes first (bytes first when several are ready: a request that
+/// arrived as the idle deadline passed is served). Written out by hand: `select!` kept
+/// each branch's future and its own bookkeeping in the frame every idle connection holds.
+fn wait_idle<'a, 'b>(
+    o: &'a Opened,
+    drain: &'a mut DrainWatch<'b>,
+    mut sleep: Pin<&'a mut Option<tokio::time::Sleep>>,
+) -> impl Future<Output = Woke> + use<'a, 'b> {
+    std::future::poll_fn(move |cx| {
+        let shared = &o.shared;
+        let read = {
+            let mut ib = shared.inbound.lock().expect("inbound lock");
+            shared
+                .stream
+                .poll_fill(cx, &mut ib.buf, &shared.stats, HEAD_READ)
+        };
+        if let Poll::Ready(r) = read {
+            return Poll::Ready(Woke::Read(r));
+        }
+        if let Poll::Ready(d) = drain.poll_changed(cx) {
+            return Poll::Ready(Woke::Drain(d));
+        }
+        match sleep.as_mut().as_pin_mut().map(|s| s.poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Woke::Timer),
+            _ => Poll::Pending,
+        }
     })
-    .await
 }
 
 /// The request a found head describes, with its body reading from the connection.

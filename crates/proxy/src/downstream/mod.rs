@@ -431,8 +431,7 @@ fn open_connection(
 )]
 fn serve_connection(o: Opened) -> impl std::future::Future<Output = ()> {
     async move {
-        let o = &o;
-        let ending = driver::run(o).await;
+        let ending = driver::run(&o).await;
         // The close's futures live on the heap: an open connection's task stays small.
         let bad_request = Box::pin(answer_ending(
             &ending,

@@ -227,7 +227,7 @@ impl DsConn {
     }
 
     pub fn peer(&self) -> SocketAddr {
-        self.entry.peer
+        self.entry.peer()
     }
 
     pub fn stats(&self) -> &Arc<IoStats> {
@@ -741,7 +741,7 @@ pub(crate) fn log_journal(entry: &ConnEntry, reason: CloseReason) {
         target: "linger::journal",
         conn = %entry.key(),
         side = entry.side.as_str(),
-        peer = %entry.peer,
+        peer = %entry.peer(),
         reason = reason.as_str(),
         dropped,
         %journal,

@@ -12,6 +12,7 @@ use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::SystemTime;
 
 use tokio::time::Instant;
 
@@ -21,10 +22,31 @@ thread_local! {
     static NOW: Cell<Option<(Instant, u64)>> = const { Cell::new(None) };
 }
 
-/// The process's first reading: [`now_ns`] counts from it.
+/// The process's first reading, and the wall clock then: [`now_ns`] counts from it and
+/// [`wall`] maps readings to wall-clock times through it.
+fn anchors() -> &'static (Instant, SystemTime) {
+    static ANCHORS: std::sync::OnceLock<(Instant, SystemTime)> = std::sync::OnceLock::new();
+    ANCHORS.get_or_init(|| (Instant::now(), SystemTime::now()))
+}
+
 fn anchor() -> Instant {
-    static ANCHOR: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    *ANCHOR.get_or_init(Instant::now)
+    anchors().0
+}
+
+/// The reading that [`now_ns`] gave as `ns`.
+pub fn at_ns(ns: u64) -> Instant {
+    anchor() + std::time::Duration::from_nanos(ns)
+}
+
+/// The wall-clock time of a reading: the wall clock at the first reading plus the
+/// monotonic time since. (No wall time is kept per connection; a step of the system
+/// clock after the process started is not reflected.)
+pub fn wall(at: Instant) -> SystemTime {
+    let (first, first_wall) = *anchors();
+    match at.checked_duration_since(first) {
+        Some(d) => first_wall + d,
+        None => first_wall - first.duration_since(at),
+    }
 }
 
 fn read() -> (Instant, u64) {
@@ -103,6 +125,29 @@ mod tests {
         })
         .await;
         assert!(b - a >= 3_000_000, "{a} {b}");
+        assert_eq!(at_ns(b) - at_ns(a), std::time::Duration::from_nanos(b - a));
+    }
+
+    #[test]
+    fn a_reading_maps_to_the_wall_clock() {
+        let before = SystemTime::now();
+        let t = Instant::now();
+        let w = wall(t);
+        let after = SystemTime::now();
+        // Within a second: the mapping goes through the first reading of the process.
+        assert!(
+            w + std::time::Duration::from_secs(1) >= before,
+            "{w:?} {before:?}"
+        );
+        assert!(
+            w <= after + std::time::Duration::from_secs(1),
+            "{w:?} {after:?}"
+        );
+        // Readings 1.5 s apart map to wall times 1.5 s apart.
+        if let Some(earlier) = t.checked_sub(std::time::Duration::from_millis(1500)) {
+            let gap = w.duration_since(wall(earlier)).unwrap();
+            assert_eq!(gap, std::time::Duration::from_millis(1500));
+        }
     }
 
     #[test]

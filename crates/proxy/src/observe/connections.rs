@@ -5,7 +5,7 @@
 //! once when it closes, never per request; a connection's own events go to its journal.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Waker;
@@ -54,8 +54,12 @@ pub struct ConnEntry {
     pub side: Side,
     /// The listener (downstream) or cluster (upstream) name.
     pub scope: Name,
-    pub peer: SocketAddr,
-    pub local: Option<SocketAddr>,
+    /// The two ends, as addresses and ports apart: 40 bytes where two `SocketAddr`s take
+    /// 64 (an IPv6 peer's flow label and scope id are not kept).
+    peer_ip: IpAddr,
+    local_ip: Option<IpAddr>,
+    peer_port: u16,
+    local_port: u16,
     pub stats: Arc<IoStats>,
     requests: AtomicU64,
     closed: Mutex<Option<Closed>>,
@@ -79,13 +83,23 @@ impl ConnEntry {
             id,
             side,
             scope,
-            peer,
-            local,
+            peer_ip: peer.ip(),
+            local_ip: local.map(|a| a.ip()),
+            peer_port: peer.port(),
+            local_port: local.map_or(0, |a| a.port()),
             stats,
             requests: AtomicU64::new(0),
             closed: Mutex::new(None),
             waker: Mutex::new(None),
         }
+    }
+
+    pub fn peer(&self) -> SocketAddr {
+        SocketAddr::new(self.peer_ip, self.peer_port)
+    }
+
+    pub fn local(&self) -> Option<SocketAddr> {
+        self.local_ip.map(|ip| SocketAddr::new(ip, self.local_port))
     }
 
     /// `d17`, `u4`: the id the admin listener uses.
@@ -125,8 +139,8 @@ impl ConnEntry {
             } else {
                 journal.state().as_str()
             },
-            peer: self.peer.to_string(),
-            local: self.local.map(|a| a.to_string()),
+            peer: self.peer().to_string(),
+            local: self.local().map(|a| a.to_string()),
             scope: self.scope.to_string(),
             opened_ms: journal.opened_ms(),
             closed_ms: closed.map(|c| wall_ms(c.at)),

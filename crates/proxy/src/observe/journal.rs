@@ -297,10 +297,8 @@ struct Events {
 /// The journal of one connection.
 #[derive(Debug)]
 pub struct Journal {
-    opened: Instant,
-    /// `opened` as [`crate::io::clock::now_ns`].
+    /// When it opened, as [`crate::io::clock::now_ns`] (see [`Journal::opened`]).
     opened_ns: u64,
-    opened_wall: SystemTime,
     state: AtomicU8,
     events: Mutex<Events>,
 }
@@ -308,9 +306,7 @@ pub struct Journal {
 impl Default for Journal {
     fn default() -> Self {
         Self {
-            opened: crate::io::clock::now(),
             opened_ns: crate::io::clock::now_ns(),
-            opened_wall: SystemTime::now(),
             state: AtomicU8::new(ConnState::Idle as u8),
             events: Mutex::new(Events::default()),
         }
@@ -355,12 +351,12 @@ impl Journal {
     }
 
     pub fn opened(&self) -> Instant {
-        self.opened
+        crate::io::clock::at_ns(self.opened_ns)
     }
 
     /// Wall-clock milliseconds since the Unix epoch when the connection opened.
     pub fn opened_ms(&self) -> f64 {
-        wall_ms(self.opened_wall)
+        wall_ms(crate::io::clock::wall(self.opened()))
     }
 
     /// The events in order, and how many were dropped to keep the journal bounded.

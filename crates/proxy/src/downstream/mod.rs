@@ -113,6 +113,8 @@ pub struct ListenerCtx {
     /// histogram: cached so the request path does not look them up.
     pub ok_requests: [prometheus_client::metrics::counter::Counter; 6],
     pub duration: prometheus_client::metrics::histogram::Histogram,
+    /// The connection timers, shared by every connection's lifecycle machine.
+    pub timers: Arc<Timers>,
     /// Do accepted sockets inherit the listening socket's options? 0: not known yet,
     /// 1: yes (nothing to set per connection), 2: no.
     inherits: std::sync::atomic::AtomicU8,
@@ -170,6 +172,11 @@ impl ListenerCtx {
             policy,
             cfg: cfg.clone(),
             routes,
+            timers: Arc::new(Timers {
+                idle_timeout: cfg.idle_timeout,
+                header_read_timeout: cfg.header_read_timeout,
+                max_age: cfg.max_connection_age,
+            }),
             inherits: std::sync::atomic::AtomicU8::new(0),
         }
     }
@@ -393,14 +400,7 @@ fn open_connection(
     let conn = Arc::new(DsConn {
         entry,
         state: Mutex::new(DsState {
-            lc: Connection::new(
-                Timers {
-                    idle_timeout: cfg.idle_timeout,
-                    header_read_timeout: cfg.header_read_timeout,
-                    max_age: cfg.max_connection_age,
-                },
-                now,
-            ),
+            lc: Connection::new(listener.timers.clone(), now),
         }),
         violation_logged: std::sync::atomic::AtomicBool::new(false),
         cut: std::sync::atomic::AtomicBool::new(false),

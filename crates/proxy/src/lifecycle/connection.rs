@@ -66,7 +66,8 @@ pub struct Timers {
 /// One downstream connection's state.
 #[derive(Debug, Clone)]
 pub struct Connection {
-    timers: Timers,
+    /// The listener's timers, shared by its connections.
+    timers: std::sync::Arc<Timers>,
     state: State,
     started: Instant,
     /// When the last response ended (or the connection opened).
@@ -79,9 +80,9 @@ pub struct Connection {
 // === impl Connection ===
 
 impl Connection {
-    pub fn new(timers: Timers, now: Instant) -> Self {
+    pub fn new(timers: impl Into<std::sync::Arc<Timers>>, now: Instant) -> Self {
         Self {
-            timers,
+            timers: timers.into(),
             state: State::Idle,
             started: now,
             idle_since: now,

@@ -306,13 +306,13 @@ fn request(found: FoundHead, shared: &Arc<Shared>) -> Result<(Request<ReqBody>, 
     // Uninitialised slots: a head's parse costs no zeroing of the field table.
     let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; 128];
     let mut spill = Vec::new();
-    let fields: &mut [std::mem::MaybeUninit<httparse::Header<'_>>] =
-        if shared.max_headers <= slots.len() {
-            &mut slots[..shared.max_headers]
-        } else {
-            spill.resize_with(shared.max_headers, std::mem::MaybeUninit::uninit);
-            &mut spill
-        };
+    let max_headers = shared.max_headers as usize;
+    let fields: &mut [std::mem::MaybeUninit<httparse::Header<'_>>] = if max_headers <= slots.len() {
+        &mut slots[..max_headers]
+    } else {
+        spill.resize_with(max_headers, std::mem::MaybeUninit::uninit);
+        &mut spill
+    };
     let mut parsed = httparse::Request::new(&mut []);
     match parsed.parse_with_uninit_headers(&head, fields) {
         Ok(httparse::Status::Complete(_)) => {}

@@ -28,12 +28,12 @@ pub struct Shared<T: ?Sized + Transport = dyn Transport> {
     pub stats: Arc<IoStats>,
     pub inbound: Mutex<Inbound>,
     /// The most header fields a request head may have.
-    pub max_headers: usize,
+    pub max_headers: u32,
     /// Last, so that the transport's type can be forgotten behind the pointer.
     pub stream: T,
 }
 
-/// Bytes read and the body being read.
+/// Bytes read and the body being read. (Small numbers: every idle connection keeps it.)
 #[derive(Debug, Default)]
 pub struct Inbound {
     /// Read and not used yet: the rest of a body, or the next request.
@@ -46,12 +46,12 @@ pub struct Inbound {
     /// is refused before any of those bytes is handed on (as the gate judged whole reads).
     ahead: Option<Box<BodyDecoder>>,
     /// How far into `buf` the look-ahead has checked.
-    ahead_pos: usize,
+    ahead_pos: u32,
     /// What the look-ahead found wrong.
     broken: Option<BodyError>,
     /// `Expect: 100-continue`: the `100` goes out when the body is first pulled; bytes of
     /// it not written yet.
-    continue_left: usize,
+    continue_left: u8,
 }
 
 // === impl Inbound ===
@@ -64,7 +64,7 @@ impl Inbound {
             f => Some(Box::new(BodyDecoder::new(f))),
         };
         self.continue_left = if expect_continue && self.decoder.is_some() {
-            CONTINUE.len()
+            CONTINUE.len() as u8
         } else {
             0
         };
@@ -81,12 +81,14 @@ impl Inbound {
                 self.ahead = None;
                 break;
             }
-            if self.ahead_pos >= self.buf.len() {
+            let pos = self.ahead_pos as usize;
+            if pos >= self.buf.len() {
                 break;
             }
-            match a.decode(&self.buf[self.ahead_pos..]) {
+            match a.decode(&self.buf[pos..]) {
                 Ok(step) if step.consumed == 0 => break,
-                Ok(step) => self.ahead_pos += step.consumed,
+                // What is read ahead is bounded by the reads of one body (far below 4 GiB).
+                Ok(step) => self.ahead_pos = u32::try_from(pos + step.consumed).unwrap_or(u32::MAX),
                 Err(e) => {
                     self.broken = Some(e);
                     self.ahead = None;
@@ -158,7 +160,7 @@ impl Body for ReqBody {
         let shared = this.shared.clone();
         let mut ib = shared.inbound.lock().expect("inbound lock");
         while ib.continue_left > 0 {
-            let from = CONTINUE.len() - ib.continue_left;
+            let from = CONTINUE.len() - usize::from(ib.continue_left);
             let wrote = ready!(shared
                 .stream
                 .poll_write_vectored(cx, &[std::io::IoSlice::new(&CONTINUE[from..])]));
@@ -167,7 +169,7 @@ impl Body for ReqBody {
                     let e = std::io::Error::from(std::io::ErrorKind::WriteZero);
                     return Poll::Ready(Some(Err(Box::new(e))));
                 }
-                Ok(n) => ib.continue_left -= n,
+                Ok(n) => ib.continue_left -= u8::try_from(n).unwrap_or(u8::MAX),
                 Err(e) => {
                     shared.stats.record_error(&e);
                     return Poll::Ready(Some(Err(Box::new(e))));
@@ -201,7 +203,9 @@ impl Body for ReqBody {
                     Err(e) => return this.fail(e),
                 };
                 let used = ib.buf.split_to(step.consumed).freeze();
-                ib.ahead_pos = ib.ahead_pos.saturating_sub(step.consumed);
+                ib.ahead_pos = ib
+                    .ahead_pos
+                    .saturating_sub(u32::try_from(step.consumed).unwrap_or(u32::MAX));
                 if decoder.is_done() && this.remaining.is_some() {
                     // The end is known now: the next poll finds nothing more.
                     ib.decoder = None;

@@ -410,7 +410,7 @@ fn open_connection(
     let shared: Arc<Shared> = Arc::new(Shared {
         stats,
         inbound: Mutex::new(Inbound::default()),
-        max_headers: cfg.max_headers,
+        max_headers: u32::try_from(cfg.max_headers).unwrap_or(u32::MAX),
         stream,
     });
     Opened {

@@ -209,6 +209,9 @@ impl ListenerCtx {
 struct DsState {
     /// The connection's lifecycle machine.
     lc: Connection,
+    /// After a `101`, the upstream connection the tunnel takes over (boxed: every
+    /// connection carries the slot, few ever fill it).
+    tunnel: Option<Box<crate::upstream::UpstreamConn>>,
 }
 
 /// One downstream connection, shared by its driver and its service.
@@ -221,9 +224,6 @@ pub struct DsConn {
     pub(crate) violation_logged: std::sync::atomic::AtomicBool,
     /// linger closed the connection at the drain deadline, whatever it was doing.
     pub(crate) cut: std::sync::atomic::AtomicBool,
-    /// After a `101`, the upstream connection the tunnel takes over (boxed: every
-    /// connection carries the slot, few ever fill it).
-    tunnel: Mutex<Option<Box<crate::upstream::UpstreamConn>>>,
 }
 
 // === impl DsConn ===
@@ -269,11 +269,12 @@ impl DsConn {
 
     /// Hands the upstream connection of an upgrade to the tunnel that follows the `101`.
     pub fn set_tunnel(&self, up: crate::upstream::UpstreamConn) {
-        *self.tunnel.lock().expect("tunnel lock") = Some(Box::new(up));
+        self.state.lock().expect("conn state lock").tunnel = Some(Box::new(up));
     }
 
     fn take_tunnel(&self) -> Option<crate::upstream::UpstreamConn> {
-        self.tunnel.lock().expect("tunnel lock").take().map(|b| *b)
+        let up = self.state.lock().expect("conn state lock").tunnel.take();
+        up.map(|b| *b)
     }
 
     /// Runs `f` on the lifecycle machine.
@@ -394,17 +395,14 @@ fn open_connection(
         local,
         stats.clone(),
     ));
-    stats
-        .journal()
-        .record_with(Kind::Accepted, peer.to_string());
     let conn = Arc::new(DsConn {
         entry,
         state: Mutex::new(DsState {
             lc: Connection::new(listener.timers.clone(), now),
+            tunnel: None,
         }),
         violation_logged: std::sync::atomic::AtomicBool::new(false),
         cut: std::sync::atomic::AtomicBool::new(false),
-        tunnel: Mutex::new(None),
     });
     // Plain TCP: the one transport so far.
     let shared: Arc<Shared> = Arc::new(Shared {
@@ -735,7 +733,7 @@ fn unserved_record(listener: &ListenerCtx, conn: &DsConn) -> AccessRecord {
 
 /// Writes the journal of a connection that ended abnormally to the log.
 pub(crate) fn log_journal(entry: &ConnEntry, reason: CloseReason) {
-    let (events, dropped) = entry.journal().events();
+    let (events, dropped) = entry.events();
     let journal = serde_json::to_string(&events).unwrap_or_default();
     tracing::info!(
         target: "linger::journal",

@@ -16,7 +16,7 @@ pub mod transport;
 pub use transport::Transport;
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicU8, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -72,7 +72,7 @@ pub struct IoStats {
     bytes_written: AtomicU64,
     peer: AtomicU8,
     /// errno of the read or write error that ended the connection, if any.
-    errno: AtomicU64,
+    errno: AtomicI32,
     fin_sent: AtomicBool,
     /// What the framing guard refused, if it did.
     violation: std::sync::Mutex<Option<FramingViolation>>,
@@ -124,7 +124,7 @@ impl IoStats {
     pub fn errno(&self) -> Option<i32> {
         match self.errno.load(Ordering::Relaxed) {
             0 => None,
-            e => Some(e as i32),
+            e => Some(e),
         }
     }
 
@@ -174,9 +174,9 @@ impl IoStats {
             return;
         }
         if let Some(code) = e.raw_os_error() {
-            let _ =
-                self.errno
-                    .compare_exchange(0, code as u64, Ordering::Relaxed, Ordering::Relaxed);
+            let _ = self
+                .errno
+                .compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed);
         }
         let kind = match e.kind() {
             io::ErrorKind::ConnectionReset

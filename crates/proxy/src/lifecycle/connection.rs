@@ -70,10 +70,9 @@ pub struct Connection {
     timers: std::sync::Arc<Timers>,
     state: State,
     started: Instant,
-    /// When the last response ended (or the connection opened).
-    idle_since: Instant,
-    /// When the current head's first byte arrived.
-    head_started: Option<Instant>,
+    /// When the state began where it matters: idle, when the last response ended (or the
+    /// connection opened); reading, when the head's first byte arrived.
+    since: Instant,
     drain: Drain,
 }
 
@@ -85,8 +84,7 @@ impl Connection {
             timers: timers.into(),
             state: State::Idle,
             started: now,
-            idle_since: now,
-            head_started: None,
+            since: now,
             drain: Drain::Running,
         }
     }
@@ -108,7 +106,7 @@ impl Connection {
     pub fn head_started(&mut self, at: Instant) {
         if self.state == State::Idle {
             self.state = State::Reading;
-            self.head_started = Some(at);
+            self.since = at;
         }
     }
 
@@ -117,7 +115,6 @@ impl Connection {
         if matches!(self.state, State::Idle | State::Reading) {
             self.state = State::Busy;
         }
-        self.head_started = None;
     }
 
     /// The response in flight carries `Connection: close` for `reason`: the connection
@@ -130,8 +127,7 @@ impl Connection {
 
     /// The response ended (sent, failed or abandoned).
     pub fn response_ended(&mut self, now: Instant) -> Action {
-        self.idle_since = now;
-        self.head_started = None;
+        self.since = now;
         match self.state {
             State::Finishing(r) => {
                 self.state = State::Closing(r);
@@ -162,13 +158,11 @@ impl Connection {
     pub fn deadline(&self) -> Option<Instant> {
         match self.state {
             State::Closing(_) | State::Busy | State::Finishing(_) => None,
-            State::Reading => self
-                .head_started
-                .map(|t| t + self.timers.header_read_timeout),
+            State::Reading => Some(self.since + self.timers.header_read_timeout),
             State::Idle => {
-                let mut d = self.idle_since + self.timers.idle_timeout;
+                let mut d = self.since + self.timers.idle_timeout;
                 if self.drain != Drain::Running {
-                    d = d.min(self.idle_since + DRAIN_IDLE_GRACE.min(self.timers.idle_timeout));
+                    d = d.min(self.since + DRAIN_IDLE_GRACE.min(self.timers.idle_timeout));
                 }
                 if let Some(age) = self.timers.max_age {
                     d = d.min(self.started + age);
@@ -195,7 +189,7 @@ impl Connection {
                 let aged = self.timers.max_age.is_some_and(|m| now >= self.started + m);
                 let reason = if self.drain != Drain::Running {
                     CloseReason::Drain
-                } else if now >= self.idle_since + self.timers.idle_timeout {
+                } else if now >= self.since + self.timers.idle_timeout {
                     CloseReason::IdleTimeout
                 } else if aged {
                     CloseReason::MaxAge

@@ -287,9 +287,8 @@ pub struct EventView {
 
 #[derive(Debug, Default)]
 struct Events {
-    /// How the connection began: never dropped.
-    first: Option<Event>,
-    /// The latest events, oldest first, at most `MAX_EVENTS - 1`.
+    /// Oldest first, at most [`MAX_EVENTS`]. The first (how the connection began) is never
+    /// dropped; past the bound, the oldest after it is.
     ring: VecDeque<Event>,
     dropped: u32,
 }
@@ -330,13 +329,10 @@ impl Journal {
         let at = crate::io::clock::now_ns().saturating_sub(self.opened_ns);
         let ev = Event::new(at, kind, detail);
         let mut e = self.events.lock().expect("journal lock");
-        if e.first.is_none() {
-            e.first = Some(ev);
-            return;
-        }
-        if e.ring.len() >= MAX_EVENTS - 1 {
+        if e.ring.len() >= MAX_EVENTS {
             // Keep the first event (how the connection began) and the most recent ones.
-            e.ring.pop_front();
+            // (Removing the second moves the first: one event, not the ring.)
+            e.ring.remove(1);
             e.dropped += 1;
         }
         e.ring.push_back(ev);
@@ -363,9 +359,8 @@ impl Journal {
     pub fn events(&self) -> (Vec<EventView>, u32) {
         let e = self.events.lock().expect("journal lock");
         let list = e
-            .first
+            .ring
             .iter()
-            .chain(e.ring.iter())
             .map(|ev| EventView {
                 t_ms: ev.at() as f64 / 1e6,
                 kind: ev.kind().as_str(),
@@ -377,7 +372,7 @@ impl Journal {
 
     pub fn len(&self) -> usize {
         let e = self.events.lock().expect("journal lock");
-        usize::from(e.first.is_some()) + e.ring.len()
+        e.ring.len()
     }
 
     pub fn is_empty(&self) -> bool {

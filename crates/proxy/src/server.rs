@@ -127,6 +127,10 @@ impl Server {
                 registry.wake_downstream();
             }
         });
+        let deadlines = Arc::new(downstream::deadlines::Deadlines::new(self.registry.clone()));
+        // Lives on, as the drain's forwarder does, while the worker's connections finish:
+        // their drain grace and timeouts still wake through it.
+        tokio::spawn(deadlines.clone().run());
         let worker = Arc::new(WorkerCtx {
             metrics: self.metrics.clone(),
             access_log: self.access_log.clone(),
@@ -134,6 +138,7 @@ impl Server {
             drain: worker_drain,
             conns: self.conns.clone(),
             registry: self.registry.clone(),
+            deadlines,
         });
         let reaper = tokio::spawn(async move {
             let mut tick = tokio::time::interval(REAP_INTERVAL);

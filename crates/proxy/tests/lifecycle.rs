@@ -279,6 +279,44 @@ async fn r2_responses_announce_the_idle_timeout() {
     );
 }
 
+/// The idle timeout starts over after every response: a connection used again after its
+/// first idle deadline would have passed stays open, and closes one idle timeout after
+/// its last response.
+#[tokio::test]
+async fn r2_the_idle_timeout_starts_over_after_each_response() {
+    trace_init();
+    const IDLE: Duration = Duration::from_millis(400);
+    let up = Upstream::echo().await;
+    let linger = InProcess::start(&[up.addr], |f| {
+        f.listeners[0].idle_timeout = ConfigDuration::from_millis(400);
+    })
+    .unwrap();
+    let mut s = tokio::net::TcpStream::connect(linger.addr).await.unwrap();
+    for _ in 0..3 {
+        // 0, 250 and 500 ms: the third request comes after the first response's idle
+        // deadline (400 ms), before the second's (650 ms).
+        s.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, _) = read_response(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let last = Instant::now() - Duration::from_millis(250);
+    let (rest, end) = tokio::time::timeout(TRY, read_to_close(&mut s))
+        .await
+        .expect("the idle connection closes");
+    let idle = last.elapsed();
+    assert!(rest.is_empty(), "nothing after the last response: {rest:?}");
+    assert_eq!(end, End::Eof, "an idle close is graceful");
+    assert!(
+        idle >= IDLE - Duration::from_millis(50),
+        "closed {idle:?} after the last response, before the idle timeout ({IDLE:?})"
+    );
+    drop(s);
+    explained(&linger, "ok", &[("downstream", "idle_timeout")]).await;
+}
+
 // ---------------------------------------------------------------- R3
 
 async fn last_response_head(linger: &InProcess, requests: usize, gap: Duration) -> String {

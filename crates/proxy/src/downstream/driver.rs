@@ -18,6 +18,7 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use linger_h1::{find_head, FoundHead, Framing, HeadError};
 
+use super::deadlines::Armed;
 use super::inbound::{ReqBody, Shared};
 use super::service::DsService;
 use super::{DsConn, ListenerCtx, Opened};
@@ -59,11 +60,20 @@ struct Asked {
     trailers: bool,
 }
 
-/// The connection's view of the drain: its worker's state, read again whenever the
-/// registry wakes the connection's task after a change.
+/// What wakes the connection besides its socket: the drain (its worker's state, read
+/// again whenever the registry wakes the connection's task after a change) and the
+/// deadline armed with its worker's [`Deadlines`](super::deadlines::Deadlines).
 struct DrainWatch<'a> {
     o: &'a Opened,
     seen: Drain,
+    armed: Armed,
+}
+
+impl Drop for DrainWatch<'_> {
+    fn drop(&mut self) {
+        let o = self.o;
+        self.armed.disarm(&o.svc.worker.deadlines, o.svc.conn.id());
+    }
 }
 
 impl<'a> DrainWatch<'a> {
@@ -92,6 +102,7 @@ pub(super) async fn run(o: &Opened) -> Ending {
     let mut drain = DrainWatch {
         o,
         seen: *o.svc.worker.drain.borrow(),
+        armed: Armed::default(),
     };
     if drain.seen != Drain::Running {
         match o
@@ -141,8 +152,11 @@ pub(super) async fn run(o: &Opened) -> Ending {
             return e;
         }
         if upgrade {
-            if let Some(up) = o.svc.conn.take_tunnel() {
-                Box::pin(tunnel(&o.shared, up)).await;
+            // The upstream connection goes straight into the boxed tunnel: held across
+            // the await, it would take its size in this frame.
+            let tunneled = (o.svc.conn.take_tunnel()).map(|up| Box::pin(tunnel(&o.shared, up)));
+            if let Some(t) = tunneled {
+                t.await;
                 return Ending::Tunneled;
             }
         }
@@ -211,13 +225,7 @@ async fn next_head(o: &Opened, drain: &mut DrainWatch<'_>) -> Result<FoundHead, 
                 }
             }
         }
-        let sleep = o
-            .svc
-            .conn
-            .lifecycle(|lc| lc.deadline())
-            .map(tokio::time::sleep_until);
-        tokio::pin!(sleep);
-        match wait_idle(o, drain, sleep).await {
+        match wait_idle(o, drain).await {
             Woke::Read(r) => {
                 if !matches!(r, Ok(n) if n > 0) {
                     return Err(Ending::Closed);
@@ -270,10 +278,11 @@ enum Woke {
 /// drain, whichever comes first (bytes first when several are ready: a request that
 /// arrived as the idle deadline passed is served). Written out by hand: `select!` kept
 /// each branch's future and its own bookkeeping in the frame every idle connection holds.
+/// The deadline is the lifecycle machine's, asked on every wake; the worker's deadline
+/// task wakes the connection for it (no timer in this frame).
 fn wait_idle<'a, 'b>(
     o: &'a Opened,
     drain: &'a mut DrainWatch<'b>,
-    mut sleep: Pin<&'a mut Option<tokio::time::Sleep>>,
 ) -> impl Future<Output = Woke> + use<'a, 'b> {
     std::future::poll_fn(move |cx| {
         let shared = &o.shared;
@@ -289,8 +298,10 @@ fn wait_idle<'a, 'b>(
         if let Poll::Ready(d) = drain.poll_changed(cx) {
             return Poll::Ready(Woke::Drain(d));
         }
-        match sleep.as_mut().as_pin_mut().map(|s| s.poll(cx)) {
-            Some(Poll::Ready(())) => Poll::Ready(Woke::Timer),
+        match o.svc.conn.lifecycle(|lc| lc.deadline()) {
+            Some(d) if drain.armed.due(&o.svc.worker.deadlines, o.svc.conn.id(), d) => {
+                Poll::Ready(Woke::Timer)
+            }
             _ => Poll::Pending,
         }
     })
@@ -362,36 +373,43 @@ fn request(found: FoundHead, shared: &Arc<Shared>) -> Result<(Request<ReqBody>, 
 }
 
 /// Waits for the request path's response, watching the client (R7) and the drain.
-async fn wait_response<F>(
-    mut fut: Pin<Box<F>>,
-    conn: &DsConn,
-    shared: &Arc<Shared>,
-    listener: &ListenerCtx,
-    drain: &mut DrainWatch<'_>,
-) -> Result<Response<DownBody>, Ending>
+fn wait_response<'a, 'b, F>(
+    fut: Pin<Box<F>>,
+    conn: &'a DsConn,
+    shared: &'a Arc<Shared>,
+    listener: &'a ListenerCtx,
+    drain: &'a mut DrainWatch<'b>,
+) -> impl Future<Output = Result<Response<DownBody>, Ending>> + use<'a, 'b, F>
 where
     F: Future<Output = Response<DownBody>>,
 {
+    // Written out by hand, as `wait_idle`: this frame is part of every connection's task.
     let watch = listener.cfg.half_close == HalfClosePolicy::Abort;
-    loop {
-        tokio::select! {
-            biased;
-            resp = &mut fut => return Ok(resp),
-            () = client_gone(shared, listener), if watch => {
-                // Dropping the request path's future cancels the upstream exchange and logs
-                // the request (`downstream.waiting.closed`).
-                drop(fut);
-                return Err(Ending::ClientGone);
-            }
-            d = drain.changed() => {
-                if conn.lifecycle(|lc| lc.drain(d, clock::now())) == Action::Cut {
-                    conn.cut.store(true, Ordering::Relaxed);
-                    drop(fut);
-                    return Err(Ending::Cut);
-                }
-            }
+    let max = listener.cfg.max_header_bytes;
+    let mut fut = Some(fut);
+    std::future::poll_fn(move |cx| loop {
+        let Some(f) = fut.as_mut() else {
+            return Poll::Pending;
+        };
+        if let Poll::Ready(resp) = f.as_mut().poll(cx) {
+            return Poll::Ready(Ok(resp));
         }
-    }
+        if watch && poll_client_gone(cx, shared, max).is_ready() {
+            // Dropping the request path's future cancels the upstream exchange and logs
+            // the request (`downstream.waiting.closed`).
+            fut = None;
+            return Poll::Ready(Err(Ending::ClientGone));
+        }
+        let Poll::Ready(d) = drain.poll_changed(cx) else {
+            return Poll::Pending;
+        };
+        if conn.lifecycle(|lc| lc.drain(d, clock::now())) == Action::Cut {
+            conn.cut.store(true, Ordering::Relaxed);
+            fut = None;
+            return Poll::Ready(Err(Ending::Cut));
+        }
+        // The drain moved on: the request path sees it on its next poll.
+    })
 }
 
 /// Resolves when the client closes or resets the connection while no body of its is
@@ -399,24 +417,26 @@ where
 /// a head's size.
 async fn client_gone(shared: &Arc<Shared>, listener: &ListenerCtx) {
     let max = listener.cfg.max_header_bytes;
-    std::future::poll_fn(|cx| {
-        let mut ib = shared.inbound.lock().expect("inbound lock");
-        loop {
-            if ib.body_pending() || ib.buf.len() > max {
-                // The body's reader sees the close; or enough is read ahead.
-                return Poll::Pending;
-            }
-            match shared
-                .stream
-                .poll_fill(cx, &mut ib.buf, &shared.stats, HEAD_READ)
-            {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(()),
-                Poll::Ready(Ok(_)) => {}
-            }
+    std::future::poll_fn(|cx| poll_client_gone(cx, shared, max)).await
+}
+
+/// [`client_gone`] as a poll, for loops written out by hand.
+fn poll_client_gone(cx: &mut std::task::Context<'_>, shared: &Arc<Shared>, max: usize) -> Poll<()> {
+    let mut ib = shared.inbound.lock().expect("inbound lock");
+    loop {
+        if ib.body_pending() || ib.buf.len() > max {
+            // The body's reader sees the close; or enough is read ahead.
+            return Poll::Pending;
         }
-    })
-    .await
+        match shared
+            .stream
+            .poll_fill(cx, &mut ib.buf, &shared.stats, HEAD_READ)
+        {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(()),
+            Poll::Ready(Ok(_)) => {}
+        }
+    }
 }
 
 /// Writes a response head and its body as the body arrives.

@@ -8,6 +8,7 @@
 //! * at the end, [`linger_close`] drains what the peer still sends (R4) unless the
 //!   peer already closed (R8: no wait when nothing can be unread).
 
+pub(crate) mod deadlines;
 mod driver;
 mod inbound;
 pub mod service;
@@ -88,6 +89,8 @@ pub struct WorkerCtx {
     pub drain: watch::Receiver<Drain>,
     pub conns: Arc<ConnCounter>,
     pub registry: Arc<Registry>,
+    /// The deadlines of this worker's connections' waits.
+    pub deadlines: Arc<deadlines::Deadlines>,
 }
 
 // === impl WorkerCtx ===

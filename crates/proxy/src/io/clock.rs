@@ -38,6 +38,11 @@ pub fn at_ns(ns: u64) -> Instant {
     anchor() + std::time::Duration::from_nanos(ns)
 }
 
+/// A reading as [`now_ns`] counts it (0 for one before the first reading).
+pub fn ns(at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(anchor()).as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// The wall-clock time of a reading: the wall clock at the first reading plus the
 /// monotonic time since. (No wall time is kept per connection; a step of the system
 /// clock after the process started is not reflected.)

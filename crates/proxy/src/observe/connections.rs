@@ -280,6 +280,19 @@ impl Registry {
         }
     }
 
+    /// Wakes the task of one open connection, if it is waiting.
+    pub fn wake(&self, side: Side, id: u64) {
+        let inner = self.inner.lock().expect("registry lock");
+        if let Some(w) = inner
+            .open
+            .get(&(side, id))
+            .and_then(|e| e.waker.lock().expect("waker lock").clone())
+        {
+            drop(inner);
+            w.wake();
+        }
+    }
+
     /// `/connections`: open connections (oldest first) and closed ones (latest first).
     pub fn list_json(&self) -> String {
         let (open, closed) = {

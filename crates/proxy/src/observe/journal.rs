@@ -330,9 +330,10 @@ impl Journal {
         let ev = Event::new(at, kind, detail);
         let mut e = self.events.lock().expect("journal lock");
         if e.ring.len() >= MAX_EVENTS {
-            // Keep the first event (how the connection began) and the most recent ones.
-            // (Removing the second moves the first: one event, not the ring.)
-            e.ring.remove(1);
+            // Keep the first event (how the connection began) and the most recent ones:
+            // the first takes the second's place, and the front goes.
+            e.ring.swap(0, 1);
+            e.ring.pop_front();
             e.dropped += 1;
         }
         e.ring.push_back(ev);

@@ -162,7 +162,7 @@ impl FramingGuard {
                         .position(|&b| b != b'\r' && b != b'\n')
                         .unwrap_or(self.pending.len());
                     let start = old_len.saturating_sub(3).max(line_start);
-                    let end = find(&self.pending[start..], b"\r\n\r\n").map(|p| start + p + 4);
+                    let end = find_head_end(&self.pending[start..]).map(|p| start + p + 4);
                     let head_len = end.unwrap_or(self.pending.len());
                     // Every line of a head ends in CRLF: a bare LF or CR is a line end some
                     // parsers see and others do not.
@@ -258,15 +258,19 @@ pub fn check_head(head: &[u8]) -> Result<Checked, FramingViolation> {
     let mut headers =
         [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
-    let unparsed = Checked {
-        parsed: false,
-        framing: Framing::Empty,
-        switches: false,
-    };
     match req.parse_with_uninit_headers(head, &mut headers) {
-        Ok(httparse::Status::Complete(_)) => {}
-        _ => return Ok(unparsed),
+        Ok(httparse::Status::Complete(_)) => check_parsed(&req),
+        _ => Ok(Checked {
+            parsed: false,
+            framing: Framing::Empty,
+            switches: false,
+        }),
     }
+}
+
+/// [`check_head`]'s rules on a head the caller parsed completely itself (a server that
+/// forwards the request parses it once).
+pub fn check_parsed(req: &httparse::Request<'_, '_>) -> Result<Checked, FramingViolation> {
     check_target(req.method.unwrap_or(""), req.path.unwrap_or(""))?;
     let http10 = req.version == Some(0);
     let mut content_length: Option<u64> = None;
@@ -350,28 +354,9 @@ pub struct FoundHead {
 /// within `max_head` bytes, and a request line of `HTTP/1.2` to `HTTP/1.9` is rewritten in
 /// place as HTTP/1.1. `Ok(None)`: not complete yet.
 pub fn find_head(buf: &mut [u8], max_head: usize) -> Result<Option<FoundHead>, HeadError> {
-    let start = buf
-        .iter()
-        .position(|&b| b != b'\r' && b != b'\n')
-        .unwrap_or(buf.len());
-    let end = find(&buf[start..], b"\r\n\r\n").map(|p| start + p + 4);
-    let limit = (start + max_head + 1).min(buf.len());
-    let checked = end.unwrap_or(limit).min(limit);
-    if bare_line_end(&buf[..checked], start, 0) {
-        return Err(HeadError::Violation(FramingViolation::BareLineEnd));
-    }
-    let Some(end) = end.filter(|&e| e - start <= max_head) else {
-        return if buf.len() - start > max_head {
-            Err(HeadError::TooLarge)
-        } else {
-            Ok(None)
-        };
+    let Some(Located { start, end }) = locate_head(buf, max_head)? else {
+        return Ok(None);
     };
-    if let Some(line_end) = request_line_end(&buf[..end]) {
-        if let Some(d) = newer_minor_version(&buf[..=line_end]) {
-            buf[d] = b'1';
-        }
-    }
     let c = check_head(&buf[start..end]).map_err(HeadError::Violation)?;
     if !c.parsed {
         let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -393,8 +378,49 @@ pub fn find_head(buf: &mut [u8], max_head: usize) -> Result<Option<FoundHead>, H
     }))
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    memchr::memmem::find(hay, needle)
+/// Where a complete request head sits in a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Located {
+    /// Where the request line starts (after empty lines before it).
+    pub start: usize,
+    /// Where the head ends (after its empty line).
+    pub end: usize,
+}
+
+/// [`find_head`]'s rules up to the parse: the head's bounds, its line ends, its size, the
+/// version rewrite. The caller parses `buf[start..end]` and applies [`check_parsed`].
+pub fn locate_head(buf: &mut [u8], max_head: usize) -> Result<Option<Located>, HeadError> {
+    let start = buf
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(buf.len());
+    let end = find_head_end(&buf[start..]).map(|p| start + p + 4);
+    let limit = (start + max_head + 1).min(buf.len());
+    let checked = end.unwrap_or(limit).min(limit);
+    if bare_line_end(&buf[..checked], start, 0) {
+        return Err(HeadError::Violation(FramingViolation::BareLineEnd));
+    }
+    let Some(end) = end.filter(|&e| e - start <= max_head) else {
+        return if buf.len() - start > max_head {
+            Err(HeadError::TooLarge)
+        } else {
+            Ok(None)
+        };
+    };
+    if let Some(line_end) = request_line_end(&buf[..end]) {
+        if let Some(d) = newer_minor_version(&buf[..=line_end]) {
+            buf[d] = b'1';
+        }
+    }
+    Ok(Some(Located { start, end }))
+}
+
+/// Where a head's empty line is. (The searcher is built once: `memmem::find` builds one
+/// per call.)
+fn find_head_end(hay: &[u8]) -> Option<usize> {
+    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
+    FINDER.find(hay)
 }
 
 /// Whether `head[from..]` holds an LF not preceded by CR, or a CR followed by anything but

@@ -10,6 +10,7 @@ pub mod response;
 
 pub use body::{BodyDecoder, BodyError, Framing};
 pub use gate::{
-    check_head, find_head, Checked, Fed, FoundHead, FramingGuard, FramingViolation, HeadError,
+    check_head, check_parsed, find_head, locate_head, Checked, Fed, FoundHead, FramingGuard,
+    FramingViolation, HeadError, Located,
 };
 pub use response::{response_framing, ResponseFraming, ResponseFramingError};

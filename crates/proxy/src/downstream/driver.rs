@@ -1,5 +1,5 @@
 //! linger's own HTTP/1.1 server side: one task per client connection reads each request
-//! head (`linger_h1::find_head`: the gate's rules are the parser's), hands the request to
+//! head (`linger_h1::locate_head`, then one parse under the gate's rules), hands the request to
 //! the request path in the same task, writes the response as its body arrives, and watches
 //! the client and the drain meanwhile. The lifecycle machine (`lifecycle::connection`)
 //! holds the timers and the close reason; this loop does what it answers.
@@ -16,7 +16,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use linger_h1::{find_head, FoundHead, Framing, HeadError};
+use linger_h1::{check_parsed, locate_head, Framing, HeadError, Located};
 
 use super::deadlines::Armed;
 use super::inbound::{ReqBody, Shared};
@@ -170,7 +170,7 @@ pub(super) async fn run(o: &Opened) -> Ending {
 /// lives on the heap while it runs.
 fn begin(
     svc: &DsService,
-    found: FoundHead,
+    found: Located,
     shared: &Arc<Shared>,
 ) -> Result<Begun<impl Future<Output = Response<DownBody>>>, HeadError> {
     let (req, asked) = request(found, shared)?;
@@ -210,7 +210,7 @@ fn respond<'a, 'b>(
 /// Waits for the next complete request head, with the connection's timers and the drain.
 /// (Every idle connection keeps this future: it holds one pointer to the connection and
 /// reaches everything through it.)
-async fn next_head(o: &Opened, drain: &mut DrainWatch<'_>) -> Result<FoundHead, Ending> {
+async fn next_head(o: &Opened, drain: &mut DrainWatch<'_>) -> Result<Located, Ending> {
     loop {
         {
             let mut ib = o.shared.inbound.lock().expect("inbound lock");
@@ -218,7 +218,7 @@ async fn next_head(o: &Opened, drain: &mut DrainWatch<'_>) -> Result<FoundHead, 
                 ib.release_if_empty();
             } else {
                 o.svc.conn.lifecycle(|lc| lc.head_started(clock::now()));
-                match find_head(&mut ib.buf, o.svc.listener.cfg.max_header_bytes) {
+                match locate_head(&mut ib.buf, o.svc.listener.cfg.max_header_bytes) {
                     Ok(Some(h)) => return Ok(h),
                     Ok(None) => {}
                     Err(e) => return Err(Ending::BadHead(e)),
@@ -307,8 +307,9 @@ fn wait_idle<'a, 'b>(
     })
 }
 
-/// The request a found head describes, with its body reading from the connection.
-fn request(found: FoundHead, shared: &Arc<Shared>) -> Result<(Request<ReqBody>, Asked), HeadError> {
+/// The request a found head describes, with its body reading from the connection. The
+/// head is parsed once, here: the gate's rules run on this parse (`check_parsed`).
+fn request(found: Located, shared: &Arc<Shared>) -> Result<(Request<ReqBody>, Asked), HeadError> {
     let mut ib = shared.inbound.lock().expect("inbound lock");
     let head = ib.buf.split_to(found.end).freeze();
     // Nothing read past the head: the buffer goes now, not after the response.
@@ -330,6 +331,7 @@ fn request(found: FoundHead, shared: &Arc<Shared>) -> Result<(Request<ReqBody>, 
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
         _ => return Err(HeadError::Malformed),
     }
+    let checked = check_parsed(&parsed).map_err(HeadError::Violation)?;
     let method = Method::from_bytes(parsed.method.unwrap_or("").as_bytes())
         .map_err(|_| HeadError::Malformed)?;
     // The target and the values are slices of the head, not copies.
@@ -352,10 +354,10 @@ fn request(found: FoundHead, shared: &Arc<Shared>) -> Result<(Request<ReqBody>, 
         && headers
             .get(header::EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    let framing = if found.switches && method == Method::CONNECT {
+    let framing = if checked.switches && method == Method::CONNECT {
         Framing::Empty
     } else {
-        found.framing
+        checked.framing
     };
     ib.start_body(framing, expect_continue);
     drop(ib);

@@ -35,6 +35,14 @@ fn hop_by_hop_length(len: usize) -> bool {
     matches!(len, 2 | 7 | 10 | 16 | 17)
 }
 
+/// Is `name` one of the fixed hop-by-hop fields (any case)?
+pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
+    hop_by_hop_length(name.len())
+        && HOP_BY_HOP
+            .iter()
+            .any(|h| h.as_str().as_bytes().eq_ignore_ascii_case(name))
+}
+
 /// Removes every hop-by-hop header, including those the `Connection` header names.
 /// Returns the `Upgrade` value when the message asked for a protocol upgrade.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {

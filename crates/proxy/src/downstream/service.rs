@@ -986,7 +986,13 @@ impl DsService {
         ds_wants_close: bool,
     ) -> Response<DownBody> {
         let Answered {
-            head: ResponseHead { mut parts, framing },
+            head:
+                ResponseHead {
+                    mut parts,
+                    framing,
+                    conn: fields,
+                    upgrade: up_upgrade,
+                },
             body_complete,
             tail,
         } = answered;
@@ -997,7 +1003,7 @@ impl DsService {
         // of the exchange.
         let announced = cluster.reuse.after_response(UpExchange {
             version: parts.version,
-            headers: &parts.headers,
+            conn: fields,
             served: conn.requests,
             requests_left: conn.requests_left,
             request_body_complete: true,
@@ -1015,12 +1021,12 @@ impl DsService {
             keep => keep,
         };
         if parts.status == StatusCode::SWITCHING_PROTOCOLS && ds_upgrade {
-            return self.upgrade(inflight, conn, parts, upgrade);
+            return self.upgrade(inflight, conn, parts, up_upgrade.or(upgrade));
         }
         let mut record = inflight.record.take().expect("record is taken once");
         // The try goes on until the body ends: the exchange's finish ends it.
         inflight.endpoint_in_flight = None;
-        forward::strip_hop_by_hop(&mut parts.headers);
+        // The parse left the hop-by-hop fields out already.
         if self.listener.cfg.headers.via {
             forward::append_via(&mut parts.headers, parts.version);
         }
@@ -1188,12 +1194,12 @@ impl DsService {
         conn.stats.journal().record(Kind::Upgraded);
         conn.set_close_reason(CloseReason::UpgradeEnded);
         self.conn.set_tunnel(conn);
-        let upgrade_value = parts.headers.get(header::UPGRADE).cloned().or(upgrade);
-        forward::strip_hop_by_hop(&mut parts.headers);
+        // `upgrade`: the upstream's `Upgrade` if it sent one (the parse took it out of the
+        // map), else the request's.
         parts
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        if let Some(u) = upgrade_value {
+        if let Some(u) = upgrade {
             parts.headers.insert(header::UPGRADE, u);
         }
         record.downstream_close = Some(CloseReason::UpgradeEnded);

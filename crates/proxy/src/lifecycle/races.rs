@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::connection::{Action, Connection, Drain, Timers, DRAIN_IDLE_GRACE};
 use super::downstream::{ConnDecision, DownstreamPolicy, ResponseFacts};
-use super::upstream::{Exchange, Reuse, ReusePolicy};
+use super::upstream::{ConnFields, Exchange, Reuse, ReusePolicy};
 use crate::error::{BodyFailure, TryError, TryErrorKind};
 use crate::io::PeerClose;
 use crate::observe::{CloseReason, Termination};
@@ -41,10 +41,10 @@ fn reuse() -> ReusePolicy {
     }
 }
 
-fn exchange(headers: &HeaderMap) -> Exchange<'_> {
+fn exchange(headers: &HeaderMap) -> Exchange {
     Exchange {
         version: Version::HTTP_11,
-        headers,
+        conn: ConnFields::from_headers(headers),
         served: 1,
         requests_left: None,
         request_body_complete: true,

@@ -14,33 +14,86 @@ pub struct KeepAliveHint {
 }
 
 /// Parses every `Keep-Alive` header value; unknown parameters are ignored, the smallest of
-/// repeated parameters wins.
+/// repeated parameters wins. (Heads read their fields where they are parsed; this is the
+/// same reading of a map, for the tests.)
+#[cfg(test)]
 pub fn parse_keep_alive(headers: &HeaderMap) -> KeepAliveHint {
     let mut hint = KeepAliveHint::default();
     for value in headers.get_all(crate::forward::KEEP_ALIVE) {
-        let Ok(s) = value.to_str() else { continue };
-        for param in s.split(',') {
-            let Some((k, v)) = param.split_once('=') else {
+        hint.add(value.as_bytes());
+    }
+    hint
+}
+
+impl KeepAliveHint {
+    /// Adds the parameters of one `Keep-Alive` value.
+    pub fn add(&mut self, value: &[u8]) {
+        for param in value.split(|&b| b == b',') {
+            let Some(eq) = param.iter().position(|&b| b == b'=') else {
                 continue;
             };
-            let v = v.trim().trim_matches('"');
-            match k.trim().to_ascii_lowercase().as_str() {
-                "timeout" => {
-                    if let Ok(secs) = v.parse::<u64>() {
-                        let d = Duration::from_secs(secs);
-                        hint.timeout = Some(hint.timeout.map_or(d, |t| t.min(d)));
-                    }
-                }
-                "max" => {
-                    if let Ok(m) = v.parse::<u64>() {
-                        hint.max = Some(hint.max.map_or(m, |x| x.min(m)));
-                    }
-                }
-                _ => {}
+            let (k, v) = (param[..eq].trim_ascii(), param[eq + 1..].trim_ascii());
+            let v = v.strip_prefix(b"\"").unwrap_or(v);
+            let v = v.strip_suffix(b"\"").unwrap_or(v);
+            let Some(n) = std::str::from_utf8(v)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            if k.eq_ignore_ascii_case(b"timeout") {
+                let d = Duration::from_secs(n);
+                self.timeout = Some(self.timeout.map_or(d, |t| t.min(d)));
+            } else if k.eq_ignore_ascii_case(b"max") {
+                self.max = Some(self.max.map_or(n, |x| x.min(n)));
             }
         }
     }
-    hint
+}
+
+/// What a message's `Connection` and `Keep-Alive` fields say of its connection: read once,
+/// where the head is parsed (those fields go no further: they are hop-by-hop).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnFields {
+    /// `Connection` lists `close`.
+    pub close: bool,
+    /// `Connection` lists `keep-alive`.
+    pub keep_alive: bool,
+    /// `Connection` lists `upgrade`.
+    pub upgrade: bool,
+    /// `Keep-Alive: timeout=N, max=M`.
+    pub hint: KeepAliveHint,
+}
+
+impl ConnFields {
+    /// Reads them from a header map (the tests' heads).
+    #[cfg(test)]
+    pub fn from_headers(headers: &HeaderMap) -> Self {
+        let mut c = Self {
+            hint: parse_keep_alive(headers),
+            ..Self::default()
+        };
+        for v in headers.get_all(header::CONNECTION) {
+            c.add_connection(v.as_bytes(), |_| {});
+        }
+        c
+    }
+
+    /// Adds the tokens of one `Connection` value; `other` gets each token that is none of
+    /// `close`, `keep-alive` and `upgrade` (the name of another hop-by-hop field).
+    pub fn add_connection<'v>(&mut self, value: &'v [u8], mut other: impl FnMut(&'v [u8])) {
+        for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            if token.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+            } else if token.eq_ignore_ascii_case(b"upgrade") {
+                self.upgrade = true;
+            } else if !token.is_empty() {
+                other(token);
+            }
+        }
+    }
 }
 
 /// The reuse rules of one cluster.
@@ -66,9 +119,10 @@ pub enum Reuse {
 
 /// Facts about one finished exchange.
 #[derive(Debug, Clone, Copy)]
-pub struct Exchange<'a> {
+pub struct Exchange {
     pub version: Version,
-    pub headers: &'a HeaderMap,
+    /// What the response's `Connection` and `Keep-Alive` fields said.
+    pub conn: ConnFields,
     /// Requests served on this connection, this one included.
     pub served: u64,
     /// Further requests allowed by an earlier hint.
@@ -80,16 +134,16 @@ pub struct Exchange<'a> {
 // === impl ReusePolicy ===
 
 impl ReusePolicy {
-    pub fn after_response(&self, ex: Exchange<'_>) -> Reuse {
+    pub fn after_response(&self, ex: Exchange) -> Reuse {
         if !ex.request_body_complete {
             // A final status before the body was fully sent (early response, or a status
             // instead of 100 Continue): the upstream's view of the framing is unknown (R12).
             return Reuse::Close(CloseReason::UnknownState);
         }
-        if ex.version == Version::HTTP_10 && !connection_has(ex.headers, "keep-alive") {
+        if ex.version == Version::HTTP_10 && !ex.conn.keep_alive {
             return Reuse::Close(CloseReason::UpstreamConnectionClose);
         }
-        if ex.version < Version::HTTP_10 || connection_has(ex.headers, "close") {
+        if ex.version < Version::HTTP_10 || ex.conn.close {
             return Reuse::Close(CloseReason::UpstreamConnectionClose);
         }
         let mut idle_for = self.idle_timeout;
@@ -99,7 +153,7 @@ impl ReusePolicy {
             requests_left = Some(requests_left.map_or(left, |l| l.min(left)));
         }
         if self.learn_keep_alive {
-            let hint = parse_keep_alive(ex.headers);
+            let hint = ex.conn.hint;
             if let Some(t) = hint.timeout {
                 if t <= Duration::from_secs(1) {
                     return Reuse::Close(CloseReason::HintNoReuse);
@@ -159,10 +213,10 @@ mod tests {
         h
     }
 
-    fn ex(h: &HeaderMap) -> Exchange<'_> {
+    fn ex(h: &HeaderMap) -> Exchange {
         Exchange {
             version: Version::HTTP_11,
-            headers: h,
+            conn: ConnFields::from_headers(h),
             served: 1,
             requests_left: None,
             request_body_complete: true,

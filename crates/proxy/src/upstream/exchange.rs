@@ -19,7 +19,7 @@ use super::conn::{poll_fill, write_some, UpstreamConn, HEAD_READ};
 use crate::body::{ExpectGate, UpBody};
 use crate::error::TryErrorKind;
 use crate::io::PeerClose;
-use crate::lifecycle::upstream::connection_has;
+use crate::lifecycle::upstream::ConnFields;
 
 /// How long an `Expect: 100-continue` body waits for the upstream's 100 before it is sent
 /// anyway (curl waits 1 s).
@@ -33,11 +33,17 @@ const MAX_RESPONSE_HEADERS: usize = 128;
 #[derive(Debug, Clone)]
 pub struct ReasonPhrase(pub Bytes);
 
-/// A parsed response head and how its body is framed.
+/// A parsed response head and how its body is framed. Its hop-by-hop fields (the fixed
+/// ones and those its `Connection` names) are read into `conn` and `upgrade` and left out
+/// of `parts.headers`: they never reach the client.
 #[derive(Debug)]
 pub struct ResponseHead {
     pub parts: http::response::Parts,
     pub framing: ResponseFraming,
+    /// What its `Connection` and `Keep-Alive` fields said.
+    pub conn: ConnFields,
+    /// Its `Upgrade` field (the first), for a `101`.
+    pub upgrade: Option<HeaderValue>,
 }
 
 /// The request as it goes out.
@@ -214,9 +220,8 @@ async fn sleep_until(deadline: Option<Instant>) {
 
 /// Does the response say the upstream closes after it?
 fn announces_close(h: &ResponseHead) -> bool {
-    let headers = &h.parts.headers;
-    connection_has(headers, "close")
-        || (h.parts.version == Version::HTTP_10 && !connection_has(headers, "keep-alive"))
+    h.conn.close
+        || (h.parts.version == Version::HTTP_10 && !h.conn.keep_alive)
         || h.framing.framing == linger_h1::Framing::UntilClose
 }
 
@@ -350,21 +355,55 @@ pub fn parse_response_head(
         .reason
         .filter(|r| Some(*r) != status.canonical_reason() && !r.is_empty())
         .map(|r| Bytes::copy_from_slice(r.as_bytes()));
+    // The hop-by-hop fields, read here and left out of the map (one pass over the names
+    // by length first: most are ruled out without a comparison).
+    let mut conn = ConnFields::default();
+    let mut named: Vec<&[u8]> = Vec::new();
+    let mut upgrade: Option<&[u8]> = None;
+    for h in res.headers.iter() {
+        let n = h.name.as_bytes();
+        if !crate::forward::is_hop_by_hop(n) {
+            continue;
+        }
+        if n.eq_ignore_ascii_case(b"connection") {
+            conn.add_connection(h.value, |t| named.push(t));
+        } else if n.eq_ignore_ascii_case(b"keep-alive") {
+            conn.hint.add(h.value);
+        } else if n.eq_ignore_ascii_case(b"upgrade") && upgrade.is_none() {
+            upgrade = Some(h.value);
+        }
+    }
     // Where each field sits in the head: the head is then taken out of `buf` as one
-    // shared block (no copy), and each value becomes a slice of it.
+    // shared block (no copy), and each value becomes a slice of it. Fields left out keep
+    // an empty name.
     let base = buf.as_ptr() as usize;
     let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
     let mut at = [(0u32, 0u32, 0u32, 0u32); MAX_RESPONSE_HEADERS];
     let count = res.headers.len();
+    let mut kept = 0;
     for (h, slot) in res.headers.iter().zip(at.iter_mut()) {
-        let (n, v) = (offset(h.name.as_bytes()), offset(h.value));
+        let name = h.name.as_bytes();
+        if crate::forward::is_hop_by_hop(name) || named.iter().any(|t| t.eq_ignore_ascii_case(name))
+        {
+            continue;
+        }
+        let (n, v) = (offset(name), offset(h.value));
         *slot = (n, n + h.name.len() as u32, v, v + h.value.len() as u32);
+        kept += 1;
     }
+    let upgrade = upgrade.map(|u| (offset(u) as usize, offset(u) as usize + u.len()));
     let head = buf.split_to(len).freeze();
+    let upgrade = match upgrade {
+        Some((s, e)) => Some(
+            HeaderValue::from_maybe_shared(head.slice(s..e))
+                .map_err(|_| TryErrorKind::Protocol("invalid header value"))?,
+        ),
+        None => None,
+    };
     // Room for the fields linger adds on the way to the client (Date, Keep-Alive,
     // Connection, framing): no rehash.
-    let mut headers = HeaderMap::with_capacity(count + 4);
-    for &(ns, ne, vs, ve) in &at[..count] {
+    let mut headers = HeaderMap::with_capacity(kept + 4);
+    for &(ns, ne, vs, ve) in at[..count].iter().filter(|a| a.1 > a.0) {
         let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
             .map_err(|_| TryErrorKind::Protocol("invalid header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
@@ -378,7 +417,12 @@ pub fn parse_response_head(
     if let Some(r) = reason {
         parts.extensions.insert(ReasonPhrase(r));
     }
-    Ok(Some(ResponseHead { parts, framing }))
+    Ok(Some(ResponseHead {
+        parts,
+        framing,
+        conn,
+        upgrade,
+    }))
 }
 
 fn httparse_error(e: httparse::Error) -> &'static str {
@@ -396,6 +440,35 @@ fn httparse_error(e: httparse::Error) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hop_by_hop_fields_are_read_and_left_out_of_the_map() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade, X-Private\r\n\
+               Keep-Alive: timeout=5, max=9\r\nUpgrade: websocket\r\nx-private: 1\r\n\
+               TE: trailers\r\nX-Kept: yes\r\nProxy-Connection: close\r\n\r\n"[..],
+        );
+        let h = parse_response_head(&mut buf, &Method::GET)
+            .unwrap()
+            .unwrap();
+        assert!(h.conn.upgrade && !h.conn.close && !h.conn.keep_alive);
+        assert_eq!(
+            h.conn.hint,
+            crate::lifecycle::upstream::KeepAliveHint {
+                timeout: Some(Duration::from_secs(5)),
+                max: Some(9)
+            }
+        );
+        assert_eq!(h.upgrade.unwrap(), "websocket");
+        let names: Vec<&str> = h.parts.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+        let mut closing = BytesMut::from(&b"HTTP/1.0 200 OK\r\nconnection: close\r\n\r\n"[..]);
+        let h = parse_response_head(&mut closing, &Method::GET)
+            .unwrap()
+            .unwrap();
+        assert!(h.conn.close && announces_close(&h));
+        assert!(h.parts.headers.is_empty());
+    }
 
     #[test]
     fn response_heads_parse_and_frame() {

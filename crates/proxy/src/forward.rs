@@ -35,12 +35,22 @@ fn hop_by_hop_length(len: usize) -> bool {
     matches!(len, 2 | 7 | 10 | 16 | 17)
 }
 
+/// [`HOP_BY_HOP`] as bytes, for heads not yet in a map.
+const HOP_BY_HOP_BYTES: [&[u8]; 6] = [
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"te",
+    b"transfer-encoding",
+    b"upgrade",
+];
+
 /// Is `name` one of the fixed hop-by-hop fields (any case)?
 pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
     hop_by_hop_length(name.len())
-        && HOP_BY_HOP
+        && HOP_BY_HOP_BYTES
             .iter()
-            .any(|h| h.as_str().as_bytes().eq_ignore_ascii_case(name))
+            .any(|h| h.len() == name.len() && h.eq_ignore_ascii_case(name))
 }
 
 /// Removes every hop-by-hop header, including those the `Connection` header names.

@@ -28,6 +28,7 @@ pub const EXPECT_WAIT: Duration = Duration::from_secs(1);
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// The most header fields a response head may have.
 const MAX_RESPONSE_HEADERS: usize = 128;
+const _: () = assert!(MAX_RESPONSE_HEADERS <= 128, "one bit per field in a u128");
 
 /// A reason phrase other than the status code's own, forwarded as the upstream sent it.
 #[derive(Debug, Clone)]
@@ -360,11 +361,14 @@ pub fn parse_response_head(
     let mut conn = ConnFields::default();
     let mut named: Vec<&[u8]> = Vec::new();
     let mut upgrade: Option<&[u8]> = None;
-    for h in res.headers.iter() {
+    // Which fields are hop-by-hop, one bit each (the table holds at most 128).
+    let mut hop: u128 = 0;
+    for (i, h) in res.headers.iter().enumerate() {
         let n = h.name.as_bytes();
         if !crate::forward::is_hop_by_hop(n) {
             continue;
         }
+        hop |= 1 << i;
         if n.eq_ignore_ascii_case(b"connection") {
             conn.add_connection(h.value, |t| named.push(t));
         } else if n.eq_ignore_ascii_case(b"keep-alive") {
@@ -381,10 +385,9 @@ pub fn parse_response_head(
     let mut at = [(0u32, 0u32, 0u32, 0u32); MAX_RESPONSE_HEADERS];
     let count = res.headers.len();
     let mut kept = 0;
-    for (h, slot) in res.headers.iter().zip(at.iter_mut()) {
+    for (i, (h, slot)) in res.headers.iter().zip(at.iter_mut()).enumerate() {
         let name = h.name.as_bytes();
-        if crate::forward::is_hop_by_hop(name) || named.iter().any(|t| t.eq_ignore_ascii_case(name))
-        {
+        if hop & (1 << i) != 0 || named.iter().any(|t| t.eq_ignore_ascii_case(name)) {
             continue;
         }
         let (n, v) = (offset(name), offset(h.value));

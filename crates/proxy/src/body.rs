@@ -367,6 +367,8 @@ pub struct DownBody {
     kind: DownKind,
     bytes_out: u64,
     exchange: Option<Box<dyn Exchange>>,
+    /// Fields linger adds to the head this body goes with (written with the head).
+    pub(crate) added: crate::forward::ResponseAdded,
 }
 
 enum DownKind {
@@ -391,6 +393,7 @@ impl DownBody {
             kind: DownKind::Full((!b.is_empty()).then_some(b)),
             bytes_out: 0,
             exchange,
+            added: Default::default(),
         }
     }
 
@@ -399,6 +402,7 @@ impl DownBody {
             kind: DownKind::Upstream(Box::new(body)),
             bytes_out: 0,
             exchange: Some(exchange),
+            added: Default::default(),
         }
     }
 

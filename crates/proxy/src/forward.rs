@@ -113,11 +113,10 @@ fn version_str(v: Version) -> &'static str {
     }
 }
 
-/// An IP address as a header value, written without a `String` in between (made per
+/// An IP address as text, written into `buf` without a `String` in between (made per
 /// request: a value kept per connection would cost every idle connection 80 bytes).
-fn ip_value(ip: IpAddr) -> HeaderValue {
+fn ip_text(ip: IpAddr, buf: &mut [u8; 48]) -> &[u8] {
     // The longest IPv6 text is 45 bytes (an IPv4-mapped address with every group full).
-    let mut buf = [0u8; 48];
     let n = match ip {
         // The usual case, without the formatting machinery: four numbers and three dots.
         IpAddr::V4(v4) => {
@@ -141,24 +140,115 @@ fn ip_value(ip: IpAddr) -> HeaderValue {
             48 - rest.len()
         }
     };
-    HeaderValue::from_bytes(&buf[..n]).expect("an IP address is a valid header value")
+    &buf[..n]
 }
 
-/// Adds the forwarding headers to a request going upstream.
+/// The `Via` value linger adds to a message, by the message's version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Via {
+    /// None: the message already had one, which the map now holds with linger's appended.
+    #[default]
+    None,
+    V10,
+    V11,
+    V2,
+}
+
+impl Via {
+    fn of(version: Version) -> Self {
+        match version {
+            Version::HTTP_10 => Self::V10,
+            Version::HTTP_2 => Self::V2,
+            _ => Self::V11,
+        }
+    }
+
+    pub fn value(self) -> Option<&'static [u8]> {
+        match self {
+            Self::None => None,
+            Self::V10 => Some(b"1.0 linger"),
+            Self::V11 => Some(b"1.1 linger"),
+            Self::V2 => Some(b"2 linger"),
+        }
+    }
+}
+
+/// The fields linger adds to a request it forwards that the request did not have: written
+/// after the request's own fields when its head is serialized ([`Added::write`]), never
+/// put in its header map (an insert is a hash and a probe; most requests carry none of
+/// these fields themselves).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Added {
+    /// `X-Forwarded-For: <address>`.
+    pub forwarded_for: Option<IpAddr>,
+    /// `X-Forwarded-Proto: http`.
+    pub forwarded_proto: bool,
+    pub via: Via,
+}
+
+impl Added {
+    /// Writes the fields as lines of a head.
+    pub fn write(&self, out: &mut Vec<u8>) {
+        if let Some(ip) = self.forwarded_for {
+            out.extend_from_slice(b"x-forwarded-for: ");
+            out.extend_from_slice(ip_text(ip, &mut [0; 48]));
+            out.extend_from_slice(b"\r\n");
+        }
+        if self.forwarded_proto {
+            out.extend_from_slice(b"x-forwarded-proto: http\r\n");
+        }
+        if let Some(v) = self.via.value() {
+            out.extend_from_slice(b"via: ");
+            out.extend_from_slice(v);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
+/// The fields linger adds to a response it forwards or answers that the response did
+/// not have, written after its own fields (as [`Added`] for requests).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResponseAdded {
+    pub via: Via,
+    /// The listener's `Keep-Alive: timeout=N` announcement.
+    pub keep_alive: bool,
+}
+
+impl ResponseAdded {
+    /// Writes the fields as lines of a head; `keep_alive` is the announcement's value.
+    pub fn write(&self, out: &mut Vec<u8>, keep_alive: Option<&HeaderValue>) {
+        if let Some(v) = self.via.value() {
+            out.extend_from_slice(b"via: ");
+            out.extend_from_slice(v);
+            out.extend_from_slice(b"\r\n");
+        }
+        if let Some(v) = keep_alive.filter(|_| self.keep_alive) {
+            out.extend_from_slice(b"keep-alive: ");
+            out.extend_from_slice(v.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
+/// Adds the forwarding headers to a request going upstream: into `headers` where the
+/// request had the field already (a value appended, or a client's value removed), and
+/// otherwise into the returned [`Added`].
 pub fn add_forwarding(
     headers: &mut HeaderMap,
     cfg: &HeadersConfig,
     client_ip: IpAddr,
     original_host: Option<&HeaderValue>,
     version: Version,
-) {
+) -> Added {
+    let mut added = Added::default();
     match cfg.x_forwarded_for {
         ForwardedFor::Off => {}
         ForwardedFor::Replace => {
-            headers.insert(X_FORWARDED_FOR, ip_value(client_ip));
+            headers.remove(X_FORWARDED_FOR);
+            added.forwarded_for = Some(client_ip);
         }
         ForwardedFor::Append if !headers.contains_key(X_FORWARDED_FOR) => {
-            headers.insert(X_FORWARDED_FOR, ip_value(client_ip));
+            added.forwarded_for = Some(client_ip);
         }
         ForwardedFor::Append => {
             let prior: Vec<String> = headers
@@ -180,8 +270,9 @@ pub fn add_forwarding(
         }
     }
     if cfg.x_forwarded_proto {
-        const HTTP: HeaderValue = HeaderValue::from_static("http");
-        headers.insert(X_FORWARDED_PROTO, HTTP);
+        // A client's own value is not passed on.
+        headers.remove(X_FORWARDED_PROTO);
+        added.forwarded_proto = true;
     }
     if cfg.x_forwarded_host {
         match original_host {
@@ -196,24 +287,16 @@ pub fn add_forwarding(
         }
     }
     if cfg.via {
-        append_via(headers, version);
+        added.via = append_via(headers, version);
     }
+    added
 }
 
-/// Appends `Via: <version> linger` (RFC 9110 §7.6.3).
-pub fn append_via(headers: &mut HeaderMap, version: Version) {
+/// Appends `<version> linger` to the message's `Via` (RFC 9110 §7.6.3) when it has one;
+/// otherwise returns the value to add (the map is left as it is).
+pub fn append_via(headers: &mut HeaderMap, version: Version) -> Via {
     if !headers.contains_key(header::VIA) {
-        // Checked when compiled, not per request.
-        const VIA_10: HeaderValue = HeaderValue::from_static("1.0 linger");
-        const VIA_11: HeaderValue = HeaderValue::from_static("1.1 linger");
-        const VIA_2: HeaderValue = HeaderValue::from_static("2 linger");
-        let ours = match version {
-            Version::HTTP_10 => VIA_10,
-            Version::HTTP_2 => VIA_2,
-            _ => VIA_11,
-        };
-        headers.insert(header::VIA, ours);
-        return;
+        return Via::of(version);
     }
     let ours = format!("{} linger", version_str(version));
     let mut value: String = headers
@@ -227,6 +310,7 @@ pub fn append_via(headers: &mut HeaderMap, version: Version) {
     if let Ok(v) = HeaderValue::from_str(&value) {
         headers.insert(header::VIA, v);
     }
+    Via::None
 }
 
 #[cfg(test)]
@@ -264,20 +348,26 @@ mod tests {
         assert!(!h.contains_key("upgrade"));
     }
 
-    #[test]
-    fn appends_x_forwarded_for_and_via() {
-        let cfg = HeadersConfig {
-            x_forwarded_for: ForwardedFor::Append,
+    /// Every forwarding field on, with `X-Forwarded-For` as `xff` says.
+    fn all_on(xff: ForwardedFor, host: bool) -> HeadersConfig {
+        HeadersConfig {
+            x_forwarded_for: xff,
             x_forwarded_proto: true,
-            x_forwarded_host: true,
+            x_forwarded_host: host,
             via: true,
             preserve_host: true,
-        };
+        }
+    }
+
+    #[test]
+    fn appends_x_forwarded_for_and_via() {
+        let cfg = all_on(ForwardedFor::Append, true);
         let mut h = HeaderMap::new();
         h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         h.append("via", HeaderValue::from_static("1.1 lb"));
+        h.append("x-forwarded-proto", HeaderValue::from_static("https"));
         let host = HeaderValue::from_static("example.com");
-        add_forwarding(
+        let added = add_forwarding(
             &mut h,
             &cfg,
             "127.0.0.2".parse().unwrap(),
@@ -287,7 +377,28 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.2");
         assert_eq!(h["via"], "1.1 lb, 1.1 linger");
         assert_eq!(h["x-forwarded-host"], "example.com");
-        assert_eq!(h["x-forwarded-proto"], "http");
+        assert!(
+            !h.contains_key("x-forwarded-proto"),
+            "the client's is not passed on"
+        );
+        let mut out = Vec::new();
+        added.write(&mut out);
+        assert_eq!(out, b"x-forwarded-proto: http\r\n");
+    }
+
+    #[test]
+    fn fields_the_request_lacks_are_written_after_its_own() {
+        let cfg = all_on(ForwardedFor::Replace, false);
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        let added = add_forwarding(&mut h, &cfg, "::1".parse().unwrap(), None, Version::HTTP_10);
+        assert!(h.is_empty(), "a replaced value leaves the map: {h:?}");
+        let mut out = Vec::new();
+        added.write(&mut out);
+        assert_eq!(
+            out,
+            b"x-forwarded-for: ::1\r\nx-forwarded-proto: http\r\nvia: 1.0 linger\r\n"
+        );
     }
 
     #[test]
@@ -298,7 +409,7 @@ mod tests {
     }
 
     #[test]
-    fn an_ip_value_is_the_address_text_for_every_length() {
+    fn an_ip_text_is_the_address_text_for_every_length() {
         for ip in [
             "127.0.0.1",
             "0.0.0.0",
@@ -310,7 +421,11 @@ mod tests {
             "1111:2222:3333:4444:5555:6666:255.255.255.255",
         ] {
             let parsed: IpAddr = ip.parse().unwrap();
-            assert_eq!(ip_value(parsed), parsed.to_string().as_str(), "{ip}");
+            assert_eq!(
+                ip_text(parsed, &mut [0; 48]),
+                parsed.to_string().as_bytes(),
+                "{ip}"
+            );
         }
     }
 }

@@ -459,7 +459,13 @@ async fn write_response(
         conn.set_close_reason(crate::observe::CloseReason::RequestedClose);
     }
     let mut out = Vec::with_capacity(256);
-    write_head(&mut out, &parts, asked.http10);
+    write_head(
+        &mut out,
+        &parts,
+        asked.http10,
+        &body.added,
+        listener.keep_alive_value.as_ref(),
+    );
     let watch = listener.cfg.half_close == HalfClosePolicy::Abort;
     let mut trailers: Option<HeaderMap> = None;
     loop {
@@ -584,7 +590,13 @@ fn http_date() -> HeaderValue {
 
 /// The status line (in the client's version: an HTTP/1.0 client is answered in 1.0) and
 /// the fields.
-fn write_head(out: &mut Vec<u8>, parts: &http::response::Parts, http10: bool) {
+fn write_head(
+    out: &mut Vec<u8>,
+    parts: &http::response::Parts,
+    http10: bool,
+    added: &crate::forward::ResponseAdded,
+    keep_alive: Option<&HeaderValue>,
+) {
     out.extend_from_slice(if http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
     out.extend_from_slice(parts.status.as_str().as_bytes());
     out.push(b' ');
@@ -602,6 +614,8 @@ fn write_head(out: &mut Vec<u8>, parts: &http::response::Parts, http10: bool) {
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    // The fields linger adds go last.
+    added.write(out, keep_alive);
     out.extend_from_slice(b"\r\n");
 }
 

@@ -328,6 +328,8 @@ struct UpstreamHead {
     /// The origin-form target.
     target: String,
     headers: HeaderMap,
+    /// The forwarding fields the request did not have, written after `headers`.
+    added: forward::Added,
     /// The client sent a `Host`.
     has_host: bool,
     /// The protocol the client asked to upgrade to, if it did.
@@ -353,6 +355,7 @@ struct Prepared {
     target: String,
     /// Forwarded with linger's other changes; `Host` is set per try unless preserved.
     headers: HeaderMap,
+    added: forward::Added,
     preserve_host: bool,
     /// A body read whole (sent again on a retry).
     replay: Option<Bytes>,
@@ -380,6 +383,7 @@ impl Prepared {
             &self.method,
             &self.target,
             &self.headers,
+            &self.added,
             host,
             self.chunked,
         );
@@ -614,7 +618,7 @@ impl DsService {
             (Some(r), _) => ConnDecision::Close(r),
             (None, d) => d,
         };
-        self.apply_decision(&mut headers, decision, &mut record);
+        let keep_alive = self.apply_decision(&mut headers, decision, &mut record);
         self.responding(status.as_u16());
         // What a client may know: the status, linger's code for what happened, and the
         // request's name in the log and in /connections. The detail (addresses, errors)
@@ -627,7 +631,7 @@ impl DsService {
             self.conn.id(),
             record.index
         );
-        let mut resp = Response::new(DownBody::full(
+        let mut body = DownBody::full(
             body,
             Some(Box::new(Finish {
                 svc: self.clone(),
@@ -636,25 +640,29 @@ impl DsService {
                 termination: term,
                 upstream: None,
             })),
-        ));
+        );
+        body.added.keep_alive = keep_alive;
+        let mut resp = Response::new(body);
         *resp.status_mut() = status;
         *resp.headers_mut() = headers;
         resp
     }
 
-    fn apply_decision(&self, headers: &mut HeaderMap, decision: ConnDecision, record: &mut Record) {
+    /// Applies the connection's decision to a response's head. Returns whether the head
+    /// announces the idle timeout (`Keep-Alive`, written with the head).
+    fn apply_decision(
+        &self,
+        headers: &mut HeaderMap,
+        decision: ConnDecision,
+        record: &mut Record,
+    ) -> bool {
         match decision {
-            ConnDecision::KeepAlive { announce } => {
-                if announce.is_some() {
-                    if let Some(v) = &self.listener.keep_alive_value {
-                        headers.insert(forward::KEEP_ALIVE, v.clone());
-                    }
-                }
-            }
+            ConnDecision::KeepAlive { announce } => announce.is_some(),
             ConnDecision::Close(reason) => {
                 headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
                 record.downstream_close = Some(reason);
                 self.conn.set_close_reason(reason);
+                false
             }
         }
     }
@@ -691,6 +699,7 @@ impl DsService {
             target: head.target,
             preserve_host: self.listener.cfg.headers.preserve_host && head.has_host,
             headers: head.headers,
+            added: head.added,
             replay: plan.replay,
             stream: plan.stream.map(UpBody::Stream),
             gate: plan.gate,
@@ -790,7 +799,7 @@ impl DsService {
         let mut headers = parts.headers;
         let original_host = headers.get(header::HOST).cloned();
         let upgrade = forward::strip_hop_by_hop(&mut headers);
-        forward::add_forwarding(
+        let added = forward::add_forwarding(
             &mut headers,
             &self.listener.cfg.headers,
             self.conn.peer().ip(),
@@ -813,6 +822,7 @@ impl DsService {
                 .path_and_query()
                 .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
             headers,
+            added,
             has_host: original_host.is_some(),
             upgrade,
             expect_continue,
@@ -1027,9 +1037,11 @@ impl DsService {
         // The try goes on until the body ends: the exchange's finish ends it.
         inflight.endpoint_in_flight = None;
         // The parse left the hop-by-hop fields out already.
-        if self.listener.cfg.headers.via {
-            forward::append_via(&mut parts.headers, parts.version);
-        }
+        let via = if self.listener.cfg.headers.via {
+            forward::append_via(&mut parts.headers, parts.version)
+        } else {
+            forward::Via::None
+        };
         let decision = self.listener.policy.decide(ResponseFacts {
             request_index: record.index,
             age: crate::io::clock::since(self.conn.started()),
@@ -1039,7 +1051,7 @@ impl DsService {
             ambiguous_request: ambiguous_body,
             fatal_error: false,
         });
-        self.apply_decision(&mut parts.headers, decision, &mut record);
+        let keep_alive = self.apply_decision(&mut parts.headers, decision, &mut record);
         parts.version = Version::HTTP_11;
         let status = parts.status.as_u16();
         self.responding(status);
@@ -1051,7 +1063,9 @@ impl DsService {
             upstream: Some((cluster, conn.endpoint, reuse)),
         };
         let body = UpstreamBody::new(conn, framing.framing, tail.zip(rest));
-        Response::from_parts(parts, DownBody::upstream(body, Box::new(finish)))
+        let mut body = DownBody::upstream(body, Box::new(finish));
+        body.added = forward::ResponseAdded { via, keep_alive };
+        Response::from_parts(parts, body)
     }
 
     /// One try: a pooled or new connection to `ep_idx`, the request, the response head.

@@ -298,6 +298,7 @@ pub fn write_request_head(
     method: &Method,
     target: &str,
     headers: &HeaderMap,
+    added: &crate::forward::Added,
     host: Option<&str>,
     chunked: bool,
 ) {
@@ -319,6 +320,7 @@ pub fn write_request_head(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    added.write(out);
     if chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
@@ -501,14 +503,30 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("host", HeaderValue::from_static("a"));
         let mut out = Vec::new();
-        write_request_head(&mut out, &Method::POST, "/x?y", &h, None, true);
+        let none = crate::forward::Added::default();
+        write_request_head(&mut out, &Method::POST, "/x?y", &h, &none, None, true);
         assert_eq!(
             out,
             b"POST /x?y HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n"
         );
         out.clear();
-        write_request_head(&mut out, &Method::GET, "/", &h, Some("10.0.0.1:80"), false);
-        assert_eq!(out, b"GET / HTTP/1.1\r\nhost: 10.0.0.1:80\r\n\r\n");
+        let added = crate::forward::Added {
+            forwarded_for: Some([10, 0, 0, 9].into()),
+            ..Default::default()
+        };
+        write_request_head(
+            &mut out,
+            &Method::GET,
+            "/",
+            &h,
+            &added,
+            Some("10.0.0.1:80"),
+            false,
+        );
+        assert_eq!(
+            out,
+            b"GET / HTTP/1.1\r\nhost: 10.0.0.1:80\r\nx-forwarded-for: 10.0.0.9\r\n\r\n"
+        );
         assert_eq!(
             &encode_data(Bytes::from_static(b"hello"), true)[..],
             b"5\r\nhello\r\n"

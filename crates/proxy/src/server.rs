@@ -1,7 +1,6 @@
 //! Wiring: one [`Server`] per process, one worker per thread. Each worker has its own
 //! upstream pools (no cross-thread locking on the request path) and accepts on its own
-//! duplicate of every listening socket; an accepted connection is served by the worker
-//! with the fewest (`downstream::balance`).
+//! duplicate of every listening socket.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,8 +31,6 @@ pub struct Server {
     /// What linger learned of each endpoint, by cluster and endpoint, shared by the workers.
     pub learned: Book,
     listeners: Vec<Arc<ListenerCtx>>,
-    /// The workers, to spread accepted connections over them.
-    balance: Arc<downstream::balance::Balance>,
     drain_tx: watch::Sender<Drain>,
     ready_tx: watch::Sender<bool>,
 }
@@ -46,8 +43,7 @@ impl Server {
         let listeners = config
             .listeners
             .iter()
-            .enumerate()
-            .map(|(i, l)| Arc::new(ListenerCtx::new(i, l, &config.routes, &metrics)))
+            .map(|l| Arc::new(ListenerCtx::new(l, &config.routes, &metrics)))
             .collect();
         let registry = Arc::new(Registry::new(config.closed_connections));
         let learned = config
@@ -79,7 +75,6 @@ impl Server {
             registry,
             learned,
             listeners,
-            balance: Arc::default(),
             drain_tx,
             ready_tx,
         })
@@ -136,7 +131,6 @@ impl Server {
         // Lives on, as the drain's forwarder does, while the worker's connections finish:
         // their drain grace and timeouts still wake through it.
         tokio::spawn(deadlines.clone().run());
-        let (index, open, mut inbox) = self.balance.join();
         let worker = Arc::new(WorkerCtx {
             metrics: self.metrics.clone(),
             access_log: self.access_log.clone(),
@@ -145,22 +139,7 @@ impl Server {
             conns: self.conns.clone(),
             registry: self.registry.clone(),
             deadlines,
-            index,
-            open,
-            balance: self.balance.clone(),
         });
-        // Connections other workers accepted and handed to this one. Lives on, as the
-        // drain's forwarder does: a connection accepted during the drain may still come.
-        {
-            let worker = worker.clone();
-            let listeners = self.listeners.clone();
-            tokio::spawn(async move {
-                while let Some(h) = inbox.recv().await {
-                    let listener = &listeners[h.listener];
-                    downstream::serve_handed(&worker, listener, h);
-                }
-            });
-        }
         let reaper = tokio::spawn(async move {
             let mut tick = tokio::time::interval(REAP_INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -225,134 +204,5 @@ impl Server {
     pub async fn wait_drained(&self, deadline: Duration) -> u64 {
         let _ = tokio::time::timeout(deadline, self.conns.wait_zero()).await;
         self.conns.open()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::atomic::Ordering;
-    use std::time::Duration;
-
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    use super::*;
-    use crate::config::File;
-
-    /// Runs `f` on a runtime on its own thread, as each worker of `linger serve` has,
-    /// until it ends or `stop` says so.
-    fn thread_runtime(
-        stop: &watch::Receiver<bool>,
-        f: impl std::future::Future<Output = ()> + Send + 'static,
-    ) -> std::thread::JoinHandle<()> {
-        let mut stop = stop.clone();
-        std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime")
-                .block_on(async move {
-                    tokio::select! {
-                        () = f => {}
-                        _ = stop.wait_for(|s| *s) => {}
-                    }
-                });
-        })
-    }
-
-    /// Reads one response with a `content-length` head from `s`.
-    async fn read_one(s: &mut tokio::net::TcpStream) -> String {
-        let mut got = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !got.ends_with(b"\r\n\r\nok") {
-            let n = s.read(&mut buf).await.expect("read");
-            assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&got));
-            got.extend_from_slice(&buf[..n]);
-        }
-        String::from_utf8_lossy(&got).into_owned()
-    }
-
-    #[test]
-    fn connections_one_worker_accepts_are_served_by_both() {
-        // An origin that answers every request with `ok`.
-        let origin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let origin_addr = origin.local_addr().unwrap();
-        origin.set_nonblocking(true).unwrap();
-        let (stop_tx, stop) = watch::channel(false);
-        let mut threads = vec![];
-        threads.push(thread_runtime(&stop, async move {
-            let origin = TcpListener::from_std(origin).unwrap();
-            loop {
-                let (mut s, _) = origin.accept().await.unwrap();
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 4096];
-                    while let Ok(n) = s.read(&mut buf).await {
-                        if n == 0 {
-                            break;
-                        }
-                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                        if s.write_all(ok).await.is_err() {
-                            break;
-                        }
-                    }
-                });
-            }
-        }));
-        let mut file = File::simple("127.0.0.1:0", &[origin_addr.to_string()]);
-        file.admin.enabled = false;
-        let config = file.validate("test").unwrap();
-        let listener = std::net::TcpListener::bind(config.listeners[0].address).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = Server::new(config, AccessLog::memory().0);
-        // Worker 0 accepts; worker 1 has no socket: what it serves was handed to it.
-        let (a, b) = (server.clone(), server.clone());
-        threads.push(thread_runtime(&stop, async move {
-            a.run_worker(vec![listener]).await;
-            std::future::pending().await
-        }));
-        threads.push(thread_runtime(&stop, async move {
-            b.run_worker(vec![]).await;
-            std::future::pending().await
-        }));
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(20), async {
-                let mut conns = Vec::new();
-                for _ in 0..6 {
-                    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-                    s.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
-                        .await
-                        .unwrap();
-                    let head = read_one(&mut s).await;
-                    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-                    conns.push(s);
-                }
-                // Each connection serves a second request where it was placed.
-                for s in &mut conns {
-                    s.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
-                        .await
-                        .unwrap();
-                    assert!(read_one(s).await.starts_with("HTTP/1.1 200"));
-                }
-                let loads: Vec<usize> = {
-                    let slots = server.balance.slots.read().unwrap();
-                    slots
-                        .iter()
-                        .map(|s| s.open.load(Ordering::Relaxed))
-                        .collect()
-                };
-                // Worker 0 keeps a connection unless worker 1 has two fewer: 1-0, 2-0,
-                // 2-1, 3-1, 3-2, 4-2.
-                assert_eq!(loads, [4, 2], "six connections one worker accepted");
-            })
-            .await
-            .expect("within 20 s");
-        });
-        stop_tx.send_replace(true);
-        for t in threads {
-            t.join().expect("a test thread panicked");
-        }
     }
 }

@@ -8,7 +8,6 @@
 //! * at the end, [`linger_close`] drains what the peer still sends (R4) unless the
 //!   peer already closed (R8: no wait when nothing can be unread).
 
-pub(crate) mod balance;
 pub(crate) mod deadlines;
 mod driver;
 mod inbound;
@@ -92,11 +91,6 @@ pub struct WorkerCtx {
     pub registry: Arc<Registry>,
     /// The deadlines of this worker's connections' waits.
     pub deadlines: Arc<deadlines::Deadlines>,
-    /// This worker's place among the server's workers, and the count of connections given
-    /// to it (see [`balance`]).
-    pub index: usize,
-    pub open: Arc<std::sync::atomic::AtomicUsize>,
-    pub balance: Arc<balance::Balance>,
 }
 
 // === impl WorkerCtx ===
@@ -110,8 +104,6 @@ impl WorkerCtx {
 /// One listener's settings and routes.
 #[derive(Debug)]
 pub struct ListenerCtx {
-    /// Its place in the server's listeners (a handed connection names its listener so).
-    pub index: usize,
     pub cfg: ListenerConfig,
     pub name: Name,
     pub routes: Vec<RouteConfig>,
@@ -134,12 +126,7 @@ pub struct ListenerCtx {
 // === impl ListenerCtx ===
 
 impl ListenerCtx {
-    pub fn new(
-        index: usize,
-        cfg: &ListenerConfig,
-        all_routes: &[RouteConfig],
-        metrics: &Metrics,
-    ) -> Self {
+    pub fn new(cfg: &ListenerConfig, all_routes: &[RouteConfig], metrics: &Metrics) -> Self {
         let routes: Vec<RouteConfig> = all_routes
             .iter()
             .filter(|r| r.listener.as_ref().is_none_or(|l| *l == cfg.name))
@@ -163,7 +150,6 @@ impl ListenerCtx {
                 .clone()
         };
         Self {
-            index,
             routes_need_host: routes
                 .iter()
                 .any(|r| r.host != crate::config::HostMatch::Any),
@@ -333,9 +319,7 @@ pub async fn accept_loop(worker: Arc<WorkerCtx>, listener: Arc<ListenerCtx>, soc
         }
         tokio::select! {
             accepted = socket.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    spawn_connection(&worker, &listener, Accepted { stream, peer, local });
-                }
+                Ok((stream, peer)) => spawn_connection(&worker, &listener, stream, peer, local),
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!(listener = %listener.name, error = %e, "accept failed");
@@ -355,92 +339,20 @@ pub async fn accept_loop(worker: Arc<WorkerCtx>, listener: Arc<ListenerCtx>, soc
     })
     .await
     {
-        spawn_connection(
-            &worker,
-            &listener,
-            Accepted {
-                stream,
-                peer,
-                local,
-            },
-        );
+        spawn_connection(&worker, &listener, stream, peer, local);
     }
     tracing::info!(listener = %listener.name, "stopped accepting");
 }
 
-/// A connection as `accept` gave it.
-struct Accepted {
-    stream: TcpStream,
-    peer: SocketAddr,
-    /// The listener's address when it is bound to one (no `getsockname` per connection).
-    local: Option<SocketAddr>,
-}
-
-/// Serves an accepted connection here, or hands it to the worker with the fewest
-/// connections ([`balance`]).
-fn spawn_connection(worker: &Arc<WorkerCtx>, listener: &Arc<ListenerCtx>, a: Accepted) {
-    // Counted from here: a connection on its way to another worker keeps every worker's
-    // runtime alive until it is served.
-    worker.conns.inc();
-    let (inbox, there) = match worker.balance.place(worker.index) {
-        balance::Placement::Here => return spawn_here(worker, listener, a),
-        balance::Placement::There(inbox, there) => (inbox, there),
-    };
-    let Accepted {
-        stream,
-        peer,
-        local,
-    } = a;
-    // Off this worker's reactor, onto the other's when it arrives.
-    let stream = match stream.into_std() {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "handing an accepted connection over failed");
-            there.fetch_sub(1, Ordering::Relaxed);
-            worker.conns.dec();
-            return;
-        }
-    };
-    let handoff = balance::Handoff {
-        stream,
-        peer,
-        local,
-        listener: listener.index,
-    };
-    if let Err(back) = inbox.send(handoff) {
-        // The other worker is gone: serve it here after all.
-        there.fetch_sub(1, Ordering::Relaxed);
-        worker.open.fetch_add(1, Ordering::Relaxed);
-        serve_handed(worker, listener, back.0);
-    }
-}
-
-/// Serves a connection another worker accepted and handed to this one (already counted).
-pub(crate) fn serve_handed(
+fn spawn_connection(
     worker: &Arc<WorkerCtx>,
     listener: &Arc<ListenerCtx>,
-    h: balance::Handoff,
+    stream: TcpStream,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
 ) {
-    match TcpStream::from_std(h.stream) {
-        Ok(stream) => spawn_here(
-            worker,
-            listener,
-            Accepted {
-                stream,
-                peer: h.peer,
-                local: h.local,
-            },
-        ),
-        Err(e) => {
-            tracing::warn!(error = %e, "taking over a handed connection failed");
-            worker.open.fetch_sub(1, Ordering::Relaxed);
-            worker.conns.dec();
-        }
-    }
-}
-
-fn spawn_here(worker: &Arc<WorkerCtx>, listener: &Arc<ListenerCtx>, a: Accepted) {
-    let opened = open_connection(worker, listener, a);
+    worker.conns.inc();
+    let opened = open_connection(worker, listener, stream, peer, local);
     tokio::spawn(io::clock::Clocked::new(serve_connection(opened)));
 }
 
@@ -455,12 +367,13 @@ pub(crate) struct Opened {
 }
 
 /// Counts, registers and builds what one accepted connection needs, before its task runs.
-fn open_connection(worker: &Arc<WorkerCtx>, listener: &Arc<ListenerCtx>, a: Accepted) -> Opened {
-    let Accepted {
-        stream,
-        peer,
-        local,
-    } = a;
+fn open_connection(
+    worker: &Arc<WorkerCtx>,
+    listener: &Arc<ListenerCtx>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+) -> Opened {
     let cfg = &listener.cfg;
     listener.socket_options(&stream);
     let labels = ListenerLabels {
@@ -538,7 +451,6 @@ fn serve_connection(o: Opened) -> impl std::future::Future<Output = ()> {
             &o.shared,
         ))
         .await;
-        o.svc.worker.open.fetch_sub(1, Ordering::Relaxed);
         o.svc.worker.conns.dec();
     }
 }

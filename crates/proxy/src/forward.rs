@@ -403,9 +403,13 @@ mod tests {
 
     #[test]
     fn every_hop_by_hop_name_passes_the_length_filter() {
-        for h in &HOP_BY_HOP {
+        for (h, bytes) in HOP_BY_HOP.iter().zip(HOP_BY_HOP_BYTES) {
             assert!(hop_by_hop_length(h.as_str().len()), "{h}");
+            // The two tables name the same fields.
+            assert_eq!(h.as_str().as_bytes(), bytes);
+            assert!(is_hop_by_hop(&h.as_str().to_ascii_uppercase().into_bytes()));
         }
+        assert!(!is_hop_by_hop(b"content-length") && !is_hop_by_hop(b"ta"));
     }
 
     #[test]

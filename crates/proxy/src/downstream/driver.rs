@@ -154,7 +154,11 @@ pub(super) async fn run(o: &Opened) -> Ending {
         if upgrade {
             // The upstream connection goes straight into the boxed tunnel: held across
             // the await, it would take its size in this frame.
-            let tunneled = (o.svc.conn.take_tunnel()).map(|up| Box::pin(tunnel(&o.shared, up)));
+            let tunneled = o
+                .svc
+                .conn
+                .take_tunnel()
+                .map(|up| Box::pin(tunnel(&o.shared, up)));
             if let Some(t) = tunneled {
                 t.await;
                 return Ending::Tunneled;

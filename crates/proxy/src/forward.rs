@@ -53,6 +53,15 @@ pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
             .any(|h| h.len() == name.len() && h.eq_ignore_ascii_case(name))
 }
 
+/// Writes one field line of a head: `name: value` and its CRLF.
+#[inline]
+pub(crate) fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Removes every hop-by-hop header, including those the `Connection` header names.
 /// Returns the `Upgrade` value when the message asked for a protocol upgrade.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
@@ -73,20 +82,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
     let mut named: Vec<HeaderName> = Vec::new();
     let mut wants_upgrade = false;
     for v in headers.get_all(header::CONNECTION) {
-        let Ok(s) = v.to_str() else { continue };
-        for token in s.split(',') {
-            let token = token.trim();
-            if token.eq_ignore_ascii_case("upgrade") {
+        if v.to_str().is_err() {
+            continue;
+        }
+        for token in crate::lifecycle::upstream::tokens(v.as_bytes()) {
+            if token.eq_ignore_ascii_case(b"upgrade") {
                 wants_upgrade = true;
             }
             // The fixed ones go below anyway ("keep-alive", "upgrade", ...).
-            if HOP_BY_HOP
-                .iter()
-                .any(|h| token.eq_ignore_ascii_case(h.as_str()))
-            {
+            if is_hop_by_hop(token) {
                 continue;
             }
-            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+            if let Ok(name) = HeaderName::from_bytes(token) {
                 named.push(name);
             }
         }
@@ -163,6 +170,13 @@ impl Via {
         }
     }
 
+    /// Writes its field line, if it has one.
+    fn write(self, out: &mut Vec<u8>) {
+        if let Some(v) = self.value() {
+            write_field(out, b"via", v);
+        }
+    }
+
     pub fn value(self) -> Option<&'static [u8]> {
         match self {
             Self::None => None,
@@ -190,18 +204,12 @@ impl Added {
     /// Writes the fields as lines of a head.
     pub fn write(&self, out: &mut Vec<u8>) {
         if let Some(ip) = self.forwarded_for {
-            out.extend_from_slice(b"x-forwarded-for: ");
-            out.extend_from_slice(ip_text(ip, &mut [0; 48]));
-            out.extend_from_slice(b"\r\n");
+            write_field(out, b"x-forwarded-for", ip_text(ip, &mut [0; 48]));
         }
         if self.forwarded_proto {
-            out.extend_from_slice(b"x-forwarded-proto: http\r\n");
+            write_field(out, b"x-forwarded-proto", b"http");
         }
-        if let Some(v) = self.via.value() {
-            out.extend_from_slice(b"via: ");
-            out.extend_from_slice(v);
-            out.extend_from_slice(b"\r\n");
-        }
+        self.via.write(out);
     }
 }
 
@@ -217,15 +225,9 @@ pub struct ResponseAdded {
 impl ResponseAdded {
     /// Writes the fields as lines of a head; `keep_alive` is the announcement's value.
     pub fn write(&self, out: &mut Vec<u8>, keep_alive: Option<&HeaderValue>) {
-        if let Some(v) = self.via.value() {
-            out.extend_from_slice(b"via: ");
-            out.extend_from_slice(v);
-            out.extend_from_slice(b"\r\n");
-        }
+        self.via.write(out);
         if let Some(v) = keep_alive.filter(|_| self.keep_alive) {
-            out.extend_from_slice(b"keep-alive: ");
-            out.extend_from_slice(v.as_bytes());
-            out.extend_from_slice(b"\r\n");
+            write_field(out, b"keep-alive", v.as_bytes());
         }
     }
 }

@@ -24,6 +24,7 @@ use super::service::DsService;
 use super::{DsConn, ListenerCtx, Opened};
 use crate::body::DownBody;
 use crate::config::HalfClosePolicy;
+use crate::forward::write_field;
 use crate::io::transport::{self, write_all};
 use crate::io::{clock, IoStats, Transport};
 use crate::lifecycle::connection::{Action, Drain};
@@ -346,7 +347,8 @@ fn request(found: Located, shared: &Arc<Shared>) -> Result<(Request<ReqBody>, As
     } else {
         Version::HTTP_11
     };
-    // Room for the forwarding fields linger adds: no rehash on the way upstream.
+    // Room for the fields linger may put in the map on the way upstream (Connection and
+    // Upgrade, X-Forwarded-Host, a merged X-Forwarded-For or Via): no rehash.
     let mut headers = HeaderMap::with_capacity(parsed.headers.len() + 4);
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| HeadError::Malformed)?;
@@ -523,10 +525,7 @@ async fn write_response(
         out.extend_from_slice(b"0\r\n");
         if let Some(t) = trailers.filter(|_| asked.trailers) {
             for (name, value) in &t {
-                out.extend_from_slice(name.as_str().as_bytes());
-                out.extend_from_slice(b": ");
-                out.extend_from_slice(value.as_bytes());
-                out.extend_from_slice(b"\r\n");
+                write_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
             }
         }
         out.extend_from_slice(b"\r\n");
@@ -613,10 +612,7 @@ fn write_head(
     out.extend_from_slice(reason);
     out.extend_from_slice(b"\r\n");
     for (name, value) in &parts.headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        write_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     // The fields linger adds go last.
     added.write(out, keep_alive);

@@ -51,6 +51,15 @@ impl KeepAliveHint {
     }
 }
 
+/// The elements of a comma-separated field value (RFC 9110 §5.6.1), trimmed; empty ones
+/// are skipped.
+pub(crate) fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
 /// What a message's `Connection` and `Keep-Alive` fields say of its connection: read once,
 /// where the head is parsed (those fields go no further: they are hop-by-hop).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -82,14 +91,14 @@ impl ConnFields {
     /// Adds the tokens of one `Connection` value; `other` gets each token that is none of
     /// `close`, `keep-alive` and `upgrade` (the name of another hop-by-hop field).
     pub fn add_connection<'v>(&mut self, value: &'v [u8], mut other: impl FnMut(&'v [u8])) {
-        for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+        for token in tokens(value) {
             if token.eq_ignore_ascii_case(b"close") {
                 self.close = true;
             } else if token.eq_ignore_ascii_case(b"keep-alive") {
                 self.keep_alive = true;
             } else if token.eq_ignore_ascii_case(b"upgrade") {
                 self.upgrade = true;
-            } else if !token.is_empty() {
+            } else {
                 other(token);
             }
         }
@@ -185,9 +194,7 @@ pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// Does any `name` header list `token` (comma-separated, case-insensitive)?
 pub fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
     headers.get_all(name).iter().any(|v| {
-        v.to_str()
-            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-            .unwrap_or(false)
+        v.to_str().is_ok() && tokens(v.as_bytes()).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
     })
 }
 

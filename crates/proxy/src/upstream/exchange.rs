@@ -307,18 +307,13 @@ pub fn write_request_head(
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     if let Some(h) = host {
-        out.extend_from_slice(b"host: ");
-        out.extend_from_slice(h.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        crate::forward::write_field(out, b"host", h.as_bytes());
     }
     for (name, value) in headers {
         if host.is_some() && name == http::header::HOST {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        crate::forward::write_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     added.write(out);
     if chunked {
@@ -405,8 +400,8 @@ pub fn parse_response_head(
         ),
         None => None,
     };
-    // Room for the fields linger adds on the way to the client (Date, Keep-Alive,
-    // Connection, framing): no rehash.
+    // Room for the fields linger may put in the map on the way to the client (Date,
+    // Connection, framing, a merged Via): no rehash.
     let mut headers = HeaderMap::with_capacity(kept + 4);
     for &(ns, ne, vs, ve) in at[..count].iter().filter(|a| a.1 > a.0) {
         let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])

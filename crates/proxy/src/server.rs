@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::Config;
@@ -159,7 +158,8 @@ impl Server {
             }
             sock.set_nonblocking(true)
                 .expect("listening socket must go non-blocking");
-            let sock = TcpListener::from_std(sock).expect("listening socket must register");
+            let sock =
+                crate::io::socket::Listening::new(sock).expect("listening socket must register");
             accepts.push(tokio::spawn(downstream::accept_loop(
                 worker.clone(),
                 ctx.clone(),

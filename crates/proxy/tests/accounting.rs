@@ -248,6 +248,9 @@ async fn every_termination_path_logs_exactly_one_line_per_request() {
         ..Default::default()
     })
     .await;
+    // Borrowed, so that the origin outlives the scenario: still thinking when the client
+    // leaves, not shut down with the client's future.
+    let slow = &slow;
     accounted(
         "client left while waiting",
         slow.addr,
@@ -255,7 +258,7 @@ async fn every_termination_path_logs_exactly_one_line_per_request() {
         &["downstream.waiting.closed"],
         |l| async move {
             let s = send_raw(l.addr, get_close).await;
-            wait_for_origin_request(&slow).await;
+            wait_for_origin_request(slow).await;
             drop(s);
             l
         },

@@ -178,7 +178,7 @@ fn begin(
     found: Located,
     shared: &Arc<Shared>,
 ) -> Result<Begun<impl Future<Output = Response<DownBody>>>, HeadError> {
-    let (req, asked) = request(found, shared)?;
+    let (req, asked) = request(found, shared, svc.listener.cfg.max_headers)?;
     Ok(Begun {
         handling: Box::pin(svc.clone().handle(req)),
         asked,
@@ -314,7 +314,11 @@ fn wait_idle<'a, 'b>(
 
 /// The request a found head describes, with its body reading from the connection. The
 /// head is parsed once, here: the gate's rules run on this parse (`check_parsed`).
-fn request(found: Located, shared: &Arc<Shared>) -> Result<(Request<ReqBody>, Asked), HeadError> {
+fn request(
+    found: Located,
+    shared: &Arc<Shared>,
+    max_headers: usize,
+) -> Result<(Request<ReqBody>, Asked), HeadError> {
     let mut ib = shared.inbound.lock().expect("inbound lock");
     let head = ib.buf.split_to(found.end).freeze();
     // Nothing read past the head: the buffer goes now, not after the response.
@@ -323,7 +327,6 @@ fn request(found: Located, shared: &Arc<Shared>) -> Result<(Request<ReqBody>, As
     // Uninitialised slots: a head's parse costs no zeroing of the field table.
     let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; 128];
     let mut spill = Vec::new();
-    let max_headers = shared.max_headers as usize;
     let fields: &mut [std::mem::MaybeUninit<httparse::Header<'_>>] = if max_headers <= slots.len() {
         &mut slots[..max_headers]
     } else {
@@ -395,14 +398,28 @@ where
     let watch = listener.cfg.half_close == HalfClosePolicy::Abort;
     let max = listener.cfg.max_header_bytes;
     let mut fut = Some(fut);
+    // A client socket that has not joined the event loop yet (its request was there when
+    // it was accepted) is watched only once the wait has lasted a moment: an answer that
+    // comes sooner costs it no registration (see `io::transport::Tcp`).
+    let mut watch_from = None;
     std::future::poll_fn(move |cx| loop {
         let Some(f) = fut.as_mut() else {
             return Poll::Pending;
         };
         if let Poll::Ready(resp) = f.as_mut().poll(cx) {
+            if watch_from.is_some() {
+                drain.armed.disarm(&drain.o.svc.worker.deadlines, conn.id());
+            }
             return Poll::Ready(Ok(resp));
         }
-        if watch && poll_client_gone(cx, shared, max).is_ready() {
+        let watching = watch
+            && (shared.stream.registered() || {
+                let from = *watch_from.get_or_insert_with(client_watch_from);
+                drain
+                    .armed
+                    .due(&drain.o.svc.worker.deadlines, conn.id(), from)
+            });
+        if watching && poll_client_gone(cx, shared, max).is_ready() {
             // Dropping the request path's future cancels the upstream exchange and logs
             // the request (`downstream.waiting.closed`).
             fut = None;
@@ -418,6 +435,18 @@ where
         }
         // The drain moved on: the request path sees it on its next poll.
     })
+}
+
+/// How long a wait for the response lasts before a client socket outside the event loop
+/// joins it to be watched (R7): a client that left is noticed this much later. The
+/// moment is rounded up to a multiple of it, so that the waits of one worker share few
+/// deadlines.
+const CLIENT_WATCH_DELAY: std::time::Duration = std::time::Duration::from_millis(10);
+
+fn client_watch_from() -> tokio::time::Instant {
+    let step = CLIENT_WATCH_DELAY.as_nanos() as u64;
+    let at = clock::now_ns() + step;
+    clock::at_ns(at.div_ceil(step) * step)
 }
 
 /// Resolves when the client closes or resets the connection while no body of its is

@@ -27,8 +27,6 @@ const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 pub struct Shared<T: ?Sized + Transport = dyn Transport> {
     pub stats: Arc<IoStats>,
     pub inbound: Mutex<Inbound>,
-    /// The most header fields a request head may have.
-    pub max_headers: u32,
     /// Last, so that the transport's type can be forgotten behind the pointer.
     pub stream: T,
 }

@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
@@ -190,19 +189,19 @@ impl ListenerCtx {
     }
 
     /// Gives an accepted socket the listener's TCP options, unless it has them already.
-    fn socket_options(&self, stream: &TcpStream) {
+    fn socket_options(&self, stream: &std::net::TcpStream) {
         let known = self.inherits.load(Ordering::Relaxed);
         if known == 1 {
             return;
         }
         if known == 0 {
-            let yes = io::socket::inherited(stream, &self.cfg.tcp);
+            let yes = io::socket::inherited(socket2::SockRef::from(stream), &self.cfg.tcp);
             self.set_inherits(yes);
             if yes {
                 return;
             }
         }
-        if let Err(e) = io::socket::apply(stream, &self.cfg.tcp) {
+        if let Err(e) = io::socket::apply(socket2::SockRef::from(stream), &self.cfg.tcp) {
             tracing::warn!(error = %e, "setting downstream socket options failed");
         }
     }
@@ -304,8 +303,13 @@ impl DsConn {
     }
 }
 
-/// Accepts connections until the drain starts, spawning a driver for each.
-pub async fn accept_loop(worker: Arc<WorkerCtx>, listener: Arc<ListenerCtx>, socket: TcpListener) {
+/// Accepts connections until the drain starts, spawning a driver for each. An accepted
+/// socket joins the event loop only when it first has to wait (see [`io::transport::Tcp`]).
+pub async fn accept_loop(
+    worker: Arc<WorkerCtx>,
+    listener: Arc<ListenerCtx>,
+    socket: io::socket::Listening,
+) {
     let mut drain = worker.drain.clone();
     // Bound to one address, every accepted connection's local address is that one: no
     // getsockname per connection. A wildcard bind asks each socket.
@@ -331,14 +335,7 @@ pub async fn accept_loop(worker: Arc<WorkerCtx>, listener: Arc<ListenerCtx>, soc
     }
     // Serve what the kernel already accepted into the backlog: closing the listener with
     // connections in it would reset them.
-    while let Some(Ok((stream, peer))) = std::future::poll_fn(|cx| {
-        std::task::Poll::Ready(match socket.poll_accept(cx) {
-            std::task::Poll::Ready(r) => Some(r),
-            std::task::Poll::Pending => None,
-        })
-    })
-    .await
-    {
+    while let Ok((stream, peer)) = socket.try_accept() {
         spawn_connection(&worker, &listener, stream, peer, local);
     }
     tracing::info!(listener = %listener.name, "stopped accepting");
@@ -347,7 +344,7 @@ pub async fn accept_loop(worker: Arc<WorkerCtx>, listener: Arc<ListenerCtx>, soc
 fn spawn_connection(
     worker: &Arc<WorkerCtx>,
     listener: &Arc<ListenerCtx>,
-    stream: TcpStream,
+    stream: std::net::TcpStream,
     peer: SocketAddr,
     local: Option<SocketAddr>,
 ) {
@@ -370,11 +367,10 @@ pub(crate) struct Opened {
 fn open_connection(
     worker: &Arc<WorkerCtx>,
     listener: &Arc<ListenerCtx>,
-    stream: TcpStream,
+    stream: std::net::TcpStream,
     peer: SocketAddr,
     local: Option<SocketAddr>,
 ) -> Opened {
-    let cfg = &listener.cfg;
     listener.socket_options(&stream);
     let labels = ListenerLabels {
         listener: listener.name.clone(),
@@ -411,8 +407,7 @@ fn open_connection(
     let shared: Arc<Shared> = Arc::new(Shared {
         stats,
         inbound: Mutex::new(Inbound::default()),
-        max_headers: u32::try_from(cfg.max_headers).unwrap_or(u32::MAX),
-        stream,
+        stream: io::transport::Tcp::new(stream),
     });
     Opened {
         svc: DsService {

@@ -19,7 +19,6 @@ use std::io;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicU8, Ordering};
 use std::time::Duration;
 
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::observe::journal::Kind;
@@ -190,12 +189,12 @@ impl IoStats {
 }
 
 /// Shuts down the write side once; errors (the peer already reset) are recorded, not raised.
-pub fn send_fin(stream: &TcpStream, stats: &IoStats) {
+pub fn send_fin(sock: socket2::SockRef<'_>, stats: &IoStats) {
     if stats.fin_sent.swap(true, Ordering::Relaxed) {
         return;
     }
     stats.journal.record(Kind::FinSent);
-    if let Err(e) = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write) {
+    if let Err(e) = sock.shutdown(std::net::Shutdown::Write) {
         if e.kind() != io::ErrorKind::NotConnected {
             stats.record_error(&e);
         }
@@ -230,8 +229,6 @@ pub async fn linger_close(
     first: &mut Vec<u8>,
 ) -> LingerOutcome {
     transport.send_fin(stats);
-    // What still arrives is discarded as it is, under any transport.
-    let stream = transport.tcp();
     match stats.peer() {
         PeerClose::Fin | PeerClose::Rst | PeerClose::Error | PeerClose::TimedOut => {
             return LingerOutcome::PeerAlreadyClosed
@@ -243,15 +240,10 @@ pub async fn linger_close(
     let mut scratch = vec![0u8; 4096];
     let mut discarded = 0u64;
     loop {
-        let read = tokio::time::timeout_at(deadline, async {
-            loop {
-                stream.readable().await?;
-                match stream.try_read(&mut scratch) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    other => return other,
-                }
-            }
-        })
+        let read = tokio::time::timeout_at(
+            deadline,
+            std::future::poll_fn(|cx| transport.poll_read(cx, &mut scratch)),
+        )
         .await;
         match read {
             Err(_elapsed) => return LingerOutcome::TimedOut { discarded },

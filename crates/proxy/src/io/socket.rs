@@ -11,8 +11,8 @@ use crate::config::TcpConfig;
 /// Applies nodelay, TCP keepalive and `TCP_USER_TIMEOUT` to a connected socket.
 /// Each option is set on its own, so one refused option does not skip the others; the
 /// first error is returned.
-pub fn apply(stream: &TcpStream, tcp: &TcpConfig) -> io::Result<()> {
-    set_options(SockRef::from(stream), tcp)
+pub fn apply(sock: SockRef<'_>, tcp: &TcpConfig) -> io::Result<()> {
+    set_options(sock, tcp)
 }
 
 /// Applies the same options to a listening socket: Linux hands them to every socket it
@@ -23,8 +23,7 @@ pub fn apply_listener(listener: &std::net::TcpListener, tcp: &TcpConfig) -> io::
 }
 
 /// Does an accepted socket carry the options already (inherited from its listener)?
-pub fn inherited(stream: &TcpStream, tcp: &TcpConfig) -> bool {
-    let sock = SockRef::from(stream);
+pub fn inherited(sock: SockRef<'_>, tcp: &TcpConfig) -> bool {
     let nodelay = !tcp.nodelay || sock.tcp_nodelay().unwrap_or(false);
     let keepalive = match tcp.keepalive {
         None => true,
@@ -65,6 +64,66 @@ fn set_options(sock: SockRef<'_>, tcp: &TcpConfig) -> io::Result<()> {
     first_err.map_or(Ok(()), Err)
 }
 
+/// A listening socket as a worker's accept loop waits on it: it accepts connections that
+/// are non-blocking from the start (no `fcntl` of their own) and not registered with the
+/// event loop (see [`Tcp`]: a connection registers only once it has to wait).
+///
+/// tokio hands out readiness for a socket only through its own types, whose `accept`
+/// registers every connection it returns, or through `AsyncFd`, which is `unsafe` to build:
+/// the listening socket is held as a tokio `TcpStream`, for its readiness only (a
+/// listening socket is readable when a connection is waiting), and accepted from with
+/// `accept4` itself.
+///
+/// [`Tcp`]: super::transport::Tcp
+#[derive(Debug)]
+pub struct Listening {
+    sock: TcpStream,
+}
+
+// === impl Listening ===
+
+impl Listening {
+    /// Registers a bound, listening, non-blocking socket with the current runtime.
+    pub fn new(listener: std::net::TcpListener) -> io::Result<Self> {
+        let fd = std::os::fd::OwnedFd::from(listener);
+        Ok(Self {
+            sock: TcpStream::from_std(std::net::TcpStream::from(fd))?,
+        })
+    }
+
+    /// The address it is bound to.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.sock.local_addr()
+    }
+
+    /// Waits for the next connection.
+    pub async fn accept(&self) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+        loop {
+            self.sock.readable().await?;
+            match self
+                .sock
+                .try_io(tokio::io::Interest::READABLE, || self.try_accept())
+            {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return r,
+            }
+        }
+    }
+
+    /// A connection that is waiting already; `WouldBlock` when none is.
+    pub fn try_accept(&self) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+        let (sock, addr) =
+            SockRef::from(&self.sock).accept4(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)?;
+        let peer = addr.as_socket().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "an accepted peer with no IP address",
+            )
+        })?;
+        Ok((sock.into(), peer))
+    }
+}
+
 /// Binds a listening socket (SO_REUSEADDR, backlog 4096), non-blocking, ready for tokio.
 pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
@@ -102,12 +161,15 @@ mod tests {
         let plain = tokio::net::TcpListener::from_std(listener.try_clone().unwrap()).unwrap();
         let _c1 = TcpStream::connect(addr).await.unwrap();
         let (before, _) = plain.accept().await.unwrap();
-        assert!(!inherited(&before, &tcp), "options before they were set");
+        assert!(
+            !inherited(SockRef::from(&before), &tcp),
+            "options before they were set"
+        );
         apply_listener(&listener, &tcp).unwrap();
         let _c2 = TcpStream::connect(addr).await.unwrap();
         let (after, _) = plain.accept().await.unwrap();
         assert!(
-            inherited(&after, &tcp),
+            inherited(SockRef::from(&after), &tcp),
             "the accepted socket lacks the listener's options"
         );
     }

@@ -1,13 +1,16 @@
 //! The byte stream under a connection, as the drivers use it: reads into a buffer once
-//! bytes are there, vectored writes when the peer takes them, the end of writing, and the
-//! TCP socket underneath (socket options, peeks, the lingering close).
+//! bytes are there, vectored writes when the peer takes them, plain reads (what the
+//! lingering close discards) and the end of writing.
 //!
 //! The drivers hold a client connection as a [`Transport`] object, so any stream that can
 //! do these plugs in beside plain TCP (TLS next: it decrypts into the same buffers and
-//! sends its `close_notify` before the FIN).
+//! sends its `close_notify` before the FIN). A client's TCP connection is a [`Tcp`], which
+//! joins the worker's event loop only once it has to wait; an upstream connection is a
+//! registered [`TcpStream`] from its connect on.
 
 use std::fmt;
-use std::io::{self, IoSlice};
+use std::io::{self, IoSlice, Read, Write};
+use std::sync::Mutex;
 use std::task::{ready, Context, Poll};
 
 use bytes::BytesMut;
@@ -35,11 +38,18 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>>;
 
+    /// Reads what the peer sent into `buf` (what is discarded: not counted); `Ok(0)` is
+    /// the peer's end of the stream.
+    fn poll_read(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>>;
+
     /// Ends the writing side, once (a FIN).
     fn send_fin(&self, stats: &IoStats);
 
-    /// The TCP socket underneath.
-    fn tcp(&self) -> &TcpStream;
+    /// Has the stream joined the event loop, so that a wait on it costs nothing more? (A
+    /// [`Tcp`] joins when it first has to wait.)
+    fn registered(&self) -> bool {
+        true
+    }
 }
 
 impl Transport for TcpStream {
@@ -67,13 +77,210 @@ impl Transport for TcpStream {
         }
     }
 
-    fn send_fin(&self, stats: &IoStats) {
-        super::send_fin(self, stats);
+    fn poll_read(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.poll_read_ready(cx))?;
+            match self.try_read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return Poll::Ready(r),
+            }
+        }
     }
 
-    fn tcp(&self) -> &TcpStream {
-        self
+    fn send_fin(&self, stats: &IoStats) {
+        super::send_fin(socket2::SockRef::from(self), stats);
     }
+}
+
+/// A client's TCP connection, which joins the worker's event loop only when it has to
+/// wait.
+///
+/// A request that is in the socket when it is accepted and answered at once, on a
+/// connection that then closes (`Connection: close`), never waits: the socket is read and
+/// written as it came from `accept`, and costs no `epoll_ctl` to register it nor one to
+/// remove it (HAProxy's speculative I/O does the same). The first read or write that would
+/// block registers the socket, and everything after goes through the event loop. A read
+/// that left the socket empty says the next one would block: that one registers without
+/// trying.
+///
+/// (One lock over the state, taken by each operation: a connection's operations come from
+/// its one task, so it is never contended, and the whole is no bigger than a registered
+/// stream plus the lock, which keeps a connection's shared block in its size class.)
+pub struct Tcp {
+    state: Mutex<State>,
+}
+
+enum State {
+    /// Not registered: read and written as `accept` gave it. `drained`: the last read
+    /// emptied it.
+    Plain {
+        sock: std::net::TcpStream,
+        drained: bool,
+    },
+    Registered(TcpStream),
+    /// Registering failed, and the socket went with it.
+    Lost,
+}
+
+// === impl Tcp ===
+
+impl Tcp {
+    /// A connection as `accept` gave it (non-blocking).
+    pub fn new(sock: std::net::TcpStream) -> Self {
+        Self {
+            state: Mutex::new(State::Plain {
+                sock,
+                drained: false,
+            }),
+        }
+    }
+
+    /// Has the socket joined the event loop?
+    pub fn is_registered(&self) -> bool {
+        matches!(*self.lock(), State::Registered(_))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("transport lock")
+    }
+}
+
+impl State {
+    /// The plain socket, if it has not registered and may have bytes to read.
+    fn readable_plain(&mut self) -> Option<(&std::net::TcpStream, &mut bool)> {
+        match self {
+            State::Plain {
+                sock,
+                drained: drained @ false,
+            } => Some((sock, drained)),
+            _ => None,
+        }
+    }
+
+    /// The registered socket, registering it now if it has not yet.
+    fn register(&mut self) -> io::Result<&TcpStream> {
+        if matches!(self, State::Plain { .. }) {
+            let State::Plain { sock, .. } = std::mem::replace(self, State::Lost) else {
+                unreachable!("matched above");
+            };
+            *self = State::Registered(TcpStream::from_std(sock)?);
+        }
+        match self {
+            State::Registered(t) => Ok(t),
+            _ => Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the socket was lost when it failed to register",
+            )),
+        }
+    }
+}
+
+impl fmt::Debug for Tcp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tcp")
+            .field("registered", &self.is_registered())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Transport for Tcp {
+    fn poll_fill(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+        stats: &IoStats,
+        read: usize,
+    ) -> Poll<io::Result<usize>> {
+        let mut state = self.lock();
+        if let Some((sock, drained)) = state.readable_plain() {
+            match fill_plain(sock, buf, read) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    stats.record_error(&e);
+                    return Poll::Ready(Err(e));
+                }
+                Ok((0, _)) => {
+                    stats.record_peer(PeerClose::Fin);
+                    return Poll::Ready(Ok(0));
+                }
+                Ok((n, emptied)) => {
+                    *drained = emptied;
+                    stats.add_read(n);
+                    return Poll::Ready(Ok(n));
+                }
+            }
+        }
+        match state.register() {
+            Ok(t) => poll_fill(t, buf, stats, read, cx),
+            Err(e) => {
+                stats.record_error(&e);
+                Poll::Ready(Err(e))
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let mut state = self.lock();
+        if let State::Plain { sock, .. } = &*state {
+            match (&*sock).write_vectored(bufs) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                r => return Poll::Ready(r),
+            }
+        }
+        state.register()?.poll_write_vectored(cx, bufs)
+    }
+
+    fn poll_read(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        let mut state = self.lock();
+        if let Some((sock, _)) = state.readable_plain() {
+            match (&*sock).read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                r => return Poll::Ready(r),
+            }
+        }
+        Transport::poll_read(state.register()?, cx, buf)
+    }
+
+    fn registered(&self) -> bool {
+        self.is_registered()
+    }
+
+    fn send_fin(&self, stats: &IoStats) {
+        match &*self.lock() {
+            State::Plain { sock, .. } => super::send_fin(socket2::SockRef::from(sock), stats),
+            State::Registered(t) => t.send_fin(stats),
+            State::Lost => {}
+        }
+    }
+}
+
+thread_local! {
+    /// Where a read of a plain socket lands before it is copied into the connection's
+    /// buffer: safe code reads only into initialised bytes, and zeroing the buffer's room
+    /// instead would touch pages that an idle connection's released buffer never needed.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; PLAIN_READ]);
+}
+
+/// The most one read of a plain socket takes (a request body's read).
+const PLAIN_READ: usize = 16 * 1024;
+
+/// One read of a plain (non-blocking) socket, of up to `read` bytes, appended to `buf`;
+/// how many bytes came, and whether they left the socket empty (fewer than asked for).
+fn fill_plain(
+    mut sock: &std::net::TcpStream,
+    buf: &mut BytesMut,
+    read: usize,
+) -> io::Result<(usize, bool)> {
+    SCRATCH.with_borrow_mut(|scratch| {
+        let want = read.clamp(1, scratch.len());
+        let n = sock.read(&mut scratch[..want])?;
+        buf.extend_from_slice(&scratch[..n]);
+        Ok((n, n < want))
+    })
 }
 
 /// Writes all of `bytes` to `t`, counted in `stats`.
@@ -171,5 +378,97 @@ pub fn poll_fill(
                 return Poll::Ready(Ok(n));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::socket::{bind, Listening};
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn fill(t: &Tcp, buf: &mut BytesMut, stats: &IoStats) -> io::Result<usize> {
+        std::future::poll_fn(|cx| t.poll_fill(cx, buf, stats, 4096)).await
+    }
+
+    async fn write(t: &Tcp, bytes: &[u8], stats: &IoStats) {
+        write_all(t, stats, bytes).await.unwrap();
+    }
+
+    /// A request that is in the socket when it is accepted, answered at once, never makes
+    /// the socket join the event loop; the next read, with the socket emptied, does, and
+    /// the connection goes on through it.
+    #[tokio::test]
+    async fn a_connection_registers_only_when_it_has_to_wait() {
+        let l = Listening::new(bind("127.0.0.1:0".parse().unwrap()).unwrap()).unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        client.write_all(b"first").await.unwrap();
+        // Accepted once the bytes are there (the loopback delivers them with the ACK).
+        let (stream, peer) = l.accept().await.unwrap();
+        assert_eq!(peer, client.local_addr().unwrap());
+        let t = Tcp::new(stream);
+        let stats = IoStats::default();
+        let mut buf = BytesMut::new();
+        let mut got = 0;
+        while got < 5 {
+            got += fill(&t, &mut buf, &stats).await.unwrap();
+        }
+        assert_eq!(&buf[..], b"first");
+        write(&t, b"answer", &stats).await;
+        assert!(
+            !t.is_registered(),
+            "nothing waited: the socket stays out of the loop"
+        );
+        let mut answer = [0u8; 6];
+        client.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"answer");
+
+        // Nothing to read: the read waits, so the socket registers, and the bytes that
+        // come later wake it.
+        let (read, ()) = tokio::join!(fill(&t, &mut buf, &stats), async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            client.write_all(b"second").await.unwrap();
+        });
+        assert!(read.unwrap() > 0);
+        while buf.len() < 11 {
+            fill(&t, &mut buf, &stats).await.unwrap();
+        }
+        assert_eq!(&buf[..], b"firstsecond");
+        assert!(t.is_registered());
+        write(&t, b"again", &stats).await;
+        let mut again = [0u8; 5];
+        client.read_exact(&mut again).await.unwrap();
+        assert_eq!(&again, b"again");
+        assert_eq!(stats.bytes_read.load(Ordering::Relaxed), 11);
+
+        // The FIN goes out through the registered socket; the client's FIN reads as 0.
+        t.send_fin(&stats);
+        assert_eq!(client.read(&mut again).await.unwrap(), 0);
+        client.shutdown().await.unwrap();
+        assert_eq!(fill(&t, &mut buf, &stats).await.unwrap(), 0);
+        assert_eq!(stats.peer(), PeerClose::Fin);
+    }
+
+    /// The end of the stream and the FIN work on a socket that never registered.
+    #[tokio::test]
+    async fn a_plain_socket_sees_the_peers_fin_and_sends_its_own() {
+        let l = Listening::new(bind("127.0.0.1:0".parse().unwrap()).unwrap()).unwrap();
+        let mut client = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        client.shutdown().await.unwrap();
+        let (stream, _) = l.accept().await.unwrap();
+        let t = Tcp::new(stream);
+        let stats = IoStats::default();
+        let mut scratch = [0u8; 16];
+        // The client's FIN may come after the accept: the read waits for it if so.
+        let n = std::future::poll_fn(|cx| t.poll_read(cx, &mut scratch)).await;
+        assert_eq!(n.unwrap(), 0);
+        t.send_fin(&stats);
+        assert!(stats.fin_sent.load(Ordering::Relaxed));
+        assert_eq!(client.read(&mut scratch).await.unwrap(), 0);
     }
 }

@@ -264,7 +264,7 @@ impl Cluster {
                 return Err(self.connect_failed(kind));
             }
         };
-        if let Err(e) = io::socket::apply(&stream, &self.cfg.tcp) {
+        if let Err(e) = io::socket::apply(socket2::SockRef::from(&stream), &self.cfg.tcp) {
             tracing::warn!(error = %e, "setting upstream socket options failed");
         }
         let local = stream.local_addr().ok();

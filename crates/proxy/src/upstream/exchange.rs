@@ -114,7 +114,8 @@ pub async fn exchange(
     let mut discarding = false;
     let (stream, buf, stats) = conn.split();
     loop {
-        while final_head.is_none() {
+        // (Nothing read yet, nothing to parse: the first turn of every exchange.)
+        while final_head.is_none() && !buf.is_empty() {
             let Some(h) = parse_response_head(buf, method)? else {
                 break;
             };

@@ -678,6 +678,41 @@ async fn r7_half_close_while_the_origin_thinks_closes_the_origin_within_1s() {
     .await;
 }
 
+/// R7 on a connection that never waited: the request and the client's FIN are both in
+/// the socket before linger accepts it (the client writes them without yielding to the
+/// runtime linger runs on), so linger reads and forwards the request without registering
+/// the socket with its event loop, and starts watching the client only once the wait for
+/// the origin has lasted a moment. The watch must still start on its own (nothing else
+/// wakes the connection while the origin thinks) and cancel the upstream request.
+#[tokio::test]
+async fn r7_fin_already_there_at_accept_still_closes_the_origin_within_1s() {
+    trace_init();
+    let (origin, linger) = origin_and_linger(
+        OriginConfig {
+            think: Some(Duration::from_secs(10)),
+            ..Default::default()
+        },
+        |_| {},
+    )
+    .await;
+    let mut plain = std::net::TcpStream::connect(linger.addr).unwrap();
+    std::io::Write::write_all(&mut plain, b"GET /slow HTTP/1.1\r\nhost: a\r\n\r\n").unwrap();
+    plain.shutdown(std::net::Shutdown::Write).unwrap();
+    let fin_at = Instant::now();
+    plain.set_nonblocking(true).unwrap();
+    let mut s = tokio::net::TcpStream::from_std(plain).unwrap();
+    wait_for_origin_requests(&origin, 1).await;
+    let took = wait_for_origin_close(&origin, fin_at).await;
+    assert!(
+        took < Duration::from_secs(1),
+        "origin saw the close after {took:?}"
+    );
+    let (bytes, _) = read_to_close(&mut s).await;
+    assert!(bytes.is_empty(), "nothing is written to a client that left");
+    let line = logged(&linger, "downstream.waiting.closed").await;
+    assert!(line.contains("client aborted while waiting"), "{line}");
+}
+
 /// With `half_close = "allow"`, a client that half-closes after its request (a valid
 /// HTTP/1.1 pattern some clients use) still gets the whole response, then EOF.
 #[tokio::test]

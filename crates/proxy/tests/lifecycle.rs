@@ -642,6 +642,25 @@ async fn r5_half_close_during_an_endless_stream_closes_the_origin_within_1s() {
     .await;
 }
 
+/// R7's outcome: the origin sees its connection close within 1 s of the client's FIN,
+/// nothing is written to the client that left, and the log says why.
+async fn aborted_while_waiting(
+    origin: &Origin,
+    linger: &InProcess,
+    s: &mut tokio::net::TcpStream,
+    fin_at: Instant,
+) {
+    let took = wait_for_origin_close(origin, fin_at).await;
+    assert!(
+        took < Duration::from_secs(1),
+        "origin saw the close after {took:?}"
+    );
+    let (bytes, _) = read_to_close(s).await;
+    assert!(bytes.is_empty(), "nothing is written to a client that left");
+    let line = logged(linger, "downstream.waiting.closed").await;
+    assert!(line.contains("client aborted while waiting"), "{line}");
+}
+
 #[tokio::test]
 async fn r7_half_close_while_the_origin_thinks_closes_the_origin_within_1s() {
     trace_init();
@@ -656,15 +675,7 @@ async fn r7_half_close_while_the_origin_thinks_closes_the_origin_within_1s() {
     wait_for_origin_requests(&origin, 1).await;
     s.shutdown().await.unwrap();
     let fin_at = Instant::now();
-    let took = wait_for_origin_close(&origin, fin_at).await;
-    assert!(
-        took < Duration::from_secs(1),
-        "origin saw the close after {took:?}"
-    );
-    let (bytes, _) = read_to_close(&mut s).await;
-    assert!(bytes.is_empty(), "nothing is written to a client that left");
-    let line = logged(&linger, "downstream.waiting.closed").await;
-    assert!(line.contains("client aborted while waiting"), "{line}");
+    aborted_while_waiting(&origin, &linger, &mut s, fin_at).await;
     // The client closing ends linger's lingering close at once.
     drop(s);
     explained(
@@ -702,15 +713,7 @@ async fn r7_fin_already_there_at_accept_still_closes_the_origin_within_1s() {
     plain.set_nonblocking(true).unwrap();
     let mut s = tokio::net::TcpStream::from_std(plain).unwrap();
     wait_for_origin_requests(&origin, 1).await;
-    let took = wait_for_origin_close(&origin, fin_at).await;
-    assert!(
-        took < Duration::from_secs(1),
-        "origin saw the close after {took:?}"
-    );
-    let (bytes, _) = read_to_close(&mut s).await;
-    assert!(bytes.is_empty(), "nothing is written to a client that left");
-    let line = logged(&linger, "downstream.waiting.closed").await;
-    assert!(line.contains("client aborted while waiting"), "{line}");
+    aborted_while_waiting(&origin, &linger, &mut s, fin_at).await;
 }
 
 /// With `half_close = "allow"`, a client that half-closes after its request (a valid

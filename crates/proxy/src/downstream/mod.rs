@@ -324,19 +324,28 @@ pub async fn accept_loop(
         tokio::select! {
             accepted = socket.accept() => match accepted {
                 Ok((stream, peer)) => spawn_connection(&worker, &listener, stream, peer, local),
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(listener = %listener.name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+                Err(e) => match io::socket::accept_error(&e) {
+                    io::socket::AcceptError::Connection => {
+                        tracing::debug!(listener = %listener.name, error = %e, "a connection failed before it was accepted");
+                    }
+                    io::socket::AcceptError::Backoff => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(listener = %listener.name, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
             },
             _ = drain.changed() => {}
         }
     }
     // Serve what the kernel already accepted into the backlog: closing the listener with
     // connections in it would reset them.
-    while let Ok((stream, peer)) = socket.try_accept() {
-        spawn_connection(&worker, &listener, stream, peer, local);
+    loop {
+        match socket.try_accept() {
+            Ok((stream, peer)) => spawn_connection(&worker, &listener, stream, peer, local),
+            Err(e) if io::socket::accept_error(&e) == io::socket::AcceptError::Connection => {}
+            Err(_) => break,
+        }
     }
     tracing::info!(listener = %listener.name, "stopped accepting");
 }

@@ -124,6 +124,38 @@ impl Listening {
     }
 }
 
+/// What an error from `accept` means for the loop that accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcceptError {
+    /// That one connection failed before it was accepted (the client reset it, or a
+    /// network error Linux passes on from the new socket, as accept(2) says): accept the
+    /// next at once.
+    Connection,
+    /// Anything else: out of file descriptors or memory, or nothing waiting. Wait a moment
+    /// before accepting again, rather than spin.
+    Backoff,
+}
+
+/// Sorts an `accept` error (see [`AcceptError`]).
+pub fn accept_error(e: &io::Error) -> AcceptError {
+    match e.raw_os_error() {
+        Some(
+            libc::ECONNABORTED
+            | libc::EINTR
+            | libc::EPERM
+            | libc::EPROTO
+            | libc::ENETDOWN
+            | libc::ENOPROTOOPT
+            | libc::EHOSTDOWN
+            | libc::ENONET
+            | libc::EHOSTUNREACH
+            | libc::EOPNOTSUPP
+            | libc::ENETUNREACH,
+        ) => AcceptError::Connection,
+        _ => AcceptError::Backoff,
+    }
+}
+
 /// Binds a listening socket (SO_REUSEADDR, backlog 4096), non-blocking, ready for tokio.
 pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
@@ -145,6 +177,30 @@ mod tests {
 
     /// The kernel hands a listening socket's options to the sockets it accepts: the
     /// listener-level setting is checked here on this machine's kernel.
+    #[test]
+    fn a_failed_connection_is_skipped_and_a_lack_of_resources_waits() {
+        let os = io::Error::from_raw_os_error;
+        for errno in [
+            libc::ECONNABORTED,
+            libc::EPROTO,
+            libc::ENETUNREACH,
+            libc::EPERM,
+        ] {
+            assert_eq!(accept_error(&os(errno)), AcceptError::Connection, "{errno}");
+        }
+        for errno in [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOBUFS,
+            libc::ENOMEM,
+            libc::EBADF,
+        ] {
+            assert_eq!(accept_error(&os(errno)), AcceptError::Backoff, "{errno}");
+        }
+        let empty = io::Error::from(io::ErrorKind::WouldBlock);
+        assert_eq!(accept_error(&empty), AcceptError::Backoff);
+    }
+
     #[tokio::test]
     async fn accepted_sockets_inherit_the_listeners_options() {
         let tcp = TcpConfig {

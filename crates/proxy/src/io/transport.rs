@@ -9,7 +9,7 @@
 //! registered [`TcpStream`] from its connect on.
 
 use std::fmt;
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice, Read};
 use std::sync::Mutex;
 use std::task::{ready, Context, Poll};
 
@@ -70,7 +70,9 @@ impl Transport for TcpStream {
     ) -> Poll<io::Result<usize>> {
         loop {
             ready!(self.poll_write_ready(cx))?;
-            match self.try_write_vectored(bufs) {
+            match self.try_io(tokio::io::Interest::WRITABLE, || {
+                write_some(&*socket2::SockRef::from(self), bufs)
+            }) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 r => return Poll::Ready(r),
             }
@@ -212,7 +214,7 @@ impl Transport for Tcp {
     ) -> Poll<io::Result<usize>> {
         let mut state = self.lock();
         if let State::Plain { sock, .. } = &*state {
-            match (&*sock).write_vectored(bufs) {
+            match write_some(sock, bufs) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 r => return Poll::Ready(r),
             }
@@ -274,8 +276,8 @@ pub async fn write_all(t: &dyn Transport, stats: &IoStats, bytes: &[u8]) -> io::
     write_parts(t, stats, &[bytes]).await
 }
 
-/// Writes all of `parts`, in order, to `t`: vectored, without copying them. Counted in
-/// `stats`.
+/// Writes all of `parts`, in order, to `t`: vectored, without copying them (empty parts
+/// are skipped, and what is one slice goes as a plain send). Counted in `stats`.
 pub async fn write_parts(t: &dyn Transport, stats: &IoStats, parts: &[&[u8]]) -> io::Result<()> {
     let mut idx = 0;
     let mut off = 0;
@@ -287,8 +289,15 @@ pub async fn write_parts(t: &dyn Transport, stats: &IoStats, parts: &[&[u8]]) ->
         }
         let mut slices = [IoSlice::new(&[]); 3];
         let mut n = 0;
-        for (i, p) in parts[idx..].iter().take(slices.len()).enumerate() {
-            slices[i] = IoSlice::new(if i == 0 { &p[off..] } else { p });
+        for (i, p) in parts[idx..].iter().enumerate() {
+            let p = if i == 0 { &p[off..] } else { p };
+            if p.is_empty() {
+                continue;
+            }
+            if n == slices.len() {
+                break;
+            }
+            slices[n] = IoSlice::new(p);
             n += 1;
         }
         let wrote = std::future::poll_fn(|cx| t.poll_write_vectored(cx, &slices[..n]));
@@ -309,6 +318,15 @@ pub async fn write_parts(t: &dyn Transport, stats: &IoStats, parts: &[&[u8]]) ->
         }
     }
     Ok(())
+}
+
+/// One write of `bufs` to a non-blocking socket: a plain send when there is one slice (it
+/// costs the kernel less than a vectored write of one).
+fn write_some(mut sock: impl io::Write, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    match bufs {
+        [one] => sock.write(one),
+        _ => sock.write_vectored(bufs),
+    }
 }
 
 /// Reads what `stream` has into `buf`, making room for a read of `read` bytes once bytes
@@ -381,6 +399,20 @@ mod tests {
         write_all(t, stats, bytes).await.unwrap();
     }
 
+    /// A client connected to a listener (and its writing side shut down first if `fin`),
+    /// then accepted as a [`Tcp`].
+    async fn accepted(fin: bool) -> (Tcp, tokio::net::TcpStream) {
+        let l = Listening::new(bind("127.0.0.1:0".parse().unwrap()).unwrap()).unwrap();
+        let mut client = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        if fin {
+            client.shutdown().await.unwrap();
+        }
+        let (stream, _) = l.accept().await.unwrap();
+        (Tcp::new(stream), client)
+    }
+
     /// A request that is in the socket when it is accepted, answered at once, never makes
     /// the socket join the event loop; the next read, with the socket emptied, does, and
     /// the connection goes on through it.
@@ -438,13 +470,7 @@ mod tests {
     /// The end of the stream and the FIN work on a socket that never registered.
     #[tokio::test]
     async fn a_plain_socket_sees_the_peers_fin_and_sends_its_own() {
-        let l = Listening::new(bind("127.0.0.1:0".parse().unwrap()).unwrap()).unwrap();
-        let mut client = tokio::net::TcpStream::connect(l.local_addr().unwrap())
-            .await
-            .unwrap();
-        client.shutdown().await.unwrap();
-        let (stream, _) = l.accept().await.unwrap();
-        let t = Tcp::new(stream);
+        let (t, mut client) = accepted(true).await;
         let stats = IoStats::default();
         let mut scratch = [0u8; 16];
         // The client's FIN may come after the accept: the read waits for it if so.
@@ -453,5 +479,34 @@ mod tests {
         t.send_fin(&stats);
         assert!(stats.fin_sent.load(Ordering::Relaxed));
         assert_eq!(client.read(&mut scratch).await.unwrap(), 0);
+    }
+
+    /// Parts go out whole and in order: empty ones skipped, one slice as a plain send, and
+    /// parts larger than the socket takes at once resumed where a write stopped (on a
+    /// plain socket that then registers, and on a registered one).
+    #[tokio::test]
+    async fn parts_go_out_in_order_past_empty_ones_and_short_writes() {
+        let (t, mut client) = accepted(false).await;
+        let stats = IoStats::default();
+        let big: Vec<u8> = (0..4 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+        let parts: [&[u8]; 6] = [b"head;", b"", &big, b"", b";", b"tail"];
+        let mut want = Vec::new();
+        for p in parts {
+            want.extend_from_slice(p);
+        }
+        let mut got = vec![0u8; want.len()];
+        // First on the plain socket, which a write that would block registers; then on
+        // the registered one, through the event loop.
+        for registered_before in [false, true] {
+            assert_eq!(t.registered(), registered_before);
+            let (wrote, read) = tokio::join!(write_parts(&t, &stats, &parts), async {
+                client.read_exact(&mut got).await
+            });
+            wrote.unwrap();
+            read.unwrap();
+            assert!(got == want, "the bytes arrive whole and in order");
+            assert!(t.registered());
+        }
+        assert_eq!(stats.bytes_written(), 2 * want.len() as u64);
     }
 }

@@ -17,6 +17,11 @@
 #   --idle-conns N     idle connections per proxy (default 10000)
 #   --idle-hold S      seconds to hold the idle connections (default 5)
 #   --json FILE        where to write the JSON report (default bench/results/latest.json)
+#   --pin              the proxy alone on the last T cpus, the origin and wrk on the others
+#                      (taskset): req/s then measures the proxy's own cost per request
+#                      without the scheduler's placement of four busy programs on shared
+#                      cpus; needs more cpus than the largest T; the `direct` row then has
+#                      the origin and wrk sharing their cpus
 #   --no-install       do not apt-get install missing tools
 #   --keep-tmp         keep the temporary directory (configs, logs, raw wrk output)
 #   -h, --help         this help
@@ -45,6 +50,7 @@ IDLE_HOLD=5
 JSON_OUT="$BENCH_DIR/results/latest.json"
 INSTALL=1
 KEEP_TMP=0
+PIN=0
 WRK_THREADS=${WRK_THREADS:-2}
 WRK_CONNS=${WRK_CONNS:-64}
 WARMUP=${WARMUP:-2s}
@@ -77,6 +83,7 @@ while (($#)); do
         --skip-idle) SKIP_IDLE=1; shift ;;
         --only-idle) ONLY_IDLE=1; shift ;;
         --no-install) INSTALL=0; shift ;;
+        --pin) PIN=1; shift ;;
         --keep-tmp) KEEP_TMP=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) die "unknown option: $1 (see --help)" ;;
@@ -101,8 +108,28 @@ for t in "${TARGET_LIST[@]}"; do
 done
 ((${#TARGET_LIST[@]})) || die "no targets"
 [[ $JSON_OUT = /* ]] || JSON_OUT="$PWD/$JSON_OUT"
+NCPU=$(nproc)
+if ((PIN)); then
+    command -v taskset >/dev/null || die "--pin needs taskset (util-linux)"
+    for t in "${THREADS[@]}"; do
+        ((t < NCPU)) || die "--pin: T=$t leaves no cpu for the origin and wrk on this $NCPU-cpu machine"
+    done
+fi
 
 has_target() { local x; for x in "${TARGET_LIST[@]}"; do [[ $x == "$1" ]] && return 0; done; return 1; }
+
+# With --pin, for T proxy threads: the proxy's cpus (the last T) and the others' (the rest).
+proxy_cpus() { echo "$((NCPU - $1))-$((NCPU - 1))"; }
+load_cpus() { echo "0-$((NCPU - $1 - 1))"; }
+# pin_tree PID CPUS: every thread of PID and of its descendants onto CPUS.
+pin_tree() {
+    local p
+    for p in "$1" $(descendants "$1"); do
+        taskset -a -p -c "$2" "$p" >/dev/null || die "taskset -a -p -c $2 $p failed"
+    done
+}
+# What runs load (wrk) is prefixed with LOAD_PREFIX: taskset onto the load cpus with --pin.
+LOAD_PREFIX=()
 RUN_BENCH=$((ONLY_IDLE ? 0 : 1))
 RUN_IDLE=$((SKIP_IDLE ? 0 : 1))
 IDLE_TARGETS=()
@@ -316,13 +343,21 @@ if ((RUN_BENCH)); then
             fi
         done
         if ((${#ACTIVE[@]} == 0)); then continue; fi
+        if ((PIN)); then
+            pin_tree "$ORIGIN_PID" "$(load_cpus "$T")"
+            for t in "${ACTIVE[@]}"; do
+                [[ $t == direct ]] || pin_tree "${TPID[$t]}" "$(proxy_cpus "$T")"
+            done
+            LOAD_PREFIX=(taskset -c "$(load_cpus "$T")")
+            echo "   pinned: proxies on cpus $(proxy_cpus "$T"), origin and wrk on cpus $(load_cpus "$T")"
+        fi
         n=${#ACTIVE[@]}
         for w in "${WORKLOAD_LIST[@]}"; do
             IFS='|' read -r -a wargs <<<"${W_ARGS[$w]}"
             wrk_base=("-t$WRK_THREADS" "-c${W_CONNS[$w]}" "${wargs[@]}")
             if [[ $WARMUP != 0 ]]; then
                 for t in "${ACTIVE[@]}"; do
-                    timeout 120 wrk "${wrk_base[@]}" "-d$WARMUP" "http://127.0.0.1:${TPORT[$t]}${W_PATH[$w]}" \
+                    "${LOAD_PREFIX[@]}" timeout 120 wrk "${wrk_base[@]}" "-d$WARMUP" "http://127.0.0.1:${TPORT[$t]}${W_PATH[$w]}" \
                         >/dev/null 2>&1 || true
                 done
             fi
@@ -340,7 +375,7 @@ if ((RUN_BENCH)); then
                         --pid "${TPID[$t]}" --out "$RUNS_JSONL" --raw-dir "$WORK/wrk")
                     for x in "${wargs[@]}"; do args+=("--wrk-arg=$x"); done
                     [[ $t != direct ]] && args+=(--origin-pid "$ORIGIN_PID")
-                    "$PY" "$LIB/measure_wrk.py" "${args[@]}" ||
+                    "${LOAD_PREFIX[@]}" "$PY" "$LIB/measure_wrk.py" "${args[@]}" ||
                         problem "$t" "bench-$w-t$T-r$r" "measurement failed (see round line above)"
                 done
             done
@@ -377,6 +412,7 @@ nginx_prealloc_probe() {
 }
 
 if ((RUN_IDLE)); then
+    ((PIN)) && pin_tree "$ORIGIN_PID" "0-$((NCPU - 1))"
     echo "== idle keep-alive test: $IDLE_CONNS connections, hold ${IDLE_HOLD}s, 1 worker/thread"
     for t in "${IDLE_TARGETS[@]}"; do
         PROBE_RES=null
@@ -406,7 +442,7 @@ print(json.dumps(dict(
     targets=a[0].split(","), threads=[int(x) for x in a[1].split(",")], rounds=int(a[2]),
     duration=a[3], wrk_threads=int(a[4]), wrk_conns=int(a[5]), warmup=a[6],
     idle_conns=int(a[7]), idle_hold_s=float(a[8]), bench=a[9] == "1", idle=a[10] == "1",
-    nofile=int(a[11]), origin="nginx 1 worker: / return 200 \"ok\\n\"; /64k, /1m static files; "
+    nofile=int(a[11]), pin=a[15] == "1", origin="nginx 1 worker: / return 200 \"ok\\n\"; /64k, /1m static files; "
     "/post reads the body, then 200 \"ok\\n\"",
     workloads=[json.loads(x) for x in open(a[12])],
     equal_work=dict(x_forwarded_for=True, requests_per_client_connection=int(a[13]),
@@ -415,7 +451,7 @@ print(json.dumps(dict(
                     linger="shipped defaults"))))
 ' "$TARGETS" "$THREADS_LIST" "$ROUNDS" "$DURATION" "$WRK_THREADS" "$WRK_CONNS" "$WARMUP" \
     "$IDLE_CONNS" "$IDLE_HOLD" "$RUN_BENCH" "$RUN_IDLE" "$NOFILE" "$WORKLOADS_JSONL" \
-    "$REQUESTS_PER_CONN" "$NGINX_UPSTREAM_KEEPALIVE")
+    "$REQUESTS_PER_CONN" "$NGINX_UPSTREAM_KEEPALIVE" "$PIN")
 
 "$PY" "$LIB/report.py" --runs "$RUNS_JSONL" --idle "$IDLE_JSONL" --checks "$CHECKS_JSONL" \
     --errors "$ERRORS_JSONL" --config "$CONFIG_JSON" --json "$JSON_OUT" --repo "$REPO_DIR" \

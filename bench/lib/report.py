@@ -340,6 +340,9 @@ def main():
     if "linger_git_rev" in m:
         print(f"linger: {m['versions'].get('linger', '-')} rev {m['linger_git_rev']}"
               f"{' (dirty)' if m.get('linger_git_dirty') else ''}")
+    if cfg.get("pin"):
+        print("pinned (--pin): each proxy alone on its cpus, the origin and wrk on the others; "
+              "req/s measures the proxy's own cost per request")
     print(f"JSON written to {a.json}")
 
 

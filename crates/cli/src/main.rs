@@ -279,8 +279,13 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
 
     // One current-thread runtime per worker, each accepting on its own copy of the sockets.
+    let cpus = server.worker_cpus();
+    if let Some(c) = &cpus {
+        tracing::info!(cpus = ?c, "workers pinned to CPUs (runtime.pin_workers)");
+    }
     let mut threads = Vec::with_capacity(workers);
     for i in 0..workers {
+        let cpu = cpus.as_ref().map(|c| c[i]);
         let copies: Vec<std::net::TcpListener> =
             match sockets.iter().map(|s| s.try_clone()).collect() {
                 Ok(c) => c,
@@ -293,6 +298,11 @@ fn serve(args: ServeArgs) -> ExitCode {
         let t = std::thread::Builder::new()
             .name(format!("linger-worker-{i}"))
             .spawn(move || {
+                if let Some(cpu) = cpu {
+                    if let Err(e) = Server::pin_worker_thread(cpu) {
+                        tracing::warn!(worker = i, cpu, error = %e, "worker not pinned");
+                    }
+                }
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()

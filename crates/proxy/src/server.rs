@@ -30,6 +30,8 @@ pub struct Server {
     /// What linger learned of each endpoint, by cluster and endpoint, shared by the workers.
     pub learned: Book,
     listeners: Vec<Arc<ListenerCtx>>,
+    /// Every running worker, for handing accepted connections to the least busy.
+    workers: Arc<downstream::spread::Workers>,
     drain_tx: watch::Sender<Drain>,
     ready_tx: watch::Sender<bool>,
 }
@@ -74,6 +76,7 @@ impl Server {
             registry,
             learned,
             listeners,
+            workers: Default::default(),
             drain_tx,
             ready_tx,
         })
@@ -130,14 +133,17 @@ impl Server {
         // Lives on, as the drain's forwarder does, while the worker's connections finish:
         // their drain grace and timeouts still wake through it.
         tokio::spawn(deadlines.clone().run());
-        let worker = Arc::new(WorkerCtx {
-            metrics: self.metrics.clone(),
-            access_log: self.access_log.clone(),
-            clusters: clusters.clone(),
-            drain: worker_drain,
-            conns: self.conns.clone(),
-            registry: self.registry.clone(),
-            deadlines,
+        let (me, worker) = self.workers.register(|me| {
+            Arc::new(WorkerCtx {
+                metrics: self.metrics.clone(),
+                access_log: self.access_log.clone(),
+                clusters: clusters.clone(),
+                drain: worker_drain,
+                conns: self.conns.clone(),
+                registry: self.registry.clone(),
+                deadlines,
+                share: downstream::spread::Share::new(&self.metrics, me),
+            })
         });
         let reaper = tokio::spawn(async move {
             let mut tick = tokio::time::interval(REAP_INTERVAL);
@@ -164,12 +170,32 @@ impl Server {
                 worker.clone(),
                 ctx.clone(),
                 sock,
+                self.workers.clone(),
+                me,
             )));
         }
         for a in accepts {
             let _ = a.await;
         }
         reaper.abort();
+    }
+
+    /// The CPU each worker thread pins itself to, in worker order (`[runtime] pin_workers`,
+    /// `io/cpu.rs`), or `None` for no pinning. Call it before any thread is pinned.
+    pub fn worker_cpus(&self) -> Option<Vec<usize>> {
+        let allowed = match crate::io::cpu::allowed() {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the CPUs linger may use; workers not pinned");
+                return None;
+            }
+        };
+        crate::io::cpu::plan(self.config.pin_workers, self.config.workers, &allowed)
+    }
+
+    /// Pins the calling worker thread to `cpu` (one of [`Server::worker_cpus`]).
+    pub fn pin_worker_thread(cpu: usize) -> std::io::Result<()> {
+        crate::io::cpu::pin_this_thread(cpu)
     }
 
     /// Readiness for `/ready`: false from the first drain signal on.

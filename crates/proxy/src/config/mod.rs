@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::io::cpu::PinWorkers;
+
 pub use self::duration::ConfigDuration;
 
 // ===== defaults =====
@@ -154,6 +156,10 @@ pub struct FileRuntime {
     /// Worker threads; 0 means one per core.
     #[serde(default)]
     pub workers: usize,
+    /// Pin each worker to a CPU: `"auto"` (when there is one worker per allowed CPU),
+    /// `"on"` or `"off"`.
+    #[serde(default)]
+    pub pin_workers: PinWorkers,
     /// `"stdout"`, `"off"`, or a file path.
     #[serde(default = "default_access_log")]
     pub access_log: String,
@@ -463,6 +469,7 @@ pub struct Config {
     /// Closed connections whose journals are kept.
     pub closed_connections: usize,
     pub workers: usize,
+    pub pin_workers: PinWorkers,
     pub access_log: AccessLogTarget,
     pub drain_timeout: Duration,
     pub drain_delay: Duration,
@@ -922,6 +929,7 @@ impl File {
             admin,
             closed_connections: self.admin.closed_connections,
             workers,
+            pin_workers: self.runtime.pin_workers,
             access_log,
             drain_timeout: self.runtime.drain_timeout.0,
             drain_delay: self.runtime.drain_delay.0,

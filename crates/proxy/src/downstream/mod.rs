@@ -12,6 +12,7 @@ pub(crate) mod deadlines;
 mod driver;
 mod inbound;
 pub mod service;
+pub(crate) mod spread;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -90,6 +91,9 @@ pub struct WorkerCtx {
     pub registry: Arc<Registry>,
     /// The deadlines of this worker's connections' waits.
     pub deadlines: Arc<deadlines::Deadlines>,
+    /// This worker's open downstream connections, as the other workers read them when
+    /// they accept (`spread.rs`).
+    pub share: spread::Share,
 }
 
 // === impl WorkerCtx ===
@@ -309,6 +313,8 @@ pub async fn accept_loop(
     worker: Arc<WorkerCtx>,
     listener: Arc<ListenerCtx>,
     socket: io::socket::Listening,
+    workers: Arc<spread::Workers>,
+    me: usize,
 ) {
     let mut drain = worker.drain.clone();
     // Bound to one address, every accepted connection's local address is that one: no
@@ -323,7 +329,10 @@ pub async fn accept_loop(
         }
         tokio::select! {
             accepted = socket.accept() => match accepted {
-                Ok((stream, peer)) => spawn_connection(&worker, &listener, stream, peer, local),
+                Ok((stream, peer)) => match workers.pick(me) {
+                    None => spawn_connection(&worker, &listener, Accepted { stream, peer, local }),
+                    Some(to) => spread::hand_off(to, listener.clone(), Accepted { stream, peer, local }),
+                },
                 Err(e) => match io::socket::accept_error(&e) {
                     io::socket::AcceptError::Connection => {
                         tracing::debug!(listener = %listener.name, error = %e, "a connection failed before it was accepted");
@@ -342,7 +351,17 @@ pub async fn accept_loop(
     // connections in it would reset them.
     loop {
         match socket.try_accept() {
-            Ok((stream, peer)) => spawn_connection(&worker, &listener, stream, peer, local),
+            Ok((stream, peer)) => {
+                spawn_connection(
+                    &worker,
+                    &listener,
+                    Accepted {
+                        stream,
+                        peer,
+                        local,
+                    },
+                );
+            }
             Err(e) if io::socket::accept_error(&e) == io::socket::AcceptError::Connection => {}
             Err(_) => break,
         }
@@ -350,15 +369,24 @@ pub async fn accept_loop(
     tracing::info!(listener = %listener.name, "stopped accepting");
 }
 
-fn spawn_connection(
-    worker: &Arc<WorkerCtx>,
-    listener: &Arc<ListenerCtx>,
+/// A connection as accepted: its socket, the peer's address and ours (when known without
+/// asking the socket).
+pub(crate) struct Accepted {
     stream: std::net::TcpStream,
     peer: SocketAddr,
     local: Option<SocketAddr>,
-) {
+}
+
+fn spawn_connection(worker: &Arc<WorkerCtx>, listener: &Arc<ListenerCtx>, accepted: Accepted) {
     worker.conns.inc();
-    let opened = open_connection(worker, listener, stream, peer, local);
+    worker.share.held.inc();
+    start_counted(worker, listener, accepted);
+}
+
+/// Opens and spawns a connection already counted as open and as `worker`'s, on the
+/// current runtime (`worker`'s).
+fn start_counted(worker: &Arc<WorkerCtx>, listener: &Arc<ListenerCtx>, accepted: Accepted) {
+    let opened = open_connection(worker, listener, accepted);
     tokio::spawn(io::clock::Clocked::new(serve_connection(opened)));
 }
 
@@ -376,9 +404,11 @@ pub(crate) struct Opened {
 fn open_connection(
     worker: &Arc<WorkerCtx>,
     listener: &Arc<ListenerCtx>,
-    stream: std::net::TcpStream,
-    peer: SocketAddr,
-    local: Option<SocketAddr>,
+    Accepted {
+        stream,
+        peer,
+        local,
+    }: Accepted,
 ) -> Opened {
     listener.socket_options(&stream);
     let labels = ListenerLabels {
@@ -455,6 +485,7 @@ fn serve_connection(o: Opened) -> impl std::future::Future<Output = ()> {
             &o.shared,
         ))
         .await;
+        o.svc.worker.share.held.dec();
         o.svc.worker.conns.dec();
     }
 }

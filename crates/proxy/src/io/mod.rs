@@ -10,6 +10,7 @@
 //! (nothing can be unread).
 
 pub mod clock;
+pub mod cpu;
 pub mod socket;
 pub mod transport;
 

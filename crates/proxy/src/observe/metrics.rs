@@ -73,6 +73,11 @@ pub struct LearnedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerLabels {
+    pub worker: usize,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RaceLabels {
     pub race: &'static str,
     pub what: &'static str,
@@ -117,6 +122,10 @@ pub struct Metrics {
     pub learned_idle: Family<EndpointLabels, Gauge<f64, AtomicU64>>,
     /// Changes of what linger learned of an endpoint, by cause.
     pub learned_changes: Family<LearnedLabels, Counter>,
+    /// Downstream connections each worker holds (the spread over the workers).
+    pub worker_connections: Family<WorkerLabels, Gauge>,
+    /// Connections another worker accepted and handed to this one, to even the spread.
+    pub worker_handoffs: Family<WorkerLabels, Counter>,
 }
 
 fn seconds_buckets() -> Histogram {
@@ -280,6 +289,18 @@ impl Metrics {
                 r,
                 "upstream_learned_changes",
                 "Changes of what linger learned of an endpoint's closes, by cause",
+                Family::default(),
+            ),
+            worker_connections: listed(
+                r,
+                "worker_connections_open",
+                "Downstream connections open now, by worker",
+                Family::default(),
+            ),
+            worker_handoffs: listed(
+                r,
+                "worker_handoffs",
+                "Connections another worker accepted and handed to this one, by worker",
                 Family::default(),
             ),
             registry: root,

@@ -12,7 +12,7 @@ mod support;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,16 +24,6 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 /// The longest the browser script may run; it has its own, shorter, limits.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The running binary, killed (by its own PID) and reaped when dropped.
-struct Linger(Child);
-
-impl Drop for Linger {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn workspace_root() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -57,7 +47,7 @@ fn browser_missing(root: &Path) -> Option<String> {
 
 /// Starts `linger serve` with an admin listener; returns it with the proxy's and the
 /// admin listener's addresses, read from its log.
-fn spawn_linger(upstream: &str) -> (Linger, String, String) {
+fn spawn_linger(upstream: &str) -> (support::Running, String, String) {
     let (child, rx) = support::spawn_serve(&[
         "--listen",
         "127.0.0.1:0",
@@ -70,7 +60,7 @@ fn spawn_linger(upstream: &str) -> (Linger, String, String) {
         "--access-log",
         "off",
     ]);
-    let linger = Linger(child);
+    let linger = support::Running(child);
     let (proxy, admin) = support::addresses(&rx, true);
     (linger, proxy, admin.expect("admin address"))
 }

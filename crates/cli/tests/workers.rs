@@ -61,7 +61,7 @@ fn worker_cpus(pid: u32, want: &[(usize, Vec<usize>)]) -> Vec<(usize, Vec<usize>
 
 /// Starts linger with `runtime` as its `[runtime]` table, in front of `origin`, with the
 /// admin listener on; returns it with its proxy and admin addresses.
-fn spawn(origin: &Origin, runtime: &str, name: &str) -> (std::process::Child, String, String) {
+fn spawn(origin: &Origin, runtime: &str, name: &str) -> (support::Running, String, String) {
     let dir = std::env::temp_dir().join(format!("linger-workers-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let conf = dir.join("linger.toml");
@@ -77,7 +77,11 @@ fn spawn(origin: &Origin, runtime: &str, name: &str) -> (std::process::Child, St
     .unwrap();
     let (child, rx) = support::spawn_serve(&["--config", conf.to_str().unwrap()]);
     let (proxy, admin) = support::addresses(&rx, true);
-    (child, proxy, admin.expect("the admin address"))
+    (
+        support::Running(child),
+        proxy,
+        admin.expect("the admin address"),
+    )
 }
 
 /// The value of `name` in an exposition (0 when absent).
@@ -99,14 +103,6 @@ async fn scrape(admin: &str) -> String {
     }
 }
 
-fn stop(mut child: std::process::Child) {
-    std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let _ = child.wait();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_are_pinned_and_connections_spread_evenly_over_them() {
     let origin = Origin::start(OriginConfig::default()).await.unwrap();
@@ -114,7 +110,7 @@ async fn workers_are_pinned_and_connections_spread_evenly_over_them() {
     let allowed = allowed_cpus("/proc/self/status");
     let want = vec![(0, vec![allowed[0]]), (1, vec![allowed[1 % allowed.len()]])];
     assert_eq!(
-        worker_cpus(child.id(), &want),
+        worker_cpus(child.0.id(), &want),
         want,
         "worker i runs on allowed CPU i (of {allowed:?})"
     );
@@ -146,7 +142,7 @@ async fn workers_are_pinned_and_connections_spread_evenly_over_them() {
     assert_eq!(held[0] + held[1], 20, "{held:?}\n{m}");
     assert!(held[0].abs_diff(held[1]) <= 3, "uneven: {held:?}");
     drop(clients);
-    stop(child);
+    drop(child);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,6 +151,5 @@ async fn pin_workers_off_leaves_the_workers_to_the_kernel() {
     let (child, _, _) = spawn(&origin, "workers = 2\npin_workers = \"off\"", "off");
     let allowed = allowed_cpus("/proc/self/status");
     let want = vec![(0, allowed.clone()), (1, allowed)];
-    assert_eq!(worker_cpus(child.id(), &want), want);
-    stop(child);
+    assert_eq!(worker_cpus(child.0.id(), &want), want);
 }

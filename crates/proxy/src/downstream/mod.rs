@@ -102,6 +102,18 @@ impl WorkerCtx {
     pub fn is_draining(&self) -> bool {
         *self.drain.borrow() != Drain::Running
     }
+
+    /// Counts a downstream connection as open, and as this worker's.
+    fn count_in(&self) {
+        self.conns.inc();
+        self.share.held.inc();
+    }
+
+    /// Takes back what [`WorkerCtx::count_in`] counted.
+    fn count_out(&self) {
+        self.share.held.dec();
+        self.conns.dec();
+    }
 }
 
 /// One listener's settings and routes.
@@ -378,8 +390,7 @@ pub(crate) struct Accepted {
 }
 
 fn spawn_connection(worker: &Arc<WorkerCtx>, listener: &Arc<ListenerCtx>, accepted: Accepted) {
-    worker.conns.inc();
-    worker.share.held.inc();
+    worker.count_in();
     start_counted(worker, listener, accepted);
 }
 
@@ -485,8 +496,7 @@ fn serve_connection(o: Opened) -> impl std::future::Future<Output = ()> {
             &o.shared,
         ))
         .await;
-        o.svc.worker.share.held.dec();
-        o.svc.worker.conns.dec();
+        o.svc.worker.count_out();
     }
 }
 

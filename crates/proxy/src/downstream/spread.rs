@@ -107,8 +107,7 @@ struct Counted(Option<Arc<WorkerCtx>>);
 
 impl Counted {
     fn new(worker: Arc<WorkerCtx>) -> Self {
-        worker.conns.inc();
-        worker.share.held.inc();
+        worker.count_in();
         Self(Some(worker))
     }
 
@@ -122,8 +121,7 @@ impl Counted {
 impl Drop for Counted {
     fn drop(&mut self) {
         if let Some(w) = self.0.take() {
-            w.share.held.dec();
-            w.conns.dec();
+            w.count_out();
         }
     }
 }

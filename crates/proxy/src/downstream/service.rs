@@ -337,6 +337,16 @@ struct UpstreamHead {
     expect_continue: bool,
 }
 
+/// A request past its checks and its route, taken apart: what the phases that wait need
+/// of it.
+struct Routed {
+    cluster: Arc<Cluster>,
+    request_buffer: usize,
+    facts: RequestFacts,
+    body: Incoming,
+    head: UpstreamHead,
+}
+
 /// What becomes of the request body.
 #[derive(Default)]
 struct BodyPlan {
@@ -667,63 +677,110 @@ impl DsService {
         }
     }
 
-    pub(super) async fn handle(self, req: Request<Incoming>) -> Response<DownBody> {
+    /// The request path for one request. What needs only the request (its checks, its
+    /// route, the head as it goes upstream) is done here, before the future is built: the
+    /// request, taken apart, is not kept in the future, which is copied into its box and
+    /// lives on the heap while the exchange runs.
+    pub(super) fn handle(
+        self,
+        req: Request<Incoming>,
+    ) -> impl std::future::Future<Output = Response<DownBody>> {
         let mut inflight = self.begin(&req);
-        match self.forward(req, &mut inflight).await {
-            Ok(resp) => resp,
-            Err(r) => self.local(&mut inflight, r.status, r.term, r.detail, r.close),
+        let routed = self.routed(req, &mut inflight);
+        async move {
+            let result = match routed {
+                Ok(routed) => self.forward(routed, &mut inflight).await,
+                Err(r) => Err(r),
+            };
+            match result {
+                Ok(resp) => resp,
+                Err(r) => self.local(&mut inflight, r.status, r.term, r.detail, r.close),
+            }
         }
     }
 
-    /// The request path, phase by phase: check, route, the upstream head, the body, the
-    /// tries, the response. Every refusal comes back as a [`Refusal`] that `handle` answers.
-    async fn forward(
-        &self,
-        req: Request<Incoming>,
-        inflight: &mut Inflight,
-    ) -> Result<Response<DownBody>, Refusal> {
+    /// The phases that need only the request: check, route, the upstream head.
+    fn routed(&self, req: Request<Incoming>, inflight: &mut Inflight) -> Result<Routed, Refusal> {
         validate(&req)?;
         let (cluster, request_buffer) = self.route_request(&req, inflight)?;
         let facts = RequestFacts::of(&req);
         let (parts, body) = req.into_parts();
         let head = self.upstream_head(parts, facts.ambiguous_body);
-        let ds_upgrade = head.upgrade.is_some();
-        let plan = self
-            .request_body(body, &cluster, request_buffer, &facts, &head, inflight)
-            .await?;
-        cluster.budget.deposit();
-        let replayable = plan.stream.is_none();
-        let mut prepared = Prepared {
-            chunked: plan.stream.is_some() && !head.headers.contains_key(header::CONTENT_LENGTH),
-            method: head.method,
-            target: head.target,
-            preserve_host: self.listener.cfg.headers.preserve_host && head.has_host,
-            headers: head.headers,
-            added: head.added,
-            replay: plan.replay,
-            stream: plan.stream.map(UpBody::Stream),
-            gate: plan.gate,
-            early_wait: match self.listener.cfg.early_response {
-                EarlyResponsePolicy::Hold => self.listener.cfg.early_response_hold,
-                EarlyResponsePolicy::Close => EARLY_RESPONSE_GRACE,
-            },
-            may_retry: facts.idempotent && replayable,
-        };
-        let (conn, answered) = self
-            .tries(&cluster, &mut prepared, &plan.progress, &facts, inflight)
-            .await?;
-        let rest = prepared.stream.take();
-        Ok(self.respond(
-            inflight,
+        Ok(Routed {
             cluster,
-            conn,
-            answered,
-            rest,
-            ds_upgrade,
-            head.upgrade,
-            facts.ambiguous_body,
-            facts.wants_close,
-        ))
+            request_buffer,
+            facts,
+            body,
+            head,
+        })
+    }
+
+    /// The phases that wait: the body, the tries, the response. Every refusal comes back
+    /// as a [`Refusal`] that `handle` answers. (A block rather than an `async fn`, whose
+    /// argument the future would hold twice; and `routed` is used in place, as its fields
+    /// bound to locals would take their size again.)
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its argument twice: 272 bytes more in every request's future"
+    )]
+    fn forward<'a>(
+        &'a self,
+        routed: Routed,
+        inflight: &'a mut Inflight,
+    ) -> impl std::future::Future<Output = Result<Response<DownBody>, Refusal>> + 'a {
+        async move {
+            let ds_upgrade = routed.head.upgrade.is_some();
+            let plan = self
+                .request_body(
+                    routed.body,
+                    &routed.cluster,
+                    routed.request_buffer,
+                    &routed.facts,
+                    &routed.head,
+                    inflight,
+                )
+                .await?;
+            routed.cluster.budget.deposit();
+            let replayable = plan.stream.is_none();
+            let mut prepared = Prepared {
+                chunked: plan.stream.is_some()
+                    && !routed.head.headers.contains_key(header::CONTENT_LENGTH),
+                method: routed.head.method,
+                target: routed.head.target,
+                preserve_host: self.listener.cfg.headers.preserve_host && routed.head.has_host,
+                headers: routed.head.headers,
+                added: routed.head.added,
+                replay: plan.replay,
+                stream: plan.stream.map(UpBody::Stream),
+                gate: plan.gate,
+                early_wait: match self.listener.cfg.early_response {
+                    EarlyResponsePolicy::Hold => self.listener.cfg.early_response_hold,
+                    EarlyResponsePolicy::Close => EARLY_RESPONSE_GRACE,
+                },
+                may_retry: routed.facts.idempotent && replayable,
+            };
+            let (conn, answered) = self
+                .tries(
+                    &routed.cluster,
+                    &mut prepared,
+                    &plan.progress,
+                    &routed.facts,
+                    inflight,
+                )
+                .await?;
+            let rest = prepared.stream.take();
+            Ok(self.respond(
+                inflight,
+                routed.cluster,
+                conn,
+                answered,
+                rest,
+                ds_upgrade,
+                routed.head.upgrade,
+                routed.facts.ambiguous_body,
+                routed.facts.wants_close,
+            ))
+        }
     }
 
     /// A request head arrived: count it, note it, and start its access record.

@@ -68,6 +68,7 @@ impl Server {
             .collect();
         let (drain_tx, _) = watch::channel(Drain::Running);
         let (ready_tx, _) = watch::channel(true);
+        let workers = Arc::new(downstream::spread::Workers::new(config.workers));
         Arc::new(Self {
             config: Arc::new(config),
             metrics,
@@ -76,7 +77,7 @@ impl Server {
             registry,
             learned,
             listeners,
-            workers: Default::default(),
+            workers,
             drain_tx,
             ready_tx,
         })

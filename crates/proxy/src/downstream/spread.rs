@@ -14,7 +14,8 @@
 //! even (a handoff costs a wakeup of the other worker): 1, plus 1/32 of what the least
 //! busy worker holds.
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -23,14 +24,16 @@ use tokio::runtime::Handle;
 use super::{ListenerCtx, WorkerCtx};
 use crate::observe::metrics::{Metrics, WorkerLabels};
 
-/// The workers that accept, as each registers when it starts.
-#[derive(Debug, Default)]
+/// The workers that accept, each in its slot from when it starts. The slots are fixed
+/// when the server is built, so an accept reads them without a lock.
+#[derive(Debug)]
 pub struct Workers {
-    slots: Mutex<Vec<Slot>>,
+    slots: Box<[OnceLock<Slot>]>,
+    next: AtomicUsize,
 }
 
 /// A worker as the others see it: where to spawn a connection, and what it holds.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Slot {
     handle: Handle,
     ctx: Arc<WorkerCtx>,
@@ -61,39 +64,50 @@ impl Share {
 // === impl Workers ===
 
 impl Workers {
+    /// Room for `count` workers (the configured number).
+    pub fn new(count: usize) -> Self {
+        Self {
+            slots: (0..count).map(|_| OnceLock::new()).collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
     /// Adds the calling worker (its runtime is the current one), built by `make` from its
-    /// index.
+    /// index. A worker past the configured number serves what it accepts itself.
     pub fn register(&self, make: impl FnOnce(usize) -> Arc<WorkerCtx>) -> (usize, Arc<WorkerCtx>) {
-        let mut slots = self.slots.lock().expect("workers lock");
-        let me = slots.len();
+        let me = self.next.fetch_add(1, Ordering::Relaxed);
         let ctx = make(me);
-        slots.push(Slot {
-            handle: Handle::current(),
-            ctx: ctx.clone(),
-        });
+        if let Some(slot) = self.slots.get(me) {
+            let set = slot.set(Slot {
+                handle: Handle::current(),
+                ctx: ctx.clone(),
+            });
+            debug_assert!(set.is_ok(), "each index is taken once");
+        }
         (me, ctx)
     }
 
     /// The worker that should serve a connection worker `me` just accepted, or `None`
-    /// when that is `me`.
-    pub fn pick(&self, me: usize) -> Option<Slot> {
-        let slots = self.slots.lock().expect("workers lock");
-        if slots.len() < 2 {
+    /// when that is `me`. (A worker not started yet holds nothing to hand to.)
+    pub fn pick(&self, me: usize) -> Option<&Slot> {
+        if self.slots.len() < 2 {
             return None;
         }
-        let held = slots
-            .iter()
-            .map(|s| usize::try_from(s.ctx.share.held.get()).unwrap_or(0));
+        let held = self.slots.iter().map(|s| {
+            s.get().map_or(usize::MAX, |s| {
+                usize::try_from(s.ctx.share.held.get()).unwrap_or(0)
+            })
+        });
         let to = choose(held, me);
-        (to != me).then(|| slots[to].clone())
+        (to != me).then(|| self.slots[to].get()).flatten()
     }
 }
 
 /// Hands an accepted connection to another worker: it is counted as that worker's (and
 /// as open) from now, and that worker's runtime opens and serves it.
-pub fn hand_off(to: Slot, listener: Arc<ListenerCtx>, accepted: super::Accepted) {
+pub fn hand_off(to: &Slot, listener: Arc<ListenerCtx>, accepted: super::Accepted) {
     to.ctx.share.handed.inc();
-    let counted = Counted::new(to.ctx);
+    let counted = Counted::new(to.ctx.clone());
     to.handle.spawn(async move {
         let worker = counted.start();
         super::start_counted(&worker, &listener, accepted);
@@ -163,6 +177,13 @@ mod tests {
         // 1 + 320/32 = 11 over the least busy is still even enough.
         assert_eq!(pick(&[331, 320], 0), 0);
         assert_eq!(pick(&[7], 0), 0, "one worker");
+        // A worker not started yet counts as full (`Workers::pick`).
+        assert_eq!(
+            pick(&[40, usize::MAX], 0),
+            0,
+            "nothing handed to a worker not started"
+        );
+        assert_eq!(pick(&[40, usize::MAX, 3], 0), 2);
     }
 
     #[test]

@@ -479,14 +479,24 @@ fn serve_connection(o: Opened) -> impl std::future::Future<Output = ()> {
     async move {
         let ending = driver::run(&o).await;
         // The close's futures live on the heap: an open connection's task stays small.
-        let bad_request = Box::pin(answer_ending(
-            &ending,
-            &o.svc.worker,
-            &o.svc.listener,
-            &o.svc.conn,
-            &o.shared,
-        ))
-        .await;
+        // Only an ending that is answered builds an answer's future; `bad_request` is
+        // whether the connection closes as one.
+        let (worker, listener, conn) = (&o.svc.worker, &o.svc.listener, &o.svc.conn);
+        let bad_request = match &ending {
+            Ending::HeaderTimeout => {
+                Box::pin(answer_timeout(worker, listener, conn, &o.shared)).await;
+                false
+            }
+            Ending::BadHead(e) => {
+                Box::pin(answer_bad_head(e, worker, listener, conn, &o.shared)).await;
+                true
+            }
+            Ending::Cut => {
+                tracing::info!(downstream_conn = conn.id(), "closed at the drain deadline");
+                false
+            }
+            Ending::Closed | Ending::ClientGone | Ending::Tunneled => false,
+        };
         Box::pin(close_connection(
             &ending,
             bad_request,
@@ -500,75 +510,73 @@ fn serve_connection(o: Opened) -> impl std::future::Future<Output = ()> {
     }
 }
 
-/// Answers what the loop could not: a head that never completed (408) or that linger
-/// refuses (400, 431). Returns whether the connection closes as a bad request.
-async fn answer_ending(
-    ending: &Ending,
+/// How long an answer to a head that ends the connection (408, 400, 431) may take to
+/// write.
+const ANSWER_WRITE_LIMIT: Duration = Duration::from_secs(1);
+
+/// Answers a head that never completed: 408.
+async fn answer_timeout(
     worker: &WorkerCtx,
     listener: &ListenerCtx,
     conn: &DsConn,
     shared: &Shared,
-) -> bool {
-    let limit = Duration::from_secs(1);
-    match ending {
-        Ending::Cut => {
-            tracing::info!(downstream_conn = conn.id(), "closed at the drain deadline");
-            false
+) {
+    driver::write_best_effort(shared, RESPONSE_408, ANSWER_WRITE_LIMIT).await;
+    let detail = format!(
+        "request head not complete within {:?}",
+        listener.cfg.header_read_timeout
+    );
+    log_refusal(
+        worker,
+        listener,
+        conn,
+        408,
+        Termination::RequestHeadTimeout,
+        detail,
+    );
+}
+
+/// Answers a head linger refuses: 400 or 431.
+async fn answer_bad_head(
+    e: &HeadError,
+    worker: &WorkerCtx,
+    listener: &ListenerCtx,
+    conn: &DsConn,
+    shared: &Shared,
+) {
+    let (status, term, detail) = match e {
+        HeadError::Violation(v) => {
+            worker.metrics.race("R12", "ambiguous_framing_refused");
+            tracing::info!(downstream_conn = conn.id(), violation = %v, "ambiguous request framing refused");
+            (
+                400,
+                Termination::BadRequest,
+                format!("ambiguous request framing: {v}"),
+            )
         }
-        Ending::HeaderTimeout => {
-            driver::write_best_effort(shared, RESPONSE_408, limit).await;
-            let detail = format!(
-                "request head not complete within {:?}",
-                listener.cfg.header_read_timeout
-            );
-            log_refusal(
-                worker,
-                listener,
-                conn,
-                408,
-                Termination::RequestHeadTimeout,
-                detail,
-            );
-            false
-        }
-        Ending::BadHead(e) => {
-            let (status, term, detail) = match e {
-                HeadError::Violation(v) => {
-                    worker.metrics.race("R12", "ambiguous_framing_refused");
-                    tracing::info!(downstream_conn = conn.id(), violation = %v, "ambiguous request framing refused");
-                    (
-                        400,
-                        Termination::BadRequest,
-                        format!("ambiguous request framing: {v}"),
-                    )
-                }
-                HeadError::TooLarge => (
-                    431,
-                    Termination::HeadTooLarge,
-                    "request head over the size or field-count limit".to_owned(),
-                ),
-                HeadError::Malformed => (
-                    400,
-                    Termination::BadRequest,
-                    "malformed request head".to_owned(),
-                ),
-            };
-            let reason = if status == 431 {
-                "Request Header Fields Too Large"
-            } else {
-                "Bad Request"
-            };
-            let body = format!("{status} {reason}: {detail}\n");
-            let resp = format!(
-                "HTTP/1.1 {status} {reason}\r\nconnection: close\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n\r\n{body}",
-                body.len()
-            );
-            driver::write_best_effort(shared, resp.as_bytes(), limit).await;
-            log_refusal(worker, listener, conn, status, term, detail);
-            true
-        }
-        Ending::Closed | Ending::ClientGone | Ending::Tunneled => false,
-    }
+        HeadError::TooLarge => (
+            431,
+            Termination::HeadTooLarge,
+            "request head over the size or field-count limit".to_owned(),
+        ),
+        HeadError::Malformed => (
+            400,
+            Termination::BadRequest,
+            "malformed request head".to_owned(),
+        ),
+    };
+    let reason = if status == 431 {
+        "Request Header Fields Too Large"
+    } else {
+        "Bad Request"
+    };
+    let body = format!("{status} {reason}: {detail}\n");
+    let resp = format!(
+        "HTTP/1.1 {status} {reason}\r\nconnection: close\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    driver::write_best_effort(shared, resp.as_bytes(), ANSWER_WRITE_LIMIT).await;
+    log_refusal(worker, listener, conn, status, term, detail);
 }
 
 /// Closes the connection gracefully (FIN, then linger), and counts and explains it.

@@ -115,6 +115,23 @@ async fn workers_are_pinned_and_connections_spread_evenly_over_them() {
         "worker i runs on allowed CPU i (of {allowed:?})"
     );
 
+    // A worker takes connections handed to it once it has started (its series appears
+    // then): connections accepted before that stay where they were accepted. So both
+    // must have started before the burst.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = scrape(&admin).await;
+        if (0..2).all(|w| m.contains(&format!("linger_worker_connections_open{{worker=\"{w}\"}}")))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the workers never both started:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
     // 20 connections at once, each kept open after its answer: however the two workers'
     // accepts fall, each ends up holding about half.
     let addr: std::net::SocketAddr = proxy.parse().unwrap();

@@ -251,21 +251,30 @@ impl Registry {
             }
             *c = Some(Box::new(Closed {
                 reason,
-                at: SystemTime::now(),
+                // On the clock `opened_ms` reads, so the two differ by the time open.
+                at: crate::io::clock::wall(crate::io::clock::now()),
             }));
         }
         let journal = entry.journal();
         journal.set_state(ConnState::Closed);
         journal.record_with(Kind::Closed, reason);
-        let mut inner = self.inner.lock().expect("registry lock");
-        inner.open.remove(&(entry.side, entry.id));
-        *inner.closes.entry((entry.side, reason)).or_insert(0) += 1;
-        if self.keep_closed > 0 {
-            if inner.closed.len() >= self.keep_closed {
-                inner.closed.pop_front();
+        // The oldest closed entry, let go after the lock: freeing its journal is no work
+        // for every other connection's open and close to wait on.
+        let _evicted = {
+            let mut inner = self.inner.lock().expect("registry lock");
+            inner.open.remove(&(entry.side, entry.id));
+            *inner.closes.entry((entry.side, reason)).or_insert(0) += 1;
+            if self.keep_closed == 0 {
+                return;
             }
+            let evicted = if inner.closed.len() >= self.keep_closed {
+                inner.closed.pop_front()
+            } else {
+                None
+            };
             inner.closed.push_back(entry.clone());
-        }
+            evicted
+        };
     }
 
     /// Wakes the task of every open downstream connection: the drain changed, and each

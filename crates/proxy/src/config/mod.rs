@@ -186,6 +186,9 @@ pub struct FileTcp {
     pub user_timeout: ConfigDuration,
     #[serde(default = "yes")]
     pub nodelay: bool,
+    /// `false`: the first ACK of a connection waits for data to ride on.
+    #[serde(default)]
+    pub quickack: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -490,6 +493,9 @@ pub struct TcpConfig {
     pub keepalive: Option<TcpKeepalive>,
     pub user_timeout: Option<Duration>,
     pub nodelay: bool,
+    /// Leave the kernel's quick ACKs on (`TCP_QUICKACK`); off by default, so the ACK of a
+    /// request (or of a connect) rides on the data that answers it.
+    pub quickack: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -1032,6 +1038,7 @@ fn tcp_config(t: &FileTcp) -> TcpConfig {
         }),
         user_timeout: nonzero_duration(t.user_timeout),
         nodelay: t.nodelay,
+        quickack: t.quickack,
     }
 }
 

@@ -8,16 +8,19 @@ use tokio::net::TcpStream;
 
 use crate::config::TcpConfig;
 
-/// Applies nodelay, TCP keepalive and `TCP_USER_TIMEOUT` to a connected socket.
-/// Each option is set on its own, so one refused option does not skip the others; the
-/// first error is returned.
+/// Applies nodelay, TCP keepalive, `TCP_USER_TIMEOUT` and the ACK mode to a socket
+/// (connected, or about to connect: an upstream socket gets them before its connect, so
+/// that the handshake's last ACK can ride on the request). Each option is set on its own,
+/// so one refused option does not skip the others; the first error is returned.
 pub fn apply(sock: SockRef<'_>, tcp: &TcpConfig) -> io::Result<()> {
     set_options(sock, tcp)
 }
 
 /// Applies the same options to a listening socket: Linux hands them to every socket it
 /// accepts, so a new connection costs no `setsockopt` of its own ([`inherited`] checks
-/// that the kernel did).
+/// that the kernel did). With `quickack` off, an accepted connection starts in delayed-ACK
+/// mode: the ACK of its first request rides on the response instead of going alone, one
+/// packet less per connection (HAProxy's `option tcp-smart-accept`).
 pub fn apply_listener(listener: &std::net::TcpListener, tcp: &TcpConfig) -> io::Result<()> {
     set_options(SockRef::from(listener), tcp)
 }
@@ -60,6 +63,10 @@ fn set_options(sock: SockRef<'_>, tcp: &TcpConfig) -> io::Result<()> {
     }
     if let Some(ut) = tcp.user_timeout {
         note(sock.set_tcp_user_timeout(Some(ut)));
+    }
+    #[cfg(target_os = "linux")]
+    if !tcp.quickack {
+        note(sock.set_tcp_quickack(false));
     }
     first_err.map_or(Ok(()), Err)
 }
@@ -211,6 +218,7 @@ mod tests {
             }),
             user_timeout: Some(Duration::from_millis(12_345)),
             nodelay: true,
+            quickack: false,
         };
         let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -228,5 +236,28 @@ mod tests {
             inherited(SockRef::from(&after), &tcp),
             "the accepted socket lacks the listener's options"
         );
+        // The ACK mode is handed on too (getsockopt reads it back as "quick ACKs on").
+        assert!(SockRef::from(&before).tcp_quickack().unwrap());
+        assert!(
+            !SockRef::from(&after).tcp_quickack().unwrap(),
+            "the accepted socket acks its first request on its own"
+        );
+    }
+
+    /// An upstream socket is in delayed-ACK mode from before its connect, so the last ACK
+    /// of the handshake rides on the request; `quickack = true` leaves the kernel's mode.
+    #[test]
+    fn the_ack_mode_follows_the_config() {
+        for quickack in [false, true] {
+            let tcp = TcpConfig {
+                keepalive: None,
+                user_timeout: None,
+                nodelay: true,
+                quickack,
+            };
+            let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+            apply(SockRef::from(&sock), &tcp).unwrap();
+            assert_eq!(sock.tcp_quickack().unwrap(), quickack);
+        }
     }
 }

@@ -252,10 +252,23 @@ impl Cluster {
     }
 
     /// Opens a new connection.
+    /// Connects a socket that carries the cluster's TCP options from before its SYN.
+    async fn dial(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        if let Err(e) = io::socket::apply(socket2::SockRef::from(&socket), &self.cfg.tcp) {
+            tracing::warn!(error = %e, "setting upstream socket options failed");
+        }
+        socket.connect(addr).await
+    }
+
     pub async fn connect(&self, endpoint: usize) -> Result<UpstreamConn, TryError> {
         let ep = &self.endpoints[endpoint];
         let started = Instant::now();
-        let connect = tokio::time::timeout(self.cfg.connect_timeout, TcpStream::connect(ep.addr));
+        let connect = tokio::time::timeout(self.cfg.connect_timeout, self.dial(ep.addr));
         let stream = match connect.await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(self.connect_failed(TryErrorKind::Connect(e))),
@@ -264,9 +277,6 @@ impl Cluster {
                 return Err(self.connect_failed(kind));
             }
         };
-        if let Err(e) = io::socket::apply(socket2::SockRef::from(&stream), &self.cfg.tcp) {
-            tracing::warn!(error = %e, "setting upstream socket options failed");
-        }
         let local = stream.local_addr().ok();
         let stats = Arc::new(IoStats::default());
         let id = UPSTREAM_CONN_IDS.fetch_add(1, Ordering::Relaxed);

@@ -9,7 +9,6 @@
 //! admin listener shows the journal, except for the few details that are text (a request's
 //! path).
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -287,10 +286,46 @@ pub struct EventView {
 
 #[derive(Debug, Default)]
 struct Events {
-    /// Oldest first, at most [`MAX_EVENTS`]. The first (how the connection began) is never
-    /// dropped; past the bound, the oldest after it is.
-    ring: VecDeque<Event>,
+    /// The first event (how the connection began), then the latest ones, at most
+    /// [`MAX_EVENTS`] in all. Until it is full the list is in order; once full, each new
+    /// event takes the place of the oldest after the first, so the events after the first
+    /// are a ring that starts at `oldest`. A push writes one slot: nothing shifts.
+    list: Vec<Event>,
+    /// Where the oldest event after the first is, once the list is full.
+    oldest: u8,
     dropped: u32,
+}
+
+const _: () = assert!(MAX_EVENTS >= 2 && MAX_EVENTS <= u8::MAX as usize);
+
+// === impl Events ===
+
+impl Events {
+    fn push(&mut self, ev: Event) {
+        if self.list.len() < MAX_EVENTS {
+            self.list.push(ev);
+            if self.list.len() == MAX_EVENTS {
+                self.oldest = 1;
+            }
+            return;
+        }
+        let at = usize::from(self.oldest);
+        self.list[at] = ev;
+        self.oldest = if at + 1 == MAX_EVENTS {
+            1
+        } else {
+            at as u8 + 1
+        };
+        self.dropped = self.dropped.saturating_add(1);
+    }
+
+    /// Oldest first, the first event always first.
+    fn iter(&self) -> impl Iterator<Item = &Event> {
+        // Until the list is full, `oldest` is 0 and the list is in order.
+        let (first, rest) = self.list.split_at(self.list.len().min(1));
+        let (newer, older) = rest.split_at(usize::from(self.oldest).saturating_sub(1));
+        first.iter().chain(older).chain(newer)
+    }
 }
 
 /// The journal of one connection.
@@ -328,15 +363,7 @@ impl Journal {
     fn push(&self, kind: Kind, detail: Detail) {
         let at = crate::io::clock::now_ns().saturating_sub(self.opened_ns);
         let ev = Event::new(at, kind, detail);
-        let mut e = self.events.lock().expect("journal lock");
-        if e.ring.len() >= MAX_EVENTS {
-            // Keep the first event (how the connection began) and the most recent ones:
-            // the first takes the second's place, and the front goes.
-            e.ring.swap(0, 1);
-            e.ring.pop_front();
-            e.dropped += 1;
-        }
-        e.ring.push_back(ev);
+        self.events.lock().expect("journal lock").push(ev);
     }
 
     pub fn set_state(&self, s: ConnState) {
@@ -360,7 +387,6 @@ impl Journal {
     pub fn events(&self) -> (Vec<EventView>, u32) {
         let e = self.events.lock().expect("journal lock");
         let list = e
-            .ring
             .iter()
             .map(|ev| EventView {
                 t_ms: ev.at() as f64 / 1e6,
@@ -373,7 +399,7 @@ impl Journal {
 
     pub fn len(&self) -> usize {
         let e = self.events.lock().expect("journal lock");
-        e.ring.len()
+        e.list.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -405,6 +431,22 @@ mod tests {
         assert_eq!(events.last().unwrap().detail, "GET /99");
         assert_eq!(events[1].detail, format!("GET /{}", 100 - (MAX_EVENTS - 1)));
         assert!(events.windows(2).all(|w| w[0].t_ms <= w[1].t_ms));
+    }
+
+    #[test]
+    fn every_length_keeps_the_first_event_and_the_latest_in_order() {
+        for n in 0..(3 * MAX_EVENTS + 5) {
+            let j = Journal::default();
+            for i in 0..n {
+                j.record_with(Kind::RequestHead, format!("{i}"));
+            }
+            let (events, dropped) = j.events();
+            let got: Vec<usize> = events.iter().map(|e| e.detail.parse().unwrap()).collect();
+            let kept_latest = n.min(MAX_EVENTS).saturating_sub(1);
+            let want: Vec<usize> = (0..n.min(1)).chain(n - kept_latest..n).collect();
+            assert_eq!(got, want, "{n} events");
+            assert_eq!(dropped as usize, n - want.len(), "{n} events");
+        }
     }
 
     #[test]

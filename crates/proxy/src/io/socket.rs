@@ -8,12 +8,30 @@ use tokio::net::TcpStream;
 
 use crate::config::TcpConfig;
 
-/// Applies nodelay, TCP keepalive, `TCP_USER_TIMEOUT` and the ACK mode to a socket
-/// (connected, or about to connect: an upstream socket gets them before its connect, so
-/// that the handshake's last ACK can ride on the request). Each option is set on its own,
-/// so one refused option does not skip the others; the first error is returned.
+/// Applies nodelay, TCP keepalive, `TCP_USER_TIMEOUT` and the ACK mode to a connected
+/// socket. Each option is set on its own, so one refused option does not skip the others;
+/// the first error is returned.
 pub fn apply(sock: SockRef<'_>, tcp: &TcpConfig) -> io::Result<()> {
-    set_options(sock, tcp)
+    set_options(sock, tcp, Options::All)
+}
+
+/// Sets the ACK mode of a socket about to connect, so that the handshake's last ACK can
+/// ride on the request (HAProxy's `option tcp-smart-connect`).
+pub fn apply_before_connect(sock: SockRef<'_>, tcp: &TcpConfig) -> io::Result<()> {
+    set_options(sock, tcp, Options::AckMode)
+}
+
+/// The rest, once it is connected: set before, `TCP_USER_TIMEOUT` would also cut the
+/// connect's SYN retries short of `connect_timeout`.
+pub fn apply_after_connect(sock: SockRef<'_>, tcp: &TcpConfig) -> io::Result<()> {
+    set_options(sock, tcp, Options::AllButAckMode)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Options {
+    All,
+    AckMode,
+    AllButAckMode,
 }
 
 /// Applies the same options to a listening socket: Linux hands them to every socket it
@@ -22,7 +40,7 @@ pub fn apply(sock: SockRef<'_>, tcp: &TcpConfig) -> io::Result<()> {
 /// mode: the ACK of its first request rides on the response instead of going alone, one
 /// packet less per connection (HAProxy's `option tcp-smart-accept`).
 pub fn apply_listener(listener: &std::net::TcpListener, tcp: &TcpConfig) -> io::Result<()> {
-    set_options(SockRef::from(listener), tcp)
+    set_options(SockRef::from(listener), tcp, Options::All)
 }
 
 /// Does an accepted socket carry the options already (inherited from its listener)?
@@ -44,13 +62,20 @@ pub fn inherited(sock: SockRef<'_>, tcp: &TcpConfig) -> bool {
     nodelay && keepalive && user_timeout
 }
 
-fn set_options(sock: SockRef<'_>, tcp: &TcpConfig) -> io::Result<()> {
+fn set_options(sock: SockRef<'_>, tcp: &TcpConfig, which: Options) -> io::Result<()> {
     let mut first_err = None;
     let mut note = |r: io::Result<()>| {
         if let Err(e) = r {
             first_err.get_or_insert(e);
         }
     };
+    #[cfg(target_os = "linux")]
+    if !tcp.quickack && which != Options::AllButAckMode {
+        note(sock.set_tcp_quickack(false));
+    }
+    if which == Options::AckMode {
+        return first_err.map_or(Ok(()), Err);
+    }
     if tcp.nodelay {
         note(sock.set_tcp_nodelay(true));
     }
@@ -63,10 +88,6 @@ fn set_options(sock: SockRef<'_>, tcp: &TcpConfig) -> io::Result<()> {
     }
     if let Some(ut) = tcp.user_timeout {
         note(sock.set_tcp_user_timeout(Some(ut)));
-    }
-    #[cfg(target_os = "linux")]
-    if !tcp.quickack {
-        note(sock.set_tcp_quickack(false));
     }
     first_err.map_or(Ok(()), Err)
 }
@@ -256,8 +277,12 @@ mod tests {
                 quickack,
             };
             let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-            apply(SockRef::from(&sock), &tcp).unwrap();
+            apply_before_connect(SockRef::from(&sock), &tcp).unwrap();
             assert_eq!(sock.tcp_quickack().unwrap(), quickack);
+            assert!(
+                !sock.tcp_nodelay().unwrap(),
+                "only the ACK mode before the connect"
+            );
         }
     }
 }

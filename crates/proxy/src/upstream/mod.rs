@@ -251,20 +251,27 @@ impl Cluster {
             .reuse_failed(conn.idle_age);
     }
 
-    /// Opens a new connection.
-    /// Connects a socket that carries the cluster's TCP options from before its SYN.
+    /// Connects a socket in the cluster's ACK mode from before its SYN; its other options
+    /// are set once it is connected.
     async fn dial(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
         let socket = if addr.is_ipv4() {
             tokio::net::TcpSocket::new_v4()?
         } else {
             tokio::net::TcpSocket::new_v6()?
         };
-        if let Err(e) = io::socket::apply(socket2::SockRef::from(&socket), &self.cfg.tcp) {
+        let sock = socket2::SockRef::from(&socket);
+        if let Err(e) = io::socket::apply_before_connect(sock, &self.cfg.tcp) {
             tracing::warn!(error = %e, "setting upstream socket options failed");
         }
-        socket.connect(addr).await
+        let stream = socket.connect(addr).await?;
+        let sock = socket2::SockRef::from(&stream);
+        if let Err(e) = io::socket::apply_after_connect(sock, &self.cfg.tcp) {
+            tracing::warn!(error = %e, "setting upstream socket options failed");
+        }
+        Ok(stream)
     }
 
+    /// Opens a new connection.
     pub async fn connect(&self, endpoint: usize) -> Result<UpstreamConn, TryError> {
         let ep = &self.endpoints[endpoint];
         let started = Instant::now();

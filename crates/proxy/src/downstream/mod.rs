@@ -27,7 +27,7 @@ use crate::io::{self, linger_close, IoStats, LingerOutcome};
 use crate::lifecycle::connection::{Connection, Timers};
 use crate::lifecycle::downstream::DownstreamPolicy;
 use crate::observe::journal::Kind;
-use crate::observe::metrics::{CloseLabels, ListenerLabels, Name};
+use crate::observe::metrics::{ListenerLabels, Name};
 use crate::observe::{
     AccessLog, AccessRecord, CloseReason, ConnEntry, ConnState, Metrics, Registry, Side,
     Termination,
@@ -131,6 +131,9 @@ pub struct ListenerCtx {
     /// histogram: cached so the request path does not look them up.
     pub ok_requests: [prometheus_client::metrics::counter::Counter; 6],
     pub duration: prometheus_client::metrics::histogram::Histogram,
+    /// Its series of accepted and open connections, cached likewise.
+    pub accepted: prometheus_client::metrics::counter::Counter,
+    pub open: prometheus_client::metrics::gauge::Gauge,
     /// The connection timers, shared by every connection's lifecycle machine.
     pub timers: Arc<Timers>,
     /// Do accepted sockets inherit the listening socket's options? 0: not known yet,
@@ -182,6 +185,18 @@ impl ListenerCtx {
             ],
             duration: metrics
                 .request_duration
+                .get_or_create(&ListenerLabels {
+                    listener: name.clone(),
+                })
+                .clone(),
+            accepted: metrics
+                .downstream_accepted
+                .get_or_create(&ListenerLabels {
+                    listener: name.clone(),
+                })
+                .clone(),
+            open: metrics
+                .downstream_open
                 .get_or_create(&ListenerLabels {
                     listener: name.clone(),
                 })
@@ -422,15 +437,8 @@ fn open_connection(
     }: Accepted,
 ) -> Opened {
     listener.socket_options(&stream);
-    let labels = ListenerLabels {
-        listener: listener.name.clone(),
-    };
-    worker
-        .metrics
-        .downstream_accepted
-        .get_or_create(&labels)
-        .inc();
-    worker.metrics.downstream_open.get_or_create(&labels).inc();
+    listener.accepted.inc();
+    listener.open.inc();
 
     let local = local.or_else(|| stream.local_addr().ok());
     let stats = Arc::new(IoStats::default());
@@ -632,29 +640,19 @@ async fn close_connection(
     if Connection::closed_idle(reason) && !late.is_empty() {
         log_request_at_idle_close(worker, listener, conn, reason, &late);
     }
-    worker.registry.close(&conn.entry, reason.as_str());
+    worker.registry.close(&conn.entry, reason);
     if reason.is_abnormal() {
         log_journal(&conn.entry, reason);
     }
-    let close = CloseLabels {
-        side: "downstream",
-        reason: reason.as_str(),
-    };
-    worker.metrics.closes.get_or_create(&close).inc();
-    worker
-        .metrics
-        .connection_lifetime
-        .get_or_create(&close)
+    let series = worker.metrics.closed(Side::Downstream, reason);
+    series.closes.inc();
+    series
+        .lifetime
         .observe(conn.started().elapsed().as_secs_f64());
-    worker
-        .metrics
-        .requests_per_connection
-        .get_or_create(&close)
-        .observe(conn.requests() as f64);
-    let labels = ListenerLabels {
-        listener: listener.name.clone(),
-    };
-    worker.metrics.downstream_open.get_or_create(&labels).dec();
+    if let Some(h) = &series.requests {
+        h.observe(conn.requests() as f64);
+    }
+    listener.open.dec();
     tracing::debug!(
         downstream_conn = conn.id(),
         reason = reason.as_str(),

@@ -4,7 +4,7 @@
 //! The registry is process-wide (one lock) and touched once when a connection opens and
 //! once when it closes, never per request; a connection's own events go to its journal.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,16 +13,26 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
+use rustc_hash::FxHashMap;
+
 use crate::io::IoStats;
 use crate::observe::journal::Kind;
 use crate::observe::journal::{wall_ms, ConnState, EventView, Journal};
 use crate::observe::metrics::Name;
+use crate::observe::termination::CloseReason;
 
 /// Which side of linger a connection is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Side {
     Downstream,
     Upstream,
+}
+
+fn side_index(side: Side) -> usize {
+    match side {
+        Side::Downstream => 0,
+        Side::Upstream => 1,
+    }
 }
 
 impl Side {
@@ -206,12 +216,23 @@ struct ConnList {
     closed: Vec<ConnView>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Inner {
-    open: HashMap<(Side, u64), Arc<ConnEntry>>,
+    /// By side and id. Ids are counters, not input an attacker picks: a fast hash will do.
+    open: FxHashMap<(Side, u64), Arc<ConnEntry>>,
     closed: VecDeque<Arc<ConnEntry>>,
-    /// Closes by side and reason since start.
-    closes: BTreeMap<(Side, &'static str), u64>,
+    /// Closes since start, by side (downstream, upstream) and reason.
+    closes: [[u64; CloseReason::COUNT]; 2],
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Self {
+            open: FxHashMap::default(),
+            closed: VecDeque::new(),
+            closes: [[0; CloseReason::COUNT]; 2],
+        }
+    }
 }
 
 /// Every open connection and the last closed ones.
@@ -243,27 +264,28 @@ impl Registry {
     }
 
     /// Records the close and its reason, and moves the entry to the closed list.
-    pub fn close(&self, entry: &Arc<ConnEntry>, reason: &'static str) {
+    pub fn close(&self, entry: &Arc<ConnEntry>, reason: CloseReason) {
+        let reason_str = reason.as_str();
         {
             let mut c = entry.closed.lock().expect("closed lock");
             if c.is_some() {
                 return;
             }
             *c = Some(Box::new(Closed {
-                reason,
+                reason: reason_str,
                 // On the clock `opened_ms` reads, so the two differ by the time open.
                 at: crate::io::clock::wall(crate::io::clock::now()),
             }));
         }
         let journal = entry.journal();
         journal.set_state(ConnState::Closed);
-        journal.record_with(Kind::Closed, reason);
+        journal.record_with(Kind::Closed, reason_str);
         // The oldest closed entry, let go after the lock: freeing its journal is no work
         // for every other connection's open and close to wait on.
         let _evicted = {
             let mut inner = self.inner.lock().expect("registry lock");
             inner.open.remove(&(entry.side, entry.id));
-            *inner.closes.entry((entry.side, reason)).or_insert(0) += 1;
+            inner.closes[side_index(entry.side)][reason.index()] += 1;
             if self.keep_closed == 0 {
                 return;
             }
@@ -374,8 +396,14 @@ impl Registry {
         let mut out: BTreeMap<&'static str, BTreeMap<&'static str, u64>> = BTreeMap::new();
         out.insert("downstream", BTreeMap::new());
         out.insert("upstream", BTreeMap::new());
-        for ((side, reason), n) in &inner.closes {
-            out.entry(side.as_str()).or_default().insert(reason, *n);
+        for side in [Side::Downstream, Side::Upstream] {
+            let counts = &inner.closes[side_index(side)];
+            let by_reason = out.entry(side.as_str()).or_default();
+            for r in CloseReason::ALL {
+                if counts[r.index()] > 0 {
+                    by_reason.insert(r.as_str(), counts[r.index()]);
+                }
+            }
         }
         out
     }
@@ -403,10 +431,10 @@ mod tests {
         let b = entry(&reg, Side::Upstream, 1);
         let c = entry(&reg, Side::Downstream, 2);
         a.journal().record(Kind::Accepted);
-        reg.close(&a, "idle_timeout");
-        reg.close(&b, "upstream_fin_idle");
-        reg.close(&c, "idle_timeout");
-        reg.close(&c, "drain"); // a second close is ignored
+        reg.close(&a, CloseReason::IdleTimeout);
+        reg.close(&b, CloseReason::UpstreamFinIdle);
+        reg.close(&c, CloseReason::IdleTimeout);
+        reg.close(&c, CloseReason::Drain); // a second close is ignored
         assert!(reg.find("d1").is_none(), "evicted: only 2 kept");
         let list: serde_json::Value = serde_json::from_str(&reg.list_json()).unwrap();
         let ids: Vec<_> = list["closed"]

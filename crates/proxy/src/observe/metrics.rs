@@ -8,7 +8,7 @@
 //! can be counted.
 
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -19,6 +19,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Metric, Registry};
 
+use super::{CloseReason, Side};
 use crate::config::Config;
 
 pub type Name = Arc<String>;
@@ -126,6 +127,21 @@ pub struct Metrics {
     pub worker_connections: Family<WorkerLabels, Gauge>,
     /// Connections another worker accepted and handed to this one, to even the spread.
     pub worker_handoffs: Family<WorkerLabels, Counter>,
+    /// The close families' series, kept per side and reason once first used: a close
+    /// neither hashes labels nor takes a family's lock. (A series still appears only once
+    /// something closed for its reason.)
+    closed: [[OnceLock<ClosedSeries>; CloseReason::COUNT]; 2],
+}
+
+/// The series a connection's close feeds, for one side and reason.
+#[derive(Debug, Clone)]
+pub struct ClosedSeries {
+    /// `linger_connections_closed_total`.
+    pub closes: Counter,
+    /// `linger_connection_lifetime_seconds`.
+    pub lifetime: Histogram,
+    /// `linger_requests_per_connection`: downstream connections only.
+    pub requests: Option<Histogram>,
 }
 
 fn seconds_buckets() -> Histogram {
@@ -304,6 +320,7 @@ impl Metrics {
                 Family::default(),
             ),
             registry: root,
+            closed: std::array::from_fn(|_| std::array::from_fn(|_| OnceLock::new())),
         }
     }
 
@@ -355,6 +372,26 @@ impl Metrics {
     pub fn race(&self, race: &'static str, what: &'static str) {
         self.races.get_or_create(&RaceLabels { race, what }).inc();
     }
+
+    /// The series a close on `side` for `reason` feeds.
+    pub fn closed(&self, side: Side, reason: CloseReason) -> &ClosedSeries {
+        let slot = match side {
+            Side::Downstream => 0,
+            Side::Upstream => 1,
+        };
+        self.closed[slot][reason.index()].get_or_init(|| {
+            let labels = CloseLabels {
+                side: side.as_str(),
+                reason: reason.as_str(),
+            };
+            ClosedSeries {
+                closes: self.closes.get_or_create(&labels).clone(),
+                lifetime: self.connection_lifetime.get_or_create(&labels).clone(),
+                requests: (side == Side::Downstream)
+                    .then(|| self.requests_per_connection.get_or_create(&labels).clone()),
+            }
+        })
+    }
 }
 
 #[cfg(test)]
@@ -378,6 +415,40 @@ mod tests {
         ("linger_races", "counter"),
         ("linger_build", "info"),
     ];
+
+    #[test]
+    fn a_close_feeds_its_families_through_the_cached_series() {
+        let m = Metrics::new();
+        assert!(
+            !m.encode().contains("reason=\"idle_timeout\""),
+            "no series before a close"
+        );
+        for _ in 0..2 {
+            let s = m.closed(Side::Downstream, CloseReason::IdleTimeout);
+            s.closes.inc();
+            s.lifetime.observe(1.5);
+            s.requests.as_ref().expect("downstream").observe(3.0);
+        }
+        let up = m.closed(Side::Upstream, CloseReason::PoolFull);
+        up.closes.inc();
+        assert!(
+            up.requests.is_none(),
+            "requests per connection are downstream only"
+        );
+        let text = m.encode();
+        for line in [
+            "linger_connection_closes_total{side=\"downstream\",reason=\"idle_timeout\"} 2",
+            "linger_connection_lifetime_seconds_count{side=\"downstream\",reason=\"idle_timeout\"} 2",
+            "linger_requests_per_connection_sum{side=\"downstream\",reason=\"idle_timeout\"} 6.0",
+            "linger_connection_closes_total{side=\"upstream\",reason=\"pool_full\"} 1",
+        ] {
+            assert!(text.contains(line), "{line}:\n{text}");
+        }
+        assert!(
+            !text.contains("linger_requests_per_connection_count{side=\"upstream\""),
+            "{text}"
+        );
+    }
 
     #[test]
     fn every_family_is_listed_before_any_label_set_exists() {

@@ -175,6 +175,49 @@ pub enum CloseReason {
 // === impl CloseReason ===
 
 impl CloseReason {
+    /// Every reason, in declaration order: `ALL[r.index()] == r`.
+    pub const ALL: [Self; 31] = [
+        Self::PeerFinIdle,
+        Self::PeerRst,
+        Self::PeerFinBusy,
+        Self::IdleTimeout,
+        Self::HeaderReadTimeout,
+        Self::RequestBodyTimeout,
+        Self::MaxRequests,
+        Self::MaxAge,
+        Self::Drain,
+        Self::DrainDeadline,
+        Self::RequestedClose,
+        Self::EarlyResponse,
+        Self::BadRequest,
+        Self::ErrorResponse,
+        Self::DownstreamDeadPeer,
+        Self::SocketError,
+        Self::UpgradeEnded,
+        Self::UpstreamFinIdle,
+        Self::UpstreamFinBusy,
+        Self::UpstreamUnexpectedData,
+        Self::PoolIdleTimeout,
+        Self::PoolLearnedIdle,
+        Self::UpstreamConnectionClose,
+        Self::UpstreamMaxRequests,
+        Self::PoolFull,
+        Self::Aborted,
+        Self::HintNoReuse,
+        Self::UpstreamRst,
+        Self::UpstreamDeadPeer,
+        Self::UnknownState,
+        Self::AmbiguousRequest,
+    ];
+
+    /// How many reasons there are: the length of a table indexed by [`CloseReason::index`].
+    pub const COUNT: usize = Self::ALL.len();
+
+    /// This reason's place in [`CloseReason::ALL`], for tables kept per reason.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// Did the connection end in a way worth a look (its journal goes to the log)? Timeouts,
     /// limits, drains and orderly closes by either peer are normal.
     pub fn is_abnormal(self) -> bool {
@@ -237,5 +280,25 @@ impl CloseReason {
 impl fmt::Display for CloseReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_is_listed_once_in_its_place() {
+        let mut names = std::collections::BTreeSet::new();
+        for (i, r) in CloseReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r} is out of place in CloseReason::ALL");
+            assert!(names.insert(r.as_str()), "{r} is listed twice");
+        }
+        // The last reason declared closes the list: a reason declared after it would
+        // have an index past every table kept per reason.
+        assert_eq!(
+            CloseReason::AmbiguousRequest.index() + 1,
+            CloseReason::COUNT
+        );
     }
 }

@@ -19,8 +19,7 @@ use tokio::time::Instant;
 
 pub use crate::io::transport::poll_fill;
 use crate::io::{IoStats, PeerClose};
-use crate::observe::metrics::{CloseLabels, ClusterLabels};
-use crate::observe::{CloseReason, ConnEntry, Metrics, Registry};
+use crate::observe::{CloseReason, ConnEntry, Metrics, Registry, Side};
 
 /// The most an upstream connection reads ahead of its client. A response body moves one
 /// read at a time: with a slow reader, one read waits in linger while the next fills this
@@ -50,7 +49,10 @@ pub enum Liveness {
 pub struct ConnCtx {
     pub metrics: Arc<Metrics>,
     pub registry: Arc<Registry>,
-    pub labels: ClusterLabels,
+    /// The cluster's series of connects and open connections, cached so that opening and
+    /// closing a connection does not look them up.
+    pub connects: prometheus_client::metrics::counter::Counter,
+    pub open: prometheus_client::metrics::gauge::Gauge,
 }
 
 /// A connection to one endpoint.
@@ -88,11 +90,8 @@ impl UpstreamConn {
         endpoint: usize,
         ctx: Arc<ConnCtx>,
     ) -> Self {
-        ctx.metrics
-            .upstream_connects
-            .get_or_create(&ctx.labels)
-            .inc();
-        ctx.metrics.upstream_open.get_or_create(&ctx.labels).inc();
+        ctx.connects.inc();
+        ctx.open.inc();
         Self {
             id,
             stream,
@@ -227,17 +226,13 @@ impl Drop for UpstreamConn {
     fn drop(&mut self) {
         let reason = self.reason.unwrap_or(CloseReason::Aborted);
         let ctx = &self.ctx;
-        let close = CloseLabels {
-            side: "upstream",
-            reason: reason.as_str(),
-        };
-        ctx.metrics.closes.get_or_create(&close).inc();
-        ctx.metrics
-            .connection_lifetime
-            .get_or_create(&close)
+        let series = ctx.metrics.closed(Side::Upstream, reason);
+        series.closes.inc();
+        series
+            .lifetime
             .observe(self.created.elapsed().as_secs_f64());
-        ctx.metrics.upstream_open.get_or_create(&ctx.labels).dec();
-        ctx.registry.close(&self.entry, reason.as_str());
+        ctx.open.dec();
+        ctx.registry.close(&self.entry, reason);
         if reason.is_abnormal() {
             crate::downstream::log_journal(&self.entry, reason);
         }

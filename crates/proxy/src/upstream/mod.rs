@@ -105,12 +105,14 @@ impl Cluster {
                 cluster: name.clone(),
             })
             .clone();
+        let labels = ClusterLabels {
+            cluster: name.clone(),
+        };
         let ctx = Arc::new(ConnCtx {
             metrics: metrics.clone(),
             registry: registry.clone(),
-            labels: ClusterLabels {
-                cluster: name.clone(),
-            },
+            connects: metrics.upstream_connects.get_or_create(&labels).clone(),
+            open: metrics.upstream_open.get_or_create(&labels).clone(),
         });
         Self {
             ctx,

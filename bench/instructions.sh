@@ -75,18 +75,9 @@ done
 
 # ---------------------------------------------------------------- tools ----
 export PATH="$PATH:/usr/sbin:/sbin"
-need=()
-command -v valgrind >/dev/null || need+=(valgrind)
-command -v wrk >/dev/null || need+=(wrk)
-command -v haproxy >/dev/null || need+=(haproxy)
-command -v nginx >/dev/null || need+=(nginx-light)
-if ((${#need[@]})); then
-    ((INSTALL)) || die "missing tools (${need[*]}); rerun without --no-install"
-    [[ $(id -u) == 0 ]] || die "missing tools (${need[*]}); run as root or install them"
-    echo "== installing ${need[*]}" >&2
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >&2
-fi
+# shellcheck source=lib/tools.sh
+source "$LIB/tools.sh"
+install_tools valgrind:valgrind
 NGINX=$(command -v nginx)
 HAPROXY_REAL=$(command -v haproxy)
 VALGRIND=$(command -v valgrind)

@@ -137,30 +137,9 @@ for t in linger nginx haproxy; do has_target "$t" && IDLE_TARGETS+=("$t"); done
 ((${#IDLE_TARGETS[@]})) || RUN_IDLE=0
 
 # ---------------------------------------------------------------- tools ----
-install_tools() {
-    local need=()
-    command -v wrk >/dev/null || need+=(wrk)
-    command -v haproxy >/dev/null || need+=(haproxy)
-    local want_nginx=0
-    command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || want_nginx=1
-    command -v "$PY" >/dev/null || die "python3 is required"
-    ((${#need[@]} || want_nginx)) || return 0
-    ((INSTALL)) || die "missing tools (${need[*]} $( ((want_nginx)) && echo nginx)); rerun without --no-install"
-    [[ $(id -u) == 0 ]] || die "missing tools (${need[*]} nginx?); run as root or install wrk nginx-light haproxy"
-    echo "== installing missing tools" >&2
-    apt-get update -qq
-    if ((want_nginx)); then
-        local policy
-        policy=$(apt-cache policy nginx-light 2>/dev/null || true)
-        if [[ $policy == *"Candidate: "[0-9]* ]]; then
-            need+=(nginx-light)
-        else
-            need+=(nginx)
-        fi
-    fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >&2
-}
 export PATH="$PATH:/usr/sbin:/sbin"
+# shellcheck source=lib/tools.sh
+source "$LIB/tools.sh"
 install_tools
 NGINX=$(command -v nginx)
 HAPROXY=$(command -v haproxy)

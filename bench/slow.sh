@@ -115,33 +115,11 @@ has linger "${P1_TARGETS[@]}" && NEED_STRACE=1
 
 # ---------------------------------------------------------------- tools ----
 export PATH="$PATH:/usr/sbin:/sbin"
-install_tools() {
-    local need=() want_nginx=0
-    command -v "$PY" >/dev/null || die "python3 is required"
-    command -v wrk >/dev/null || need+=(wrk)
-    command -v slowhttptest >/dev/null || need+=(slowhttptest)
-    command -v haproxy >/dev/null || need+=(haproxy)
-    command -v ss >/dev/null || need+=(iproute2)
-    command -v curl >/dev/null || need+=(curl)
-    ((NEED_STRACE)) && ! command -v strace >/dev/null && need+=(strace)
-    command -v nginx >/dev/null || want_nginx=1
-    ((${#need[@]} || want_nginx)) || return 0
-    ((INSTALL)) || die "missing tools (${need[*]} $( ((want_nginx)) && echo nginx)); rerun without --no-install"
-    [[ $(id -u) == 0 ]] || die "missing tools (${need[*]} $( ((want_nginx)) && echo nginx)); run as root or install them"
-    echo "== installing missing tools" >&2
-    apt-get update -qq
-    if ((want_nginx)); then
-        # /post needs the mirror module (in Debian 12 nginx-light is a transitional
-        # package for nginx, whose binary has it; the origin check below fails loudly if not).
-        if [[ $(apt-cache policy nginx-light 2>/dev/null) == *"Candidate: "[0-9]* ]]; then
-            need+=(nginx-light)
-        else
-            need+=(nginx)
-        fi
-    fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >&2
-}
-install_tools
+# shellcheck source=lib/tools.sh
+source "$LIB/tools.sh"
+extra_tools=(slowhttptest:slowhttptest ss:iproute2 curl:curl)
+((NEED_STRACE)) && extra_tools+=(strace:strace)
+install_tools "${extra_tools[@]}"
 NGINX=$(command -v nginx)
 HAPROXY=$(command -v haproxy)
 

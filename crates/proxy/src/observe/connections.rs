@@ -28,14 +28,15 @@ pub enum Side {
     Upstream,
 }
 
-fn side_index(side: Side) -> usize {
-    match side {
-        Side::Downstream => 0,
-        Side::Upstream => 1,
-    }
-}
-
 impl Side {
+    /// 0 or 1, for tables kept per side.
+    pub fn index(self) -> usize {
+        match self {
+            Self::Downstream => 0,
+            Self::Upstream => 1,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Downstream => "downstream",
@@ -285,7 +286,7 @@ impl Registry {
         let _evicted = {
             let mut inner = self.inner.lock().expect("registry lock");
             inner.open.remove(&(entry.side, entry.id));
-            inner.closes[side_index(entry.side)][reason.index()] += 1;
+            inner.closes[entry.side.index()][reason.index()] += 1;
             if self.keep_closed == 0 {
                 return;
             }
@@ -397,7 +398,7 @@ impl Registry {
         out.insert("downstream", BTreeMap::new());
         out.insert("upstream", BTreeMap::new());
         for side in [Side::Downstream, Side::Upstream] {
-            let counts = &inner.closes[side_index(side)];
+            let counts = &inner.closes[side.index()];
             let by_reason = out.entry(side.as_str()).or_default();
             for r in CloseReason::ALL {
                 if counts[r.index()] > 0 {

@@ -375,11 +375,7 @@ impl Metrics {
 
     /// The series a close on `side` for `reason` feeds.
     pub fn closed(&self, side: Side, reason: CloseReason) -> &ClosedSeries {
-        let slot = match side {
-            Side::Downstream => 0,
-            Side::Upstream => 1,
-        };
-        self.closed[slot][reason.index()].get_or_init(|| {
+        self.closed[side.index()][reason.index()].get_or_init(|| {
             let labels = CloseLabels {
                 side: side.as_str(),
                 reason: reason.as_str(),

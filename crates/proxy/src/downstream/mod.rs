@@ -157,6 +157,9 @@ impl ListenerCtx {
             max_requests: cfg.max_requests_per_connection,
             max_age: cfg.max_connection_age,
         };
+        let labels = ListenerLabels {
+            listener: name.clone(),
+        };
         let ok = |status: &'static str| {
             metrics
                 .requests
@@ -183,24 +186,9 @@ impl ListenerCtx {
                 ok("4xx"),
                 ok("5xx"),
             ],
-            duration: metrics
-                .request_duration
-                .get_or_create(&ListenerLabels {
-                    listener: name.clone(),
-                })
-                .clone(),
-            accepted: metrics
-                .downstream_accepted
-                .get_or_create(&ListenerLabels {
-                    listener: name.clone(),
-                })
-                .clone(),
-            open: metrics
-                .downstream_open
-                .get_or_create(&ListenerLabels {
-                    listener: name.clone(),
-                })
-                .clone(),
+            duration: metrics.request_duration.get_or_create(&labels).clone(),
+            accepted: metrics.downstream_accepted.get_or_create(&labels).clone(),
+            open: metrics.downstream_open.get_or_create(&labels).clone(),
             name,
             policy,
             cfg: cfg.clone(),

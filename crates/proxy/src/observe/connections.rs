@@ -217,23 +217,13 @@ struct ConnList {
     closed: Vec<ConnView>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Inner {
     /// By side and id. Ids are counters, not input an attacker picks: a fast hash will do.
     open: FxHashMap<(Side, u64), Arc<ConnEntry>>,
     closed: VecDeque<Arc<ConnEntry>>,
     /// Closes since start, by side (downstream, upstream) and reason.
     closes: [[u64; CloseReason::COUNT]; 2],
-}
-
-impl Default for Inner {
-    fn default() -> Self {
-        Self {
-            open: FxHashMap::default(),
-            closed: VecDeque::new(),
-            closes: [[0; CloseReason::COUNT]; 2],
-        }
-    }
 }
 
 /// Every open connection and the last closed ones.

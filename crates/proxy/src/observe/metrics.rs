@@ -136,7 +136,7 @@ pub struct Metrics {
 /// The series a connection's close feeds, for one side and reason.
 #[derive(Debug, Clone)]
 pub struct ClosedSeries {
-    /// `linger_connections_closed_total`.
+    /// `linger_connection_closes_total`.
     pub closes: Counter,
     /// `linger_connection_lifetime_seconds`.
     pub lifetime: Histogram,

@@ -99,15 +99,10 @@ impl Cluster {
         };
         let reused_requests = reuse_counter("true");
         let fresh_requests = reuse_counter("false");
-        let pool_idle = metrics
-            .pool_idle
-            .get_or_create(&ClusterLabels {
-                cluster: name.clone(),
-            })
-            .clone();
         let labels = ClusterLabels {
             cluster: name.clone(),
         };
+        let pool_idle = metrics.pool_idle.get_or_create(&labels).clone();
         let ctx = Arc::new(ConnCtx {
             metrics: metrics.clone(),
             registry: registry.clone(),

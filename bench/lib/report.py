@@ -145,9 +145,41 @@ def ratio(a, b):
 RATIO_KEYS = (("rps", "rps_median"), ("p50", "p50_ms_median"), ("p99", "p99_ms_median"))
 
 
-def ratios(summary):
+def paired(runs, workload, threads, other):
+    """linger's round against the other target's round of the same number: the two ran
+    within seconds of each other, so a change in the machine's speed between rounds (which
+    on a shared machine can exceed the difference between the proxies) moves both. Per
+    workload and thread count: the median of the per-round req/s and p99 ratios, and in
+    how many rounds linger served at least as many req/s."""
+    by = {}
+    for r in runs:
+        if "error" in r or (r.get("workload", "small"), r["threads"]) != (workload, threads):
+            continue
+        by.setdefault(r.get("round"), {})[r["target"]] = r
+    rps, p99 = [], []
+    for pair in by.values():
+        a, b = pair.get("linger"), pair.get(other)
+        if not a or not b:
+            continue
+        if b.get("rps"):
+            rps.append(a["rps"] / b["rps"])
+        lp, op = a["latency_ms"].get("p99"), b["latency_ms"].get("p99")
+        if lp is not None and op:
+            p99.append(lp / op)
+    if not rps:
+        return {}
+    return {
+        f"rps_vs_{other}_paired_median": med(rps),
+        f"p99_vs_{other}_paired_median": med(p99),
+        f"rounds_ahead_of_{other}": sum(x >= 1 for x in rps),
+        "paired_rounds": len(rps),
+    }
+
+
+def ratios(summary, runs=()):
     """linger / HAProxy and linger / nginx per workload and thread count: req/s (above 1:
-    linger serves more), p50 and p99 latency (above 1: linger is slower)."""
+    linger serves more), p50 and p99 latency (above 1: linger is slower), from the medians
+    over rounds; and against HAProxy, the same from rounds paired (see `paired`)."""
     out = []
     for s in summary:
         if s["target"] != "linger":
@@ -157,6 +189,7 @@ def ratios(summary):
             o = find(summary, s["workload"], s["threads"], other)
             for name, key in RATIO_KEYS:
                 r[f"{name}_vs_{other}"] = ratio(s[key], o[key]) if o else None
+        r.update(paired(runs, s["workload"], s["threads"], "haproxy"))
         out.append(r)
     return out
 
@@ -227,6 +260,15 @@ def print_ratios(rs):
         print(f"{r['workload']:<10} {r['threads']:>3} {x(r['rps_vs_haproxy']):>10} {x(r['p50_vs_haproxy']):>8} "
               f"{x(r['p99_vs_haproxy']):>8} {x(r['rps_vs_nginx']):>10} {x(r['p50_vs_nginx']):>8} "
               f"{x(r['p99_vs_nginx']):>8}")
+    pairs = [r for r in rs if r.get("paired_rounds", 0) > 1]
+    if pairs:
+        table_head("linger relative to HAProxy, round by round (each round's linger run against the HAProxy "
+                   "run of the same round; medians of the per-round ratios)",
+                   f"{'workload':<10} {'thr':>3} {'req/s /hap':>10} {'p99 /hap':>8} {'rounds ahead':>12}")
+        for r in pairs:
+            print(f"{r['workload']:<10} {r['threads']:>3} {x(r['rps_vs_haproxy_paired_median']):>10} "
+                  f"{x(r['p99_vs_haproxy_paired_median']):>8} "
+                  f"{str(r['rounds_ahead_of_haproxy']) + ' of ' + str(r['paired_rounds']):>12}")
 
 
 def print_checks(checks):
@@ -317,7 +359,7 @@ def main():
     checks = load_jsonl(a.checks)
     errors = load_jsonl(a.errors)
     summary = summarise(runs, cfg.get("targets", []), [w["name"] for w in cfg.get("workloads", [])])
-    rs = ratios(summary)
+    rs = ratios(summary, runs)
     report = {
         "machine": machine_info(a.linger_bin, a.repo),
         "config": cfg,

@@ -161,11 +161,9 @@ def paired(runs, workload, threads, other):
         a, b = pair.get("linger"), pair.get(other)
         if not a or not b:
             continue
-        if b.get("rps"):
-            rps.append(a["rps"] / b["rps"])
-        lp, op = a["latency_ms"].get("p99"), b["latency_ms"].get("p99")
-        if lp is not None and op:
-            p99.append(lp / op)
+        rps.append(ratio(a["rps"], b.get("rps")))
+        p99.append(ratio(a["latency_ms"].get("p99"), b["latency_ms"].get("p99")))
+    rps = [x for x in rps if x is not None]
     if not rps:
         return {}
     return {

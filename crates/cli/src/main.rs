@@ -15,7 +15,11 @@ mod lab;
 /// jemalloc: every request allocates a few blocks of several KiB (the request path's
 /// future among them), which glibc's malloc serves from its slower bins (16 % of linger's
 /// instructions per request went to malloc and free); jemalloc's size classes serve them
-/// from per-thread caches and pack small per-connection blocks without headers.
+/// from per-thread caches and pack small per-connection blocks without headers. Its
+/// options are compiled in: a background thread (this crate's `background_threads`
+/// feature of `tikv-jemallocator`) returns pages unused for about a second
+/// (`dirty_decay_ms:1000`, `.cargo/config.toml`), even while linger is idle; see "Fixed
+/// values" in docs/config.md.
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -1,6 +1,6 @@
 //! The workers as the kernel and the metrics see them: each pinned to its CPU
-//! (`[runtime] pin_workers`), and the connections spread evenly over them however the
-//! accepts fall.
+//! (`[runtime] pin_workers`), the connections spread evenly over them however the
+//! accepts fall, and each one's CPU time counted.
 #![cfg(target_os = "linux")]
 
 mod support;
@@ -92,6 +92,13 @@ fn sample(exposition: &str, name: &str) -> i64 {
         .unwrap_or(0)
 }
 
+/// The value of `name` in an exposition, as a float, if present.
+fn sample_f64(exposition: &str, name: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 async fn scrape(admin: &str) -> String {
     let mut c = KeepAliveClient::new(admin.parse().unwrap());
     match c
@@ -158,6 +165,12 @@ async fn workers_are_pinned_and_connections_spread_evenly_over_them() {
     ];
     assert_eq!(held[0] + held[1], 20, "{held:?}\n{m}");
     assert!(held[0].abs_diff(held[1]) <= 3, "uneven: {held:?}");
+    // Each worker served connections, and counted the CPU time it took.
+    for w in 0..2 {
+        let name = format!("linger_worker_cpu_seconds_total{{worker=\"{w}\"}}");
+        let cpu = sample_f64(&m, &name).unwrap_or_else(|| panic!("no {name}:\n{m}"));
+        assert!(cpu > 0.0, "{name} {cpu}");
+    }
     drop(clients);
     drop(child);
 }

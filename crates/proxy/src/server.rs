@@ -146,6 +146,13 @@ impl Server {
                 share: downstream::spread::Share::new(&self.metrics, me),
             })
         });
+        // This thread is the worker's: its connections' polls read its CPU clock.
+        crate::io::cpu_time::install(
+            self.metrics
+                .worker_cpu
+                .get_or_create_owned(&crate::observe::metrics::WorkerLabels { worker: me }),
+            crate::io::clock::now_ns(),
+        );
         let reaper = tokio::spawn(async move {
             let mut tick = tokio::time::interval(REAP_INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -96,7 +96,9 @@ impl<F: Future> Future for Clocked<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         // Nested clocked futures keep the outer reading's place.
-        let outer = NOW.with(|c| c.replace(Some(read())));
+        let reading = read();
+        super::cpu_time::tick(reading.1);
+        let outer = NOW.with(|c| c.replace(Some(reading)));
         let r = self.project().inner.poll(cx);
         NOW.with(|c| c.set(outer));
         r

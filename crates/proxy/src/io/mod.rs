@@ -11,6 +11,7 @@
 
 pub mod clock;
 pub mod cpu;
+pub mod cpu_time;
 pub mod socket;
 pub mod transport;
 

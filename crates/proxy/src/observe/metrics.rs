@@ -127,6 +127,8 @@ pub struct Metrics {
     pub worker_connections: Family<WorkerLabels, Gauge>,
     /// Connections another worker accepted and handed to this one, to even the spread.
     pub worker_handoffs: Family<WorkerLabels, Counter>,
+    /// CPU time each worker's thread used (`io::cpu_time`).
+    pub worker_cpu: Family<WorkerLabels, crate::io::cpu_time::CpuCounter>,
     /// The close families' series, kept per side and reason once first used: a close
     /// neither hashes labels nor takes a family's lock. (A series still appears only once
     /// something closed for its reason.)
@@ -317,6 +319,13 @@ impl Metrics {
                 r,
                 "worker_handoffs",
                 "Connections another worker accepted and handed to this one, by worker",
+                Family::default(),
+            ),
+            worker_cpu: listed(
+                r,
+                "worker_cpu_seconds",
+                "CPU time each worker's thread used, read at most 100 microseconds of its \
+                 work behind",
                 Family::default(),
             ),
             registry: root,

@@ -84,16 +84,8 @@ fn spawn(origin: &Origin, runtime: &str, name: &str) -> (support::Running, Strin
     )
 }
 
-/// The value of `name` in an exposition (0 when absent).
-fn sample(exposition: &str, name: &str) -> i64 {
-    exposition
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// The value of `name` in an exposition, as a float, if present.
-fn sample_f64(exposition: &str, name: &str) -> Option<f64> {
+/// The value of `name` in an exposition, if present.
+fn sample<T: std::str::FromStr>(exposition: &str, name: &str) -> Option<T> {
     exposition
         .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
@@ -160,15 +152,15 @@ async fn workers_are_pinned_and_connections_spread_evenly_over_them() {
     }
     let m = scrape(&admin).await;
     let held = [
-        sample(&m, "linger_worker_connections_open{worker=\"0\"}"),
-        sample(&m, "linger_worker_connections_open{worker=\"1\"}"),
+        sample::<i64>(&m, "linger_worker_connections_open{worker=\"0\"}").unwrap_or(0),
+        sample::<i64>(&m, "linger_worker_connections_open{worker=\"1\"}").unwrap_or(0),
     ];
     assert_eq!(held[0] + held[1], 20, "{held:?}\n{m}");
     assert!(held[0].abs_diff(held[1]) <= 3, "uneven: {held:?}");
     // Each worker served connections, and counted the CPU time it took.
     for w in 0..2 {
         let name = format!("linger_worker_cpu_seconds_total{{worker=\"{w}\"}}");
-        let cpu = sample_f64(&m, &name).unwrap_or_else(|| panic!("no {name}:\n{m}"));
+        let cpu = sample::<f64>(&m, &name).unwrap_or_else(|| panic!("no {name}:\n{m}"));
         assert!(cpu > 0.0, "{name} {cpu}");
     }
     drop(clients);

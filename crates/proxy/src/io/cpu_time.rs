@@ -14,8 +14,9 @@
 //! 1.4 ms on 2 CPUs), while a client or an upstream process woken onto that CPU waits.
 //! HAProxy reads the same clock on every turn of its event loop, for its own accounting,
 //! with the same effect. Where the load generator shares the CPUs with one busy worker,
-//! those waits made the slowest 1 % of small requests about 1.3 times HAProxy's; with the
-//! reads they are at its level (`docs/benchmarks.md`, "The worker's CPU clock").
+//! those waits made the slowest 1 % of small requests 1.25 to 1.32 times HAProxy's in
+//! three benchmark runs; with the reads, 0.91 to 1.12 times in three runs
+//! (`docs/benchmarks.md`, "The worker's CPU clock" and "Where it stands").
 //!
 //! A read is one system call; at most one per 100 µs of work costs a busy worker well
 //! under 1 % of its time, and an idle worker makes none.

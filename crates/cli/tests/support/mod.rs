@@ -50,19 +50,25 @@ pub fn addresses(rx: &mpsc::Receiver<(String, String)>, admin: bool) -> (String,
 
 /// Starts `linger serve ARGS` and passes on every line it logs.
 pub fn spawn_serve_lines(args: &[&str]) -> (Child, mpsc::Receiver<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_linger"))
-        .arg("serve")
-        .args(args)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_linger"));
+    cmd.arg("serve").args(args);
+    spawn_lines(cmd, "linger")
+}
+
+/// Starts `cmd` (linger, or a program that runs it) with info logging, echoes its stderr
+/// to the test's with `tag` in front, and passes on every line.
+pub fn spawn_lines(mut cmd: Command, tag: &'static str) -> (Child, mpsc::Receiver<String>) {
+    let mut child = cmd
         .env("LINGER_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("the linger binary must start");
+        .unwrap_or_else(|e| panic!("{tag} must start: {e}"));
     let stderr = child.stderr.take().expect("piped stderr");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("linger: {line}");
+            eprintln!("{tag}: {line}");
             let _ = tx.send(line);
         }
     });

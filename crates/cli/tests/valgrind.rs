@@ -12,7 +12,7 @@
 mod support;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use linger_lab::peers::{KeepAliveClient, Origin, OriginConfig, Outcome};
 
@@ -56,22 +56,9 @@ async fn a_worker_serves_under_valgrind() {
     let (child, rx) = support::spawn_lines(cmd, "valgrind linger");
     let mut child = support::Running(child);
 
-    // Under valgrind a start takes seconds, not milliseconds.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut log = Vec::new();
-    let addr = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => match support::line_addr(&line) {
-                Some(a) if line.contains("listening") => break a,
-                _ => log.push(line),
-            },
-            Err(_) => panic!(
-                "linger under valgrind never listened; it said:\n{}",
-                log.join("\n")
-            ),
-        }
-    };
+    // Its log, echoed to the test's stderr, says why if it never listens.
+    let line = support::wait_for_line(&rx, "listening");
+    let addr = support::line_addr(&line).expect("the listening line has the address");
 
     // Connections at once, so that both workers take some, each with a few requests.
     let addr: std::net::SocketAddr = addr.parse().unwrap();

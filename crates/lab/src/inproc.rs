@@ -1,5 +1,7 @@
-//! linger started inside the current process, on the current tokio runtime, in front of
-//! given upstreams: for the demo and the tests.
+//! linger started inside the current process in front of given upstreams, for the demo
+//! and the tests: its worker runs as `linger serve`'s do, on a thread of its own with a
+//! single-threaded runtime, so that what a worker's thread holds (the queue of request
+//! heads, `upstream::outbox`) works as it does in the binary.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -7,20 +9,25 @@ use std::sync::{Arc, Mutex};
 use linger_proxy::config::File;
 use linger_proxy::AccessLog;
 use linger_proxy::Server;
-use tokio::task::JoinHandle;
 
-/// A running in-process linger; dropping it stops its worker.
+/// A running in-process linger; dropping it stops its worker and waits for its thread.
 #[derive(Debug)]
 pub struct InProcess {
     pub addr: SocketAddr,
     pub server: Arc<Server>,
     pub access_log: Arc<Mutex<Vec<String>>>,
-    task: JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for InProcess {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -41,12 +48,34 @@ impl InProcess {
         let addr = listener.local_addr()?;
         let (log, lines) = AccessLog::memory();
         let server = Server::new(config, log);
-        let task = tokio::spawn(server.clone().run_worker(vec![listener]));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let worker = server.clone();
+        let thread = std::thread::Builder::new()
+            .name("linger-worker-0".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a worker runtime must start");
+                rt.block_on(async move {
+                    let work = async {
+                        worker.clone().run_worker(vec![listener]).await;
+                        // As the binary: the runtime lives on while connections finish.
+                        worker.conns.wait_zero().await;
+                        std::future::pending::<()>().await;
+                    };
+                    tokio::select! {
+                        () = work => {}
+                        _ = stopped => {}
+                    }
+                });
+            })?;
         Ok(Self {
             addr,
             server,
             access_log: lines,
-            task,
+            stop: Some(stop),
+            thread: Some(thread),
         })
     }
 

@@ -265,6 +265,37 @@ mod tests {
         std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await
     }
 
+    /// The worker's sender on this (single-threaded) test runtime, registered once its
+    /// first poll ran.
+    async fn start_sender() -> tokio::task::JoinHandle<()> {
+        let sender = tokio::spawn(sender());
+        tokio::task::yield_now().await;
+        sender
+    }
+
+    /// Queues `head` from a task of its own, which waits until the head comes back (it is
+    /// woken for that) and gives what came back.
+    async fn came_back(stream: Arc<TcpStream>, stats: Arc<IoStats>, head: Vec<u8>) -> Sent {
+        let task = tokio::spawn(async move {
+            let mut head = Some(head);
+            let ticket = std::future::poll_fn(|cx| {
+                let head = head.take().expect("queued once");
+                Poll::Ready(queue(&stream, &stats, head, cx.waker()))
+            })
+            .await
+            .expect("a sender is there");
+            std::future::poll_fn(|_| match ticket.sent() {
+                Sent::Fine => Poll::Pending,
+                other => Poll::Ready(other),
+            })
+            .await
+        });
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the task was woken with its head")
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn without_a_sender_the_head_comes_back_to_be_written_inline() {
         let (a, _b) = pair().await;
@@ -277,9 +308,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_heads_of_a_turn_go_in_order_once_the_sender_runs() {
-        let sender = tokio::spawn(sender());
-        // Its first poll registers it on this thread.
-        tokio::task::yield_now().await;
+        let sender = start_sender().await;
         let (a, mut pa) = pair().await;
         let (b, mut pb) = pair().await;
         let stats = Arc::new(IoStats::default());
@@ -300,8 +329,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_ticket_dropped_before_its_turn_takes_its_head_out() {
-        let sender = tokio::spawn(sender());
-        tokio::task::yield_now().await;
+        let sender = start_sender().await;
         let (a, mut pa) = pair().await;
         let stats = Arc::new(IoStats::default());
         let w = waker().await;
@@ -315,8 +343,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_write_that_fails_is_the_tickets_failure() {
-        let sender = tokio::spawn(sender());
-        tokio::task::yield_now().await;
+        let sender = start_sender().await;
         let (a, pa) = pair().await;
         // The peer resets the connection: a write on it fails.
         socket2::SockRef::from(&pa)
@@ -329,36 +356,15 @@ mod tests {
             .unwrap()
             .unwrap();
         let stats = Arc::new(IoStats::default());
-        let task = tokio::spawn(async move {
-            let ticket = std::future::poll_fn(|cx| {
-                Poll::Ready(queue(
-                    &a,
-                    &stats,
-                    b"GET / HTTP/1.1\r\n\r\n".to_vec(),
-                    cx.waker(),
-                ))
-            })
-            .await
-            .unwrap();
-            // Woken when the head comes back.
-            std::future::poll_fn(|_| match ticket.sent() {
-                Sent::Fine => Poll::Pending,
-                other => Poll::Ready(other),
-            })
-            .await
-        });
-        let sent = tokio::time::timeout(Duration::from_secs(10), task)
-            .await
-            .expect("the task was woken with its head's fate")
-            .unwrap();
-        assert_eq!(sent, Sent::Failed);
+        let head = b"GET / HTTP/1.1\r\n\r\n".to_vec();
+        assert_eq!(came_back(a, stats.clone(), head).await, Sent::Failed);
+        assert_eq!(stats.bytes_written(), 0);
         sender.abort();
     }
 
     #[tokio::test]
     async fn a_head_the_socket_cannot_take_whole_comes_back_with_its_rest() {
-        let sender = tokio::spawn(sender());
-        tokio::task::yield_now().await;
+        let sender = start_sender().await;
         let (a, mut pa) = pair().await;
         // A small send buffer and a peer that does not read yet: the socket fills.
         socket2::SockRef::from(&*a)
@@ -369,25 +375,7 @@ mod tests {
             .unwrap();
         let head: Vec<u8> = (0..4 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
         let stats = Arc::new(IoStats::default());
-        let a2 = a.clone();
-        let st = stats.clone();
-        let h = head.clone();
-        let task = tokio::spawn(async move {
-            let ticket =
-                std::future::poll_fn(|cx| Poll::Ready(queue(&a2, &st, h.clone(), cx.waker())))
-                    .await
-                    .unwrap();
-            std::future::poll_fn(|_| match ticket.sent() {
-                Sent::Fine => Poll::Pending,
-                other => Poll::Ready(other),
-            })
-            .await
-        });
-        let rest = match tokio::time::timeout(Duration::from_secs(10), task)
-            .await
-            .unwrap()
-            .unwrap()
-        {
+        let rest = match came_back(a, stats.clone(), head.clone()).await {
             Sent::Rest(r) => r,
             other => panic!("expected the rest back, got {other:?}"),
         };

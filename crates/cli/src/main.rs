@@ -307,10 +307,7 @@ fn serve(args: ServeArgs) -> ExitCode {
                         tracing::warn!(worker = i, cpu, error = %e, "worker not pinned");
                     }
                 }
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("a worker runtime must start");
+                let rt = Server::worker_runtime().expect("a worker runtime must start");
                 rt.block_on(async move {
                     server.clone().run_worker(copies).await;
                     // Keep this runtime alive while its connections finish.

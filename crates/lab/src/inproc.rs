@@ -1,7 +1,7 @@
 //! linger started inside the current process in front of given upstreams, for the demo
-//! and the tests: its worker runs as `linger serve`'s do, on a thread of its own with a
-//! single-threaded runtime, so that what a worker's thread holds (the queue of request
-//! heads, `upstream::outbox`) works as it does in the binary.
+//! and the tests: its worker runs as `linger serve`'s do, on a thread of its own with the
+//! worker runtime ([`Server::worker_runtime`]), so that what a worker's thread holds works
+//! as it does in the binary.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -53,10 +53,7 @@ impl InProcess {
         let thread = std::thread::Builder::new()
             .name("linger-worker-0".into())
             .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("a worker runtime must start");
+                let rt = Server::worker_runtime().expect("a worker runtime must start");
                 rt.block_on(async move {
                     let work = async {
                         worker.clone().run_worker(vec![listener]).await;

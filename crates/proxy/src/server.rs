@@ -201,6 +201,16 @@ impl Server {
         crate::io::cpu::plan(self.config.pin_workers, self.config.workers, &allowed)
     }
 
+    /// The runtime a worker's thread runs [`Server::run_worker`] on: single-threaded, so
+    /// that a connection's task and what its thread holds (the clock reading of a poll,
+    /// the read scratch buffer, the CPU clock's ticks) stay together. `linger serve`'s
+    /// workers and the in-process linger of the tests and the demo both run on it.
+    pub fn worker_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    }
+
     /// Pins the calling worker thread to `cpu` (one of [`Server::worker_cpus`]).
     pub fn pin_worker_thread(cpu: usize) -> std::io::Result<()> {
         crate::io::cpu::pin_this_thread(cpu)

@@ -1,5 +1,5 @@
-//! linger started inside the current process in front of given upstreams, for the demo
-//! and the tests: its worker runs as `linger serve`'s do, on a thread of its own with the
+//! linger started inside the current process in front of given upstreams, for the tests:
+//! its worker runs as `linger serve`'s do, on a thread of its own with the
 //! worker runtime ([`Server::worker_runtime`]), so that what a worker's thread holds works
 //! as it does in the binary.
 

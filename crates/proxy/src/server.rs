@@ -204,7 +204,7 @@ impl Server {
     /// The runtime a worker's thread runs [`Server::run_worker`] on: single-threaded, so
     /// that a connection's task and what its thread holds (the clock reading of a poll,
     /// the read scratch buffer, the CPU clock's ticks) stay together. `linger serve`'s
-    /// workers and the in-process linger of the tests and the demo both run on it.
+    /// workers and the in-process linger of the tests (`linger_lab::inproc`) both run on it.
     pub fn worker_runtime() -> std::io::Result<tokio::runtime::Runtime> {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -675,7 +675,7 @@ async fn tunnel(shared: &Shared, mut up: UpstreamConn) {
         std::mem::take(&mut ib.buf)
     };
     let up_stats = up.stats.clone();
-    let upstream: &dyn Transport = up.stream_mut();
+    let upstream: &dyn Transport = up.stream();
     let down = End {
         stream: &shared.stream,
         stats: &shared.stats,

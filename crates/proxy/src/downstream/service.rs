@@ -1162,7 +1162,7 @@ impl DsService {
         let read_before = conn.stats.bytes_read();
         let sent_at = crate::io::clock::now();
         let out = Outgoing {
-            head: &head,
+            head,
             body: req.stream.as_mut(),
             chunked: req.chunked,
             gate: req.gate.as_deref(),

@@ -13,7 +13,6 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -59,7 +58,9 @@ pub struct ConnCtx {
 #[derive(Debug)]
 pub struct UpstreamConn {
     pub id: u64,
-    stream: TcpStream,
+    /// Shared only with the worker's sender while a request head waits in its queue
+    /// (`outbox`): the sender's hold ends before the request's does.
+    stream: Arc<TcpStream>,
     pub stats: Arc<IoStats>,
     /// Its entry in the registry (journal, request count).
     pub entry: Arc<ConnEntry>,
@@ -94,7 +95,7 @@ impl UpstreamConn {
         ctx.open.inc();
         Self {
             id,
-            stream,
+            stream: Arc::new(stream),
             stats,
             entry,
             endpoint,
@@ -118,13 +119,18 @@ impl UpstreamConn {
     /// fails.
     pub async fn write_all(&mut self, mut bytes: &[u8]) -> io::Result<()> {
         while !bytes.is_empty() {
-            let n = self.stats.written(self.stream.write(bytes).await)?;
+            let n = write_some(&self.stream, &self.stats, bytes).await?;
             if n == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
             bytes = &bytes[n..];
         }
         Ok(())
+    }
+
+    /// The socket and the counters, shared with the worker's sender for a queued head.
+    pub fn shared(&self) -> (&Arc<TcpStream>, &Arc<IoStats>) {
+        (&self.stream, &self.stats)
     }
 
     /// Reads what the socket has of a response body into `buf`: `Ok(0)` is the
@@ -201,8 +207,8 @@ impl UpstreamConn {
     }
 
     /// The socket, for a tunnel after a `101` (which owns the connection until it ends).
-    pub fn stream_mut(&mut self) -> &mut TcpStream {
-        &mut self.stream
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
     }
 
     /// Names the close without closing yet (a tunnel names it before it starts).

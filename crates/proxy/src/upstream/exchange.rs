@@ -6,6 +6,7 @@
 //! parsed with `httparse` and framed by `linger_h1::response_framing` (RFC 9112 §6.3).
 
 use std::mem::MaybeUninit;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -16,6 +17,7 @@ use linger_h1::{response_framing, ResponseFraming};
 use tokio::time::Instant;
 
 use super::conn::{poll_fill, write_some, UpstreamConn, HEAD_READ};
+use super::outbox;
 use crate::body::{ExpectGate, UpBody};
 use crate::error::TryErrorKind;
 use crate::io::PeerClose;
@@ -51,7 +53,7 @@ pub struct ResponseHead {
 #[derive(Debug)]
 pub struct Outgoing<'a> {
     /// The serialized head, with any buffered body after it.
-    pub head: &'a [u8],
+    pub head: Vec<u8>,
     /// A body that streams from the downstream, if any.
     pub body: Option<&'a mut UpBody>,
     /// Send the streamed body with chunked encoding (its length is unknown).
@@ -102,11 +104,29 @@ pub async fn exchange(
         method,
     } = req;
     // The head (and a buffered body) in one write; a reset here may still have left an
-    // answer in the receive buffer (R4), so it is read before anything is concluded.
-    let mut write_dead = conn.write_all(head).await.is_err();
+    // answer in the receive buffer (R4), so it is read before anything is concluded. With
+    // nothing to stream after it, the head goes with the worker's other requests of this
+    // turn (`outbox`), and this exchange goes on to wait for the answer meanwhile.
+    let mut write_dead = false;
+    let mut ticket = None;
+    let mut pending = Bytes::new();
+    if body.is_none() && gate.is_none() {
+        let (stream, stats) = conn.shared();
+        let mut head = Some(head);
+        let queued = std::future::poll_fn(|cx| {
+            let head = head.take().expect("a head is queued once");
+            Poll::Ready(outbox::queue(stream, stats, head, cx.waker()))
+        })
+        .await;
+        match queued {
+            Ok(t) => ticket = Some(t),
+            Err(head) => write_dead = conn.write_all(&head).await.is_err(),
+        }
+    } else {
+        write_dead = conn.write_all(&head).await.is_err();
+    }
     let mut body = body;
     let mut stream_ended = body.is_none();
-    let mut pending = Bytes::new();
     let mut gate_waiting = gate.is_some_and(|g| !g.is_open());
     let gate_deadline = gate_waiting.then(|| crate::io::clock::now() + EXPECT_WAIT);
     let mut final_head: Option<ResponseHead> = None;
@@ -114,6 +134,21 @@ pub async fn exchange(
     let mut discarding = false;
     let (stream, buf, stats) = conn.split();
     loop {
+        // A queued head that did not go whole comes back: the rest is written here (as a
+        // body's bytes are), or the failure is the write's.
+        if let Some(t) = &ticket {
+            match t.sent() {
+                outbox::Sent::Fine => {}
+                outbox::Sent::Rest(rest) => {
+                    pending = Bytes::from(rest);
+                    ticket = None;
+                }
+                outbox::Sent::Failed => {
+                    write_dead = true;
+                    ticket = None;
+                }
+            }
+        }
         // (Nothing read yet, nothing to parse: the first turn of every exchange.)
         while final_head.is_none() && !buf.is_empty() {
             let Some(h) = parse_response_head(buf, method)? else {

@@ -134,9 +134,9 @@ impl Server {
         // Lives on, as the drain's forwarder does, while the worker's connections finish:
         // their drain grace and timeouts still wake through it.
         tokio::spawn(deadlines.clone().run());
-        // The worker's sender of queued request heads (`upstream::outbox`), for as long
-        // as this runtime runs.
-        tokio::spawn(crate::upstream::outbox::sender());
+        // The worker's sender of the small writes queued in a turn (`io::outbox`), for as
+        // long as this runtime runs.
+        tokio::spawn(crate::io::outbox::sender());
         let (me, worker) = self.workers.register(|me| {
             Arc::new(WorkerCtx {
                 metrics: self.metrics.clone(),

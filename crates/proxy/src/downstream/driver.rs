@@ -553,7 +553,8 @@ async fn write_response(
             // costs less than the kernel's vectored write.
             out.extend_from_slice(&data);
             out.extend_from_slice(crlf);
-            write_parts(shared, &[&out]).await
+            // With the other small writes of the worker's turn (`io::outbox`).
+            crate::io::outbox::write_client(shared, &mut out).await
         } else {
             write_parts(shared, &[&out, &data, crlf]).await
         };
@@ -572,7 +573,12 @@ async fn write_response(
         }
         out.extend_from_slice(b"\r\n");
     }
-    if !out.is_empty() && write_parts(shared, &[&out]).await.is_err() {
+    // A bodiless response, or a chunked body's end: with the turn's other writes too.
+    if !out.is_empty()
+        && crate::io::outbox::write_client(shared, &mut out)
+            .await
+            .is_err()
+    {
         return Err(Ending::ClientGone);
     }
     Ok(())

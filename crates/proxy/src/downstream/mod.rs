@@ -10,7 +10,7 @@
 
 pub(crate) mod deadlines;
 mod driver;
-mod inbound;
+pub(crate) mod inbound;
 pub mod service;
 pub(crate) mod spread;
 

@@ -12,6 +12,7 @@
 pub mod clock;
 pub mod cpu;
 pub mod cpu_time;
+pub(crate) mod outbox;
 pub mod socket;
 pub mod transport;
 

@@ -38,6 +38,10 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>>;
 
+    /// Writes what the peer takes now, without waiting (`WouldBlock` when it takes
+    /// nothing): the worker's run of writes (`io::outbox`). Not counted.
+    fn try_write(&self, bytes: &[u8]) -> io::Result<usize>;
+
     /// Reads what the peer sent into `buf` (what is discarded: not counted); `Ok(0)` is
     /// the peer's end of the stream.
     fn poll_read(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>>;
@@ -77,6 +81,10 @@ impl Transport for TcpStream {
                 r => return Poll::Ready(r),
             }
         }
+    }
+
+    fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
+        TcpStream::try_write(self, bytes)
     }
 
     fn poll_read(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
@@ -220,6 +228,14 @@ impl Transport for Tcp {
             }
         }
         state.register()?.poll_write_vectored(cx, bufs)
+    }
+
+    fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
+        match &*self.lock() {
+            State::Plain { sock, .. } => write_some(sock, &[IoSlice::new(bytes)]),
+            State::Registered(t) => t.try_write(bytes),
+            State::Lost => Err(io::ErrorKind::NotConnected.into()),
+        }
     }
 
     fn poll_read(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {

@@ -59,7 +59,7 @@ pub struct ConnCtx {
 pub struct UpstreamConn {
     pub id: u64,
     /// Shared only with the worker's sender while a request head waits in its queue
-    /// (`outbox`): the sender's hold ends before the request's does.
+    /// (`io::outbox`): the sender's hold ends before the request's does.
     stream: Arc<TcpStream>,
     pub stats: Arc<IoStats>,
     /// Its entry in the registry (journal, request count).

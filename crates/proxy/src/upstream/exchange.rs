@@ -17,9 +17,9 @@ use linger_h1::{response_framing, ResponseFraming};
 use tokio::time::Instant;
 
 use super::conn::{poll_fill, write_some, UpstreamConn, HEAD_READ};
-use super::outbox;
 use crate::body::{ExpectGate, UpBody};
 use crate::error::TryErrorKind;
+use crate::io::outbox;
 use crate::io::PeerClose;
 use crate::lifecycle::upstream::ConnFields;
 
@@ -106,7 +106,7 @@ pub async fn exchange(
     // The head (and a buffered body) in one write; a reset here may still have left an
     // answer in the receive buffer (R4), so it is read before anything is concluded. With
     // nothing to stream after it, the head goes with the worker's other requests of this
-    // turn (`outbox`), and this exchange goes on to wait for the answer meanwhile.
+    // turn (`io::outbox`), and this exchange goes on to wait for the answer meanwhile.
     let mut write_dead = false;
     let mut ticket = None;
     let mut pending = Bytes::new();
@@ -115,7 +115,8 @@ pub async fn exchange(
         let mut head = Some(head);
         let queued = std::future::poll_fn(|cx| {
             let head = head.take().expect("a head is queued once");
-            Poll::Ready(outbox::queue(stream, stats, head, cx.waker()))
+            let dest = outbox::Dest::Upstream(stream.clone(), stats.clone());
+            Poll::Ready(outbox::queue(dest, head, cx.waker(), false))
         })
         .await;
         match queued {
@@ -138,7 +139,8 @@ pub async fn exchange(
         // body's bytes are), or the failure is the write's.
         if let Some(t) = &ticket {
             match t.sent() {
-                outbox::Sent::Fine => {}
+                // (Unreported: a head that went whole does not come back.)
+                outbox::Sent::Fine | outbox::Sent::Written(_) => {}
                 outbox::Sent::Rest(rest) => {
                     pending = Bytes::from(rest);
                     ticket = None;

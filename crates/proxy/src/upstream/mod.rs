@@ -8,7 +8,6 @@
 pub(crate) mod conn;
 pub mod exchange;
 pub mod learn;
-pub(crate) mod outbox;
 mod pool;
 
 use std::net::SocketAddr;

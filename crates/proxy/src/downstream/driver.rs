@@ -506,6 +506,7 @@ async fn write_response(
         listener.keep_alive_value.as_ref(),
     );
     let watch = listener.cfg.half_close == HalfClosePolicy::Abort;
+    let in_run = conn.lifecycle(|lc| lc.close_reason()).is_none();
     let mut trailers: Option<HeaderMap> = None;
     loop {
         let frame = tokio::select! {
@@ -553,8 +554,7 @@ async fn write_response(
             // costs less than the kernel's vectored write.
             out.extend_from_slice(&data);
             out.extend_from_slice(crlf);
-            // With the other small writes of the worker's turn (`io::outbox`).
-            crate::io::outbox::write_client(shared, &mut out).await
+            write_answer(shared, &mut out, in_run).await
         } else {
             write_parts(shared, &[&out, &data, crlf]).await
         };
@@ -573,12 +573,8 @@ async fn write_response(
         }
         out.extend_from_slice(b"\r\n");
     }
-    // A bodiless response, or a chunked body's end: with the turn's other writes too.
-    if !out.is_empty()
-        && crate::io::outbox::write_client(shared, &mut out)
-            .await
-            .is_err()
-    {
+    // A bodiless response, or a chunked body's end.
+    if !out.is_empty() && write_answer(shared, &mut out, in_run).await.is_err() {
         return Err(Ending::ClientGone);
     }
     Ok(())
@@ -665,6 +661,22 @@ fn write_head(
     // The fields linger adds go last.
     added.write(out, keep_alive);
     out.extend_from_slice(b"\r\n");
+}
+
+/// Writes a response's bytes that fit one write: with the other small writes of the
+/// worker's turn (`io::outbox`) while the connection goes on; at once when it ends with
+/// this response, whose close follows straight after and whose client (a new connection
+/// per request) waits on its round trip rather than on the worker's CPU.
+async fn write_answer(
+    shared: &Arc<Shared>,
+    out: &mut Vec<u8>,
+    in_run: bool,
+) -> std::io::Result<()> {
+    if in_run {
+        crate::io::outbox::write_client(shared, out).await
+    } else {
+        write_parts(shared, &[out]).await
+    }
 }
 
 /// Writes all of `parts`, in order, to the client: vectored, without copying them.

@@ -1169,6 +1169,7 @@ impl DsService {
             early_wait: req.early_wait,
             hold: self.listener.cfg.early_response == EarlyResponsePolicy::Hold,
             method: &req.method,
+            in_run: !inflight.record.as_ref().is_some_and(|r| r.wants_close),
         };
         let outcome = tokio::time::timeout(cluster.cfg.response_timeout, exchange(&mut conn, out))
             .await

@@ -66,6 +66,10 @@ pub struct Outgoing<'a> {
     /// reads no more of it (the listener's `early_response = "hold"`).
     pub hold: bool,
     pub method: &'a Method,
+    /// Send a head without a body to stream with the worker's other writes of the turn
+    /// (`io::outbox`). Not for a request whose client connection ends with it: nothing of
+    /// that client follows to share the run, and its round trip paces it.
+    pub in_run: bool,
 }
 
 /// What came back.
@@ -102,6 +106,7 @@ pub async fn exchange(
         early_wait,
         hold,
         method,
+        in_run,
     } = req;
     // The head (and a buffered body) in one write; a reset here may still have left an
     // answer in the receive buffer (R4), so it is read before anything is concluded. With
@@ -110,7 +115,7 @@ pub async fn exchange(
     let mut write_dead = false;
     let mut ticket = None;
     let mut pending = Bytes::new();
-    if body.is_none() && gate.is_none() {
+    if in_run && body.is_none() && gate.is_none() {
         let (stream, stats) = conn.shared();
         let mut head = Some(head);
         let queued = std::future::poll_fn(|cx| {

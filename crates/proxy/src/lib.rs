@@ -6,7 +6,8 @@
 //! * `upstream/`: clusters, our own per-endpoint pool of bare sockets, the connector, and
 //!   linger's own HTTP/1.1 client exchange, driven in the request's task.
 //! * `lifecycle/`: sans-io decisions (reuse, keep-alive, close) that the two sides drive.
-//! * `io/`: the downstream socket wrapper, the lingering close, and socket options.
+//! * `io/`: the downstream socket wrapper, the worker's run of small writes (`outbox`),
+//!   the lingering close, and socket options.
 //! * `error.rs`: typed errors of a try (side, kind, retry class).
 //! * `observe/`: termination codes, metrics, the access log.
 //!

@@ -9,7 +9,8 @@
 //! is ready, then sends. Here a request head without a streaming body, and a response that
 //! fits one write, is queued instead, and the worker's sender, a task woken by the first
 //! write queued in a turn and so polled after the turn's other tasks, writes the queued
-//! bytes one after another, in the order they came.
+//! bytes one after another: the answers first, then the requests, each in the order they
+//! came.
 //!
 //! A request's task does not wait for its head: it goes on to wait for the response, which
 //! cannot come before the head went, and nothing else writes on the upstream connection
@@ -208,8 +209,8 @@ pub async fn write_client(shared: &Arc<Shared>, bytes: &mut Vec<u8>) -> io::Resu
     }
 }
 
-/// The worker's sender: writes the queued bytes, in the order they came, whenever it is
-/// woken. Runs on the worker's runtime for as long as the worker does.
+/// The worker's sender: writes the queued bytes (answers first, then requests, each in
+/// the order they came) whenever it is woken. Runs on the worker's runtime for as long as the worker does.
 pub fn sender() -> impl Future<Output = ()> {
     Sender { started: false }
 }

@@ -103,7 +103,11 @@ impl Outbox {
 
 /// A write in the worker's queue. Dropping it before the bytes went takes them out.
 #[derive(Debug)]
-pub struct Ticket(u64);
+pub struct Ticket {
+    id: u64,
+    /// Its outcome was taken: nothing of it is left in the queue to take out.
+    spent: bool,
+}
 
 /// What became of a queued write.
 #[derive(Debug, PartialEq, Eq)]
@@ -139,29 +143,39 @@ pub fn queue(dest: Dest, bytes: Vec<u8>, task: &Waker, report: bool) -> Result<T
             task: task.clone(),
             report,
         });
-        Ok(Ticket(ticket))
+        Ok(Ticket {
+            id: ticket,
+            spent: false,
+        })
     })
 }
 
 impl Ticket {
     /// What became of the write so far. After anything but `Fine` the ticket is spent.
-    pub fn sent(&self) -> Sent {
-        OUTBOX.with_borrow_mut(
-            |o| match o.returned.iter().position(|(t, _)| *t == self.0) {
+    pub fn sent(&mut self) -> Sent {
+        let id = self.id;
+        let sent =
+            OUTBOX.with_borrow_mut(|o| match o.returned.iter().position(|(t, _)| *t == id) {
                 Some(i) => o.returned.swap_remove(i).1,
                 None => Sent::Fine,
-            },
-        )
+            });
+        self.spent = sent != Sent::Fine;
+        sent
     }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
+        // A spent ticket (every response's, once written) costs no scan of the queue.
+        if self.spent {
+            return;
+        }
+        let id = self.id;
         // `try_with`: a task dropped as its thread ends has nothing left to take out.
         let _ = OUTBOX.try_with(|o| {
             if let Ok(mut o) = o.try_borrow_mut() {
-                o.queued.retain(|q| q.ticket != self.0);
-                o.returned.retain(|(t, _)| *t != self.0);
+                o.queued.retain(|q| q.ticket != id);
+                o.returned.retain(|(t, _)| *t != id);
             }
         });
     }
@@ -172,7 +186,7 @@ impl Drop for Ticket {
 pub async fn write_client(shared: &Arc<Shared>, bytes: &mut Vec<u8>) -> io::Result<()> {
     let mut ticket: Option<Ticket> = None;
     let sent = std::future::poll_fn(|cx| {
-        let Some(t) = &ticket else {
+        let Some(t) = &mut ticket else {
             let queued = queue(
                 Dest::Client(shared.clone()),
                 std::mem::take(bytes),
@@ -356,7 +370,7 @@ mod tests {
     async fn came_back(stream: Arc<TcpStream>, stats: Arc<IoStats>, head: Vec<u8>) -> Sent {
         let task = tokio::spawn(async move {
             let mut head = Some(head);
-            let ticket = std::future::poll_fn(|cx| {
+            let mut ticket = std::future::poll_fn(|cx| {
                 let head = head.take().expect("queued once");
                 Poll::Ready(queue(up(&stream, &stats), head, cx.waker(), false))
             })
@@ -456,8 +470,8 @@ mod tests {
         let w = waker().await;
         let request = b"GET / HTTP/1.1\r\n\r\n".to_vec();
         let answer = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
-        let tr = queue(up(&u, &stats), request.clone(), &w, false).unwrap();
-        let ta = queue(Dest::Client(c.clone()), answer.clone(), &w, true).unwrap();
+        let mut tr = queue(up(&u, &stats), request.clone(), &w, false).unwrap();
+        let mut ta = queue(Dest::Client(c.clone()), answer.clone(), &w, true).unwrap();
         assert_eq!(read_exactly(&mut origin, request.len()).await, request);
         assert_eq!(read_exactly(&mut peer, answer.len()).await, answer);
         // The answer's task hears that it went (its buffer back); the request's does not.
@@ -484,15 +498,15 @@ mod tests {
         let (b, mut pb) = pair().await;
         let stats = Arc::new(IoStats::default());
         let w = waker().await;
-        let ta = queue(up(&a, &stats), b"first\n".to_vec(), &w, false).unwrap();
-        let tb = queue(up(&b, &stats), b"second\n".to_vec(), &w, false).unwrap();
-        let ta2 = queue(up(&a, &stats), b"third\n".to_vec(), &w, false).unwrap();
+        let mut ta = queue(up(&a, &stats), b"first\n".to_vec(), &w, false).unwrap();
+        let mut tb = queue(up(&b, &stats), b"second\n".to_vec(), &w, false).unwrap();
+        let mut ta2 = queue(up(&a, &stats), b"third\n".to_vec(), &w, false).unwrap();
         // Nothing is written before the sender's turn.
         assert_eq!(stats.bytes_written(), 0);
         assert_eq!(read_exactly(&mut pa, 12).await, b"first\nthird\n");
         assert_eq!(read_exactly(&mut pb, 7).await, b"second\n");
         assert_eq!(stats.bytes_written(), 19);
-        for t in [&ta, &tb, &ta2] {
+        for t in [&mut ta, &mut tb, &mut ta2] {
             assert_eq!(t.sent(), Sent::Fine);
         }
         sender.abort();

@@ -142,7 +142,7 @@ pub async fn exchange(
     loop {
         // A queued head that did not go whole comes back: the rest is written here (as a
         // body's bytes are), or the failure is the write's.
-        if let Some(t) = &ticket {
+        if let Some(t) = &mut ticket {
             match t.sent() {
                 // (Unreported: a head that went whole does not come back.)
                 outbox::Sent::Fine | outbox::Sent::Written(_) => {}

@@ -18,6 +18,18 @@ use crate::upstream::Cluster;
 /// reads the upstream's idle closes to within one sweep).
 const REAP_INTERVAL: Duration = crate::upstream::learn::SWEEP;
 
+/// How many tasks a worker runs before it looks for new readiness (tokio's
+/// `event_interval`; its default is 61). A worker under load finds a connection ready and
+/// runs its task, which reads, and queues its writes for the turn's run
+/// (`io/outbox.rs`): the longer the turn, the fewer `epoll_wait`s per request and the
+/// longer the runs of writes, so the fewer wakeups of the peers. HAProxy's counterpart,
+/// `tune.runqueue-depth`, defaults to 200. Measured at 1 worker, small GETs over 64
+/// connections, alternating 6 s rounds: 92,062 req/s on average over 5 rounds against
+/// 89,687 with tokio's 61, and a lower p99 (median 1.30 ms against 1.41). A turn of 200
+/// tasks takes well under a millisecond, so timers stay as prompt as the connection
+/// timeouts need.
+const TASKS_PER_TURN: u32 = 200;
+
 /// The process-wide state.
 #[derive(Debug)]
 pub struct Server {
@@ -210,6 +222,7 @@ impl Server {
     /// workers and the in-process linger of the tests (`linger_lab::inproc`) both run on it.
     pub fn worker_runtime() -> std::io::Result<tokio::runtime::Runtime> {
         tokio::runtime::Builder::new_current_thread()
+            .event_interval(TASKS_PER_TURN)
             .enable_all()
             .build()
     }

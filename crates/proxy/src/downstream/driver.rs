@@ -738,3 +738,49 @@ const TUNNEL_READ: usize = 16 * 1024;
 pub async fn write_best_effort(shared: &Shared, bytes: &[u8], limit: Duration) {
     let _ = tokio::time::timeout(limit, write_all(&shared.stream, &shared.stats, bytes)).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::outbox::tests::{client, read_exactly, start_sender};
+
+    /// Polls `f` once.
+    async fn poll_once<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
+        std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *f).poll(cx))).await
+    }
+
+    #[tokio::test]
+    async fn a_closing_answer_is_written_at_once_and_a_kept_one_goes_with_the_run() {
+        let sender = start_sender().await;
+        let (c, mut peer) = client().await;
+
+        // The connection closes after this one: written in the first poll, before the
+        // sender runs again.
+        let closing = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+        let mut out = closing.to_vec();
+        let mut write = Box::pin(write_answer(&c, &mut out, false));
+        let first = poll_once(&mut write).await;
+        assert!(
+            matches!(first, Poll::Ready(Ok(()))),
+            "written at once: {first:?}"
+        );
+        drop(write);
+        assert_eq!(read_exactly(&mut peer, closing.len()).await, closing);
+
+        // The connection goes on: queued for the turn's run, and done once the sender
+        // wrote it.
+        let kept = b"HTTP/1.1 204 No Content\r\n\r\n";
+        let mut out = kept.to_vec();
+        let mut write = Box::pin(write_answer(&c, &mut out, true));
+        assert!(
+            poll_once(&mut write).await.is_pending(),
+            "queued for the run"
+        );
+        tokio::time::timeout(Duration::from_secs(10), write)
+            .await
+            .expect("the run wrote it in time")
+            .unwrap();
+        assert_eq!(read_exactly(&mut peer, kept.len()).await, kept);
+        sender.abort();
+    }
+}

@@ -324,7 +324,7 @@ fn write_queued(dest: &Dest, mut bytes: Vec<u8>) -> Sent {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::time::Duration;
     use tokio::io::AsyncReadExt;
@@ -340,7 +340,7 @@ mod tests {
     }
 
     /// Reads until `want` bytes came (within a generous bound).
-    async fn read_exactly(peer: &mut TcpStream, want: usize) -> Vec<u8> {
+    pub(crate) async fn read_exactly(peer: &mut TcpStream, want: usize) -> Vec<u8> {
         let mut got = vec![0; want];
         tokio::time::timeout(Duration::from_secs(10), peer.read_exact(&mut got))
             .await
@@ -359,7 +359,7 @@ mod tests {
 
     /// The worker's sender on this (single-threaded) test runtime, registered once its
     /// first poll ran.
-    async fn start_sender() -> tokio::task::JoinHandle<()> {
+    pub(crate) async fn start_sender() -> tokio::task::JoinHandle<()> {
         let sender = tokio::spawn(sender());
         tokio::task::yield_now().await;
         sender
@@ -397,7 +397,7 @@ mod tests {
     }
 
     /// A client connection as a worker holds it, and the peer that reads what it writes.
-    async fn client() -> (Arc<Shared>, TcpStream) {
+    pub(crate) async fn client() -> (Arc<Shared>, TcpStream) {
         let (a, b) = pair().await;
         let a = Arc::into_inner(a).unwrap().into_std().unwrap();
         let shared: Arc<Shared> = Arc::new(Shared {

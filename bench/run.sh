@@ -304,6 +304,21 @@ check_target() {
 }
 
 # ------------------------------------------------------------------- run ---
+# round_order R: the targets of round R in the order they are measured. `direct` (the
+# reference, no proxy) goes first in every round and the proxies rotate behind it, so that
+# over as many rounds as there are proxies each proxy is measured once in each position,
+# once right after `direct` among them. (The position matters: a proxy measured right
+# after wrk drove the origin directly can get a smaller share of its CPU for the whole
+# round, see docs/benchmarks.md, "The order of the rounds".)
+round_order() {
+    local r=$1 t k proxies=()
+    for t in "${ACTIVE[@]}"; do
+        if [[ $t == direct ]]; then echo direct; else proxies+=("$t"); fi
+    done
+    local m=${#proxies[@]}
+    for ((k = 0; k < m; k++)); do echo "${proxies[(k + r - 1) % m]}"; done
+}
+
 echo "== linger bench: targets=${TARGET_LIST[*]} workloads=${WORKLOAD_LIST[*]} threads=${THREADS[*]}" \
     "rounds=$ROUNDS duration=$DURATION wrk -t$WRK_THREADS;" \
     "idle=$( ((RUN_IDLE)) && echo "${IDLE_TARGETS[*]} x $IDLE_CONNS conns" || echo off)"
@@ -330,7 +345,6 @@ if ((RUN_BENCH)); then
             LOAD_PREFIX=(taskset -c "$(load_cpus "$T")")
             echo "   pinned: proxies on cpus $(proxy_cpus "$T"), origin and wrk on cpus $(load_cpus "$T")"
         fi
-        n=${#ACTIVE[@]}
         for w in "${WORKLOAD_LIST[@]}"; do
             IFS='|' read -r -a wargs <<<"${W_ARGS[$w]}"
             wrk_base=("-t$WRK_THREADS" "-c${W_CONNS[$w]}" "${wargs[@]}")
@@ -342,8 +356,7 @@ if ((RUN_BENCH)); then
             fi
             for ((r = 1; r <= ROUNDS; r++)); do
                 echo "== threads=$T workload=$w round $r/$ROUNDS"
-                for ((k = 0; k < n; k++)); do
-                    t=${ACTIVE[(k + r - 1) % n]}
+                for t in $(round_order "$r"); do
                     if ! alive "${TPID[$t]}"; then
                         problem "$t" "bench-$w-t$T-r$r" "process ${TPID[$t]} is gone"
                         continue

@@ -454,7 +454,6 @@ fn wants_close(req: &Request<Incoming>) -> bool {
     req.version() == Version::HTTP_10 && !connection_has(req.headers(), "keep-alive")
 }
 
-/// Sends `len` request-body bytes? Reads a whole body of known small length.
 /// Why a request body could not be read whole.
 enum BodyReadError {
     /// No bytes for the listener's `request_body_timeout`.

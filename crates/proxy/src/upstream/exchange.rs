@@ -483,6 +483,91 @@ fn httparse_error(e: httparse::Error) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::io::outbox::tests::{read_exactly, start_sender};
+    use std::sync::Arc;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// An upstream connection on loopback, and the origin's end of it.
+    async fn upstream() -> (UpstreamConn, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ours = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (origin, _) = l.accept().await.unwrap();
+        let stats = Arc::new(crate::io::IoStats::default());
+        let registry = Arc::new(crate::observe::Registry::new(0));
+        let entry = registry.open(crate::observe::ConnEntry::new(
+            1,
+            crate::observe::Side::Upstream,
+            Arc::new("test".into()),
+            l.local_addr().unwrap(),
+            None,
+            stats.clone(),
+        ));
+        let ctx = Arc::new(super::super::conn::ConnCtx {
+            metrics: Arc::new(crate::observe::Metrics::new()),
+            registry,
+            connects: Default::default(),
+            open: Default::default(),
+        });
+        (UpstreamConn::new(1, ours, stats, entry, 0, ctx), origin)
+    }
+
+    /// Whether bytes wait to be read on `s`, without reading them or waiting.
+    fn has_bytes(s: &TcpStream) -> bool {
+        let mut b = [MaybeUninit::uninit(); 1];
+        match socket2::SockRef::from(s).peek(&mut b) {
+            Ok(n) => n > 0,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+            Err(e) => panic!("peek: {e}"),
+        }
+    }
+
+    /// Polls `f` once.
+    async fn poll_once<F: std::future::Future + Unpin>(f: &mut F) -> Poll<F::Output> {
+        std::future::poll_fn(|cx| Poll::Ready(std::pin::Pin::new(&mut *f).poll(cx))).await
+    }
+
+    /// A head without a body goes with the turn's run; one whose client connection ends
+    /// with it (`in_run` false, a request that asked to close) is written in the
+    /// exchange's first poll, while a sender is there to take it.
+    #[tokio::test]
+    async fn a_head_goes_with_the_run_unless_its_client_ends_with_it() {
+        let _sender = start_sender().await;
+        let head = b"GET / HTTP/1.1\r\nhost: a\r\n\r\n";
+        let answer = b"HTTP/1.1 204 No Content\r\n\r\n";
+        for in_run in [false, true] {
+            let (mut conn, mut origin) = upstream().await;
+            let out = Outgoing {
+                head: head.to_vec(),
+                body: None,
+                chunked: false,
+                gate: None,
+                early_wait: Duration::ZERO,
+                hold: false,
+                method: &Method::GET,
+                in_run,
+            };
+            let mut ex = Box::pin(exchange(&mut conn, out));
+            assert!(
+                poll_once(&mut ex).await.is_pending(),
+                "waits for the answer"
+            );
+            // Loopback puts what was sent in the origin's receive queue within the send.
+            assert_eq!(
+                has_bytes(&origin),
+                !in_run,
+                "in_run {in_run}: written in the first poll"
+            );
+            // Queued or not, it arrives: the sender runs while this task waits.
+            assert_eq!(read_exactly(&mut origin, head.len()).await, head);
+            origin.write_all(answer).await.unwrap();
+            let answered = tokio::time::timeout(Duration::from_secs(10), ex)
+                .await
+                .expect("answered in time")
+                .unwrap();
+            assert_eq!(answered.head.parts.status, StatusCode::NO_CONTENT);
+        }
+    }
 
     #[test]
     fn hop_by_hop_fields_are_read_and_left_out_of_the_map() {

@@ -505,6 +505,9 @@ async fn write_response(
         &body.added,
         listener.keep_alive_value.as_ref(),
     );
+    // Written: the fields go now, while they are in the cache, rather than after the body
+    // (with many connections they are not by then), and this future does not keep them.
+    drop(parts);
     let watch = listener.cfg.half_close == HalfClosePolicy::Abort;
     let in_run = conn.lifecycle(|lc| lc.close_reason()).is_none();
     let mut trailers: Option<HeaderMap> = None;

@@ -31,7 +31,9 @@ use crate::observe::journal::Kind;
 use crate::observe::metrics::{RequestLabels, RetryLabels};
 use crate::observe::{AccessRecord, CloseReason, ConnState, RetryEntry, Termination};
 use crate::retry::{self, Decision, TryFailure};
-use crate::upstream::exchange::{exchange, write_request_head, Answered, Outgoing, ResponseHead};
+use crate::upstream::exchange::{
+    exchange, write_head_fields, write_request_head, Answered, Outgoing, ResponseHead,
+};
 use crate::upstream::{Cluster, UpstreamConn};
 /// How long a response that arrived before the request body was fully forwarded waits for
 /// the body to finish before it is treated as an early response (R4).
@@ -363,8 +365,10 @@ struct Prepared {
     method: Method,
     /// The origin-form target.
     target: String,
-    /// Forwarded with linger's other changes; `Host` is set per try unless preserved.
-    headers: HeaderMap,
+    /// The header fields as forwarded with linger's other changes, serialized once (the
+    /// map goes as soon as they are, while it is in the cache); `Host` is left out when
+    /// each try sets its own.
+    fields: Vec<u8>,
     added: forward::Added,
     preserve_host: bool,
     /// A body read whole (sent again on a retry).
@@ -392,7 +396,7 @@ impl Prepared {
             &mut out,
             &self.method,
             &self.target,
-            &self.headers,
+            &self.fields,
             &self.added,
             host,
             self.chunked,
@@ -741,13 +745,20 @@ impl DsService {
                 .await?;
             routed.cluster.budget.deposit();
             let replayable = plan.stream.is_none();
+            let preserve_host = self.listener.cfg.headers.preserve_host && routed.head.has_host;
+            let chunked =
+                plan.stream.is_some() && !routed.head.headers.contains_key(header::CONTENT_LENGTH);
+            let mut fields = Vec::new();
+            write_head_fields(&mut fields, &routed.head.headers, !preserve_host);
+            // The map goes now, while it is in the cache: dropped after the response, with
+            // many connections, it is read back from memory.
+            drop(routed.head.headers);
             let mut prepared = Prepared {
-                chunked: plan.stream.is_some()
-                    && !routed.head.headers.contains_key(header::CONTENT_LENGTH),
+                chunked,
                 method: routed.head.method,
                 target: routed.head.target,
-                preserve_host: self.listener.cfg.headers.preserve_host && routed.head.has_host,
-                headers: routed.head.headers,
+                preserve_host,
+                fields,
                 added: routed.head.added,
                 replay: plan.replay,
                 stream: plan.stream.map(UpBody::Stream),

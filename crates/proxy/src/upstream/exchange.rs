@@ -333,14 +333,26 @@ fn write_fields(out: &mut BytesMut, headers: &HeaderMap) {
     }
 }
 
+/// A request's header fields as they go upstream, serialized once for all its tries:
+/// `Host` is left out when each try sets its own (`skip_host`).
+pub fn write_head_fields(out: &mut Vec<u8>, headers: &HeaderMap, skip_host: bool) {
+    for (name, value) in headers {
+        if skip_host && name == http::header::HOST {
+            continue;
+        }
+        crate::forward::write_field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+}
+
 /// Serializes a request head for the upstream: `METHOD target HTTP/1.1`, `Host` (when
-/// given, in place of the field's own), the fields, and chunked framing when asked (a
-/// body of known length keeps its `Content-Length` among the fields).
+/// given, in place of the field's own, which `fields` must then leave out), the fields as
+/// [`write_head_fields`] wrote them, linger's own, and chunked framing when asked (a body of
+/// known length keeps its `Content-Length` among the fields).
 pub fn write_request_head(
     out: &mut Vec<u8>,
     method: &Method,
     target: &str,
-    headers: &HeaderMap,
+    fields: &[u8],
     added: &crate::forward::Added,
     host: Option<&str>,
     chunked: bool,
@@ -352,12 +364,7 @@ pub fn write_request_head(
     if let Some(h) = host {
         crate::forward::write_field(out, b"host", h.as_bytes());
     }
-    for (name, value) in headers {
-        if host.is_some() && name == http::header::HOST {
-            continue;
-        }
-        crate::forward::write_field(out, name.as_str().as_bytes(), value.as_bytes());
-    }
+    out.extend_from_slice(fields);
     added.write(out);
     if chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
@@ -627,7 +634,12 @@ mod tests {
         h.insert("host", HeaderValue::from_static("a"));
         let mut out = Vec::new();
         let none = crate::forward::Added::default();
-        write_request_head(&mut out, &Method::POST, "/x?y", &h, &none, None, true);
+        let mut all = Vec::new();
+        write_head_fields(&mut all, &h, false);
+        let mut no_host = Vec::new();
+        write_head_fields(&mut no_host, &h, true);
+        assert!(no_host.is_empty());
+        write_request_head(&mut out, &Method::POST, "/x?y", &all, &none, None, true);
         assert_eq!(
             out,
             b"POST /x?y HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -641,7 +653,7 @@ mod tests {
             &mut out,
             &Method::GET,
             "/",
-            &h,
+            &no_host,
             &added,
             Some("10.0.0.1:80"),
             false,

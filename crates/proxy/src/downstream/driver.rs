@@ -745,12 +745,7 @@ pub async fn write_best_effort(shared: &Shared, bytes: &[u8], limit: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::io::outbox::tests::{client, read_exactly, start_sender};
-
-    /// Polls `f` once.
-    async fn poll_once<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
-        std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *f).poll(cx))).await
-    }
+    use crate::io::outbox::tests::{client, poll_once, read_exactly, start_sender};
 
     #[tokio::test]
     async fn a_closing_answer_is_written_at_once_and_a_kept_one_goes_with_the_run() {

@@ -32,7 +32,7 @@ use crate::observe::metrics::{RequestLabels, RetryLabels};
 use crate::observe::{AccessRecord, CloseReason, ConnState, RetryEntry, Termination};
 use crate::retry::{self, Decision, TryFailure};
 use crate::upstream::exchange::{
-    exchange, write_head_fields, write_request_head, Answered, Outgoing, ResponseHead,
+    exchange, write_fields, write_request_head, Answered, Outgoing, ResponseHead,
 };
 use crate::upstream::{Cluster, UpstreamConn};
 /// How long a response that arrived before the request body was fully forwarded waits for
@@ -749,7 +749,7 @@ impl DsService {
             let chunked =
                 plan.stream.is_some() && !routed.head.headers.contains_key(header::CONTENT_LENGTH);
             let mut fields = Vec::new();
-            write_head_fields(&mut fields, &routed.head.headers, !preserve_host);
+            write_fields(&mut fields, &routed.head.headers, !preserve_host);
             // The map goes now, while it is in the cache: dropped after the response, with
             // many connections, it is read back from memory.
             drop(routed.head.headers);

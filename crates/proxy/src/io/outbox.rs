@@ -339,6 +339,11 @@ pub(crate) mod tests {
         (Arc::new(a), b)
     }
 
+    /// Polls `f` once.
+    pub(crate) async fn poll_once<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
+        std::future::poll_fn(|cx| Poll::Ready(std::pin::Pin::new(&mut *f).poll(cx))).await
+    }
+
     /// Reads until `want` bytes came (within a generous bound).
     pub(crate) async fn read_exactly(peer: &mut TcpStream, want: usize) -> Vec<u8> {
         let mut got = vec![0; want];

@@ -316,26 +316,18 @@ pub fn encode_end(trailers: Option<&HeaderMap>, chunked: bool) -> Bytes {
     if !chunked {
         return Bytes::new();
     }
-    let mut out = BytesMut::from(&b"0\r\n"[..]);
+    let mut out = b"0\r\n".to_vec();
     if let Some(t) = trailers {
-        write_fields(&mut out, t);
+        write_fields(&mut out, t, false);
     }
-    out.put_slice(b"\r\n");
-    out.freeze()
+    out.extend_from_slice(b"\r\n");
+    Bytes::from(out)
 }
 
-fn write_fields(out: &mut BytesMut, headers: &HeaderMap) {
-    for (name, value) in headers {
-        out.put_slice(name.as_str().as_bytes());
-        out.put_slice(b": ");
-        out.put_slice(value.as_bytes());
-        out.put_slice(b"\r\n");
-    }
-}
-
-/// A request's header fields as they go upstream, serialized once for all its tries:
-/// `Host` is left out when each try sets its own (`skip_host`).
-pub fn write_head_fields(out: &mut Vec<u8>, headers: &HeaderMap, skip_host: bool) {
+/// Header fields as they go upstream, `name: value` lines: a request's, serialized once
+/// for all its tries (`Host` left out when each try sets its own: `skip_host`), or a
+/// chunked body's trailers.
+pub fn write_fields(out: &mut Vec<u8>, headers: &HeaderMap, skip_host: bool) {
     for (name, value) in headers {
         if skip_host && name == http::header::HOST {
             continue;
@@ -346,7 +338,7 @@ pub fn write_head_fields(out: &mut Vec<u8>, headers: &HeaderMap, skip_host: bool
 
 /// Serializes a request head for the upstream: `METHOD target HTTP/1.1`, `Host` (when
 /// given, in place of the field's own, which `fields` must then leave out), the fields as
-/// [`write_head_fields`] wrote them, linger's own, and chunked framing when asked (a body of
+/// [`write_fields`] wrote them, linger's own, and chunked framing when asked (a body of
 /// known length keeps its `Content-Length` among the fields).
 pub fn write_request_head(
     out: &mut Vec<u8>,
@@ -490,7 +482,7 @@ fn httparse_error(e: httparse::Error) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::io::outbox::tests::{read_exactly, start_sender};
+    use crate::io::outbox::tests::{poll_once, read_exactly, start_sender};
     use std::sync::Arc;
     use tokio::io::AsyncWriteExt;
     use tokio::net::{TcpListener, TcpStream};
@@ -527,11 +519,6 @@ mod tests {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
             Err(e) => panic!("peek: {e}"),
         }
-    }
-
-    /// Polls `f` once.
-    async fn poll_once<F: std::future::Future + Unpin>(f: &mut F) -> Poll<F::Output> {
-        std::future::poll_fn(|cx| Poll::Ready(std::pin::Pin::new(&mut *f).poll(cx))).await
     }
 
     /// A head without a body goes with the turn's run; one whose client connection ends
@@ -635,9 +622,9 @@ mod tests {
         let mut out = Vec::new();
         let none = crate::forward::Added::default();
         let mut all = Vec::new();
-        write_head_fields(&mut all, &h, false);
+        write_fields(&mut all, &h, false);
         let mut no_host = Vec::new();
-        write_head_fields(&mut no_host, &h, true);
+        write_fields(&mut no_host, &h, true);
         assert!(no_host.is_empty());
         write_request_head(&mut out, &Method::POST, "/x?y", &all, &none, None, true);
         assert_eq!(

@@ -332,7 +332,7 @@ pub(crate) mod tests {
 
     /// A connected pair on loopback: the side the heads are written to, shared as a
     /// request's connection shares it, and the peer that reads them.
-    async fn pair() -> (Arc<TcpStream>, TcpStream) {
+    pub(crate) async fn pair() -> (Arc<TcpStream>, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (b, _) = l.accept().await.unwrap();

@@ -482,23 +482,22 @@ fn httparse_error(e: httparse::Error) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::io::outbox::tests::{poll_once, read_exactly, start_sender};
+    use crate::io::outbox::tests::{pair, poll_once, read_exactly, start_sender};
     use std::sync::Arc;
     use tokio::io::AsyncWriteExt;
-    use tokio::net::{TcpListener, TcpStream};
+    use tokio::net::TcpStream;
 
     /// An upstream connection on loopback, and the origin's end of it.
     async fn upstream() -> (UpstreamConn, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let ours = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let (origin, _) = l.accept().await.unwrap();
+        let (ours, origin) = pair().await;
+        let ours = Arc::into_inner(ours).expect("the only handle");
         let stats = Arc::new(crate::io::IoStats::default());
         let registry = Arc::new(crate::observe::Registry::new(0));
         let entry = registry.open(crate::observe::ConnEntry::new(
             1,
             crate::observe::Side::Upstream,
             Arc::new("test".into()),
-            l.local_addr().unwrap(),
+            origin.local_addr().unwrap(),
             None,
             stats.clone(),
         ));

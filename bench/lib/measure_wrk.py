@@ -44,6 +44,21 @@ def proc_stat_ticks() -> dict:
             "busy": user + nice + system + steal + irq + softirq}
 
 
+def tcp_mem_kib() -> int:
+    """KiB the kernel holds in TCP socket buffers, machine-wide (/proc/net/sockstat's
+    "TCP: ... mem N", in pages): what a process's RSS leaves out, such as the queue of
+    unsent bytes that a slow reader's connection holds."""
+    try:
+        with open("/proc/net/sockstat") as f:
+            for line in f:
+                if line.startswith("TCP:"):
+                    fields = line.split()
+                    return int(fields[fields.index("mem") + 1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 def rusage_s(who) -> float:
     r = resource.getrusage(who)
     return r.ru_utime + r.ru_stime
@@ -110,6 +125,7 @@ def main() -> int:
 
     rss_peak = 0
     origin_rss_peak = 0
+    tcp_mem_peak = tcp_mem_kib()
     samples = 0
     cpu0 = proctree.cpu_snapshot(a.pid)
     ocpu0 = proctree.cpu_snapshot(origin) if origin else {}
@@ -122,6 +138,7 @@ def main() -> int:
     try:
         while True:
             rss_peak = max(rss_peak, proctree.tree_rss_kib(a.pid))
+            tcp_mem_peak = max(tcp_mem_peak, tcp_mem_kib())
             if origin:
                 origin_rss_peak = max(origin_rss_peak, proctree.tree_rss_kib(origin))
             samples += 1
@@ -159,6 +176,7 @@ def main() -> int:
         "rss_start_kib": rss_start,
         "rss_peak_kib": rss_peak,
         "rss_samples": samples,
+        "tcp_mem_peak_kib": tcp_mem_peak,
         "processes": len(cpu1),
     }
     rec["cpu_cores"] = round(rec["cpu_s"] / wall, 3) if wall > 0 else None

@@ -191,7 +191,8 @@ def wrk_summary(rec, meta=None):
     return {
         "rps": rec.get("rps"), "p50_ms": lat.get("p50"), "p99_ms": lat.get("p99"),
         "cpu_cores": rec.get("cpu_cores"), "origin_cpu_cores": rec.get("origin_cpu_cores"),
-        "rss_peak_kib": rec.get("rss_peak_kib"), "errors": rec.get("errors"),
+        "rss_peak_kib": rec.get("rss_peak_kib"), "tcp_mem_peak_kib": rec.get("tcp_mem_peak_kib"),
+        "errors": rec.get("errors"),
         "error_total": rec.get("error_total"), "error": rec.get("error"),
         "other_cpu_cores": other, "attack_tools_cpu_cores": helpers,
         "wrk_cpu_cores": rec.get("wrk_cpu_cores"), "wrk_cmd": rec.get("wrk_cmd"),
@@ -387,11 +388,12 @@ def cmd_report(a):
         p(f"Phase 1: slow readers ({conns_target} × GET /1m read slowly); legitimate client: the wrk above on /small")
         p()
         p("| target | base req/s | base p50 ms | base p99 ms | attack req/s | attack p50 ms | attack p99 ms "
-          "| proxy CPU cores | proxy RSS MiB | slow conns (sx) | clients (ss) | origin conns (ss) | wrk errors |")
-        p("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| proxy CPU cores | proxy RSS MiB | kernel TCP buffers MiB | slow conns (sx) | clients (ss) "
+          "| origin conns (ss) | wrk errors |")
+        p("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for t, r in phase1.items():
             if r.get("error"):
-                p(f"| {t} | {r['error']} |" + " |" * 12)
+                p(f"| {t} | {r['error']} |" + " |" * 13)
                 continue
             b, at = r.get("baseline") or {}, r.get("attack") or {}
             sx, cw = r["slowhttptest"], r.get("conns_during_wrk", {})
@@ -399,9 +401,11 @@ def cmd_report(a):
             if b.get("error") or at.get("error"):
                 errs = "failed"
             rss = at.get("rss_peak_kib")
+            kmem = at.get("tcp_mem_peak_kib")
             p(f"| {t} | {fmt(b.get('rps'), '.0f')} | {fmt(b.get('p50_ms'), '.3f')} | {fmt(b.get('p99_ms'), '.3f')} "
               f"| {fmt(at.get('rps'), '.0f')} | {fmt(at.get('p50_ms'), '.3f')} | {fmt(at.get('p99_ms'), '.3f')} "
               f"| {fmt(at.get('cpu_cores'), '.2f')} | {fmt(rss / 1024 if rss else None, '.1f')} "
+              f"| {fmt(kmem / 1024 if kmem else None, '.1f')} "
               f"| {rng(sx.get('connected_during_wrk_min'), sx.get('connected_during_wrk_max'))} "
               f"| {rng(cw.get('clients_during_wrk_min'), cw.get('clients_during_wrk_max'))} "
               f"| {fmt(cw.get('origin_during_wrk_max'), 'd')} | {errs} |")

@@ -55,6 +55,11 @@ pub const DEFAULT_TCP_KEEPALIVE_COUNT: u32 = 3;
 /// `TCP_USER_TIMEOUT`: unacknowledged data for this long kills the connection instead of the
 /// ~15 min of `tcp_retries2` (R6).
 pub const DEFAULT_TCP_USER_TIMEOUT: ConfigDuration = ConfigDuration::from_secs(30);
+/// The most unsent bytes the kernel queues on a connection (`TCP_NOTSENT_LOWAT`): one
+/// upstream read of a response body. See `notsent_lowat_bytes` in `docs/config.md`.
+pub const DEFAULT_NOTSENT_LOWAT: u32 = 64 * 1024;
+/// The smallest `TCP_NOTSENT_LOWAT` accepted: below it a large write takes many calls.
+pub const MIN_NOTSENT_LOWAT: u32 = 16 * 1024;
 /// Upstream connect timeout.
 pub const DEFAULT_CONNECT_TIMEOUT: ConfigDuration = ConfigDuration::from_secs(2);
 /// Per-try wait for the upstream response head (504 when it runs out).
@@ -189,6 +194,9 @@ pub struct FileTcp {
     /// `false`: the first ACK of a connection waits for data to ride on.
     #[serde(default)]
     pub quickack: bool,
+    /// `TCP_NOTSENT_LOWAT`; 0 leaves the kernel default (no limit).
+    #[serde(default = "default_notsent_lowat")]
+    pub notsent_lowat_bytes: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -372,6 +380,9 @@ fn default_ka_count() -> u32 {
 fn default_user_timeout() -> ConfigDuration {
     DEFAULT_TCP_USER_TIMEOUT
 }
+fn default_notsent_lowat() -> u32 {
+    DEFAULT_NOTSENT_LOWAT
+}
 fn default_xff() -> ForwardedFor {
     ForwardedFor::Append
 }
@@ -496,6 +507,9 @@ pub struct TcpConfig {
     /// Leave the kernel's quick ACKs on (`TCP_QUICKACK`); off by default, so the ACK of a
     /// request (or of a connect) rides on the data that answers it.
     pub quickack: bool,
+    /// The most unsent bytes the kernel queues before a write waits (`TCP_NOTSENT_LOWAT`);
+    /// `None` leaves the kernel's default.
+    pub notsent_lowat: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -1009,6 +1023,13 @@ fn nonzero_duration(d: ConfigDuration) -> Option<Duration> {
 
 /// TCP keepalive settings the kernel accepts: whole seconds, at least 1.
 fn check_tcp(t: &FileTcp) -> Result<(), (&'static str, String)> {
+    let lowat = t.notsent_lowat_bytes;
+    if lowat != 0 && lowat < MIN_NOTSENT_LOWAT {
+        return Err((
+            "notsent_lowat_bytes",
+            format!("{lowat} is out of range (expected 0 or at least {MIN_NOTSENT_LOWAT})"),
+        ));
+    }
     if !t.keepalive {
         return Ok(());
     }
@@ -1039,6 +1060,7 @@ fn tcp_config(t: &FileTcp) -> TcpConfig {
         user_timeout: nonzero_duration(t.user_timeout),
         nodelay: t.nodelay,
         quickack: t.quickack,
+        notsent_lowat: (t.notsent_lowat_bytes != 0).then_some(t.notsent_lowat_bytes),
     }
 }
 
@@ -1089,6 +1111,32 @@ endpoints = ["127.0.0.1:3000"]
         assert_eq!(
             e.to_string(),
             "test.toml: listener[0].address: \"8080\" is not HOST:PORT"
+        );
+    }
+
+    /// The limit on unsent bytes is on by default on both sides; 0 turns it off, and a
+    /// value small enough to split every write is refused with the field and the range.
+    #[test]
+    fn the_unsent_bytes_limit_defaults_on_and_refuses_tiny_values() {
+        let c = validate(MINIMAL).unwrap();
+        assert_eq!(
+            c.listeners[0].tcp.notsent_lowat,
+            Some(DEFAULT_NOTSENT_LOWAT)
+        );
+        assert_eq!(c.clusters[0].tcp.notsent_lowat, Some(DEFAULT_NOTSENT_LOWAT));
+        let off = MINIMAL.replace(
+            "[[cluster]]",
+            "[listener.tcp]\nnotsent_lowat_bytes = 0\n[[cluster]]",
+        );
+        assert_eq!(validate(&off).unwrap().listeners[0].tcp.notsent_lowat, None);
+        let tiny = MINIMAL.replace(
+            "[[cluster]]",
+            "[listener.tcp]\nnotsent_lowat_bytes = 1000\n[[cluster]]",
+        );
+        let e = validate(&tiny).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "test.toml: listener[0].tcp.notsent_lowat_bytes: 1000 is out of range (expected 0 or at least 16384)"
         );
     }
 

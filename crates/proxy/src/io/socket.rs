@@ -59,7 +59,11 @@ pub fn inherited(sock: SockRef<'_>, tcp: &TcpConfig) -> bool {
         None => true,
         Some(ut) => sock.tcp_user_timeout().ok().flatten() == Some(ut),
     };
-    nodelay && keepalive && user_timeout
+    let lowat = match tcp.notsent_lowat {
+        None => true,
+        Some(l) => sock.tcp_notsent_lowat().ok() == Some(l),
+    };
+    nodelay && keepalive && user_timeout && lowat
 }
 
 fn set_options(sock: SockRef<'_>, tcp: &TcpConfig, which: Options) -> io::Result<()> {
@@ -88,6 +92,9 @@ fn set_options(sock: SockRef<'_>, tcp: &TcpConfig, which: Options) -> io::Result
     }
     if let Some(ut) = tcp.user_timeout {
         note(sock.set_tcp_user_timeout(Some(ut)));
+    }
+    if let Some(lowat) = tcp.notsent_lowat {
+        note(sock.set_tcp_notsent_lowat(lowat));
     }
     first_err.map_or(Ok(()), Err)
 }
@@ -240,6 +247,7 @@ mod tests {
             user_timeout: Some(Duration::from_millis(12_345)),
             nodelay: true,
             quickack: false,
+            notsent_lowat: Some(48 * 1024),
         };
         let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -256,6 +264,11 @@ mod tests {
         assert!(
             inherited(SockRef::from(&after), &tcp),
             "the accepted socket lacks the listener's options"
+        );
+        assert_eq!(
+            SockRef::from(&after).tcp_notsent_lowat().unwrap(),
+            48 * 1024,
+            "the limit on unsent bytes is handed on"
         );
         // The ACK mode is handed on too (getsockopt reads it back as "quick ACKs on").
         assert!(SockRef::from(&before).tcp_quickack().unwrap());
@@ -275,6 +288,7 @@ mod tests {
                 user_timeout: None,
                 nodelay: true,
                 quickack,
+                notsent_lowat: None,
             };
             let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
             apply_before_connect(SockRef::from(&sock), &tcp).unwrap();

@@ -20,6 +20,7 @@ use linger_h1::{BodyDecoder, Framing};
 use std::task::ready;
 
 use crate::error::BodyFailure;
+use crate::upstream::conn::ReadAhead;
 use crate::upstream::exchange::{encode_data, encode_end, Tail};
 use crate::upstream::UpstreamConn;
 use bytes::Buf;
@@ -213,6 +214,8 @@ pub struct UpstreamBody {
     /// Bytes left of a `Content-Length` body, for the size hint.
     remaining: Option<u64>,
     trailers_sent: bool,
+    /// How much the next read of the body takes, following the client.
+    ahead: ReadAhead,
 }
 
 // === impl UpstreamBody ===
@@ -229,7 +232,13 @@ impl UpstreamBody {
                 _ => None,
             },
             trailers_sent: false,
+            ahead: ReadAhead::new(),
         }
+    }
+
+    /// The client took the last piece of the body, at once or (`waited`) not.
+    pub fn client_took(&mut self, waited: bool) {
+        self.ahead.client_took(waited);
     }
 
     fn poll_frame(
@@ -273,7 +282,7 @@ impl UpstreamBody {
                 }
                 continue;
             }
-            match ready!(conn.poll_fill(cx)) {
+            match ready!(conn.poll_fill(cx, &mut self.ahead)) {
                 Ok(0) => {
                     if let Err(e) = self.decoder.eof() {
                         let _ = e;
@@ -403,6 +412,15 @@ impl DownBody {
             bytes_out: 0,
             exchange: Some(exchange),
             added: Default::default(),
+        }
+    }
+
+    /// The client took the last piece of the body in one write, or (`waited`) linger had
+    /// to wait for it: an upstream body reads ahead of it by as much as it keeps up with
+    /// ([`ReadAhead`]).
+    pub fn client_took(&mut self, waited: bool) {
+        if let DownKind::Upstream(b) = &mut self.kind {
+            b.client_took(waited);
         }
     }
 

@@ -220,6 +220,78 @@ async fn fifty_megabytes_echo_byte_for_byte() {
     assert!(got == payload, "echoed body differs");
 }
 
+/// A large chunked response whose client stops reading for a while and then reads fast:
+/// linger's reads of the upstream grow while the client keeps up, come back down when it
+/// makes linger wait, and grow again, each time on a buffer of the new size; the client
+/// gets every byte in order, with the chunking undone exactly.
+#[tokio::test]
+async fn a_chunked_body_arrives_whole_across_a_client_that_pauses_and_resumes() {
+    trace_init();
+    let sizes: Vec<usize> = (0..60)
+        .map(|i| [1_000, 70_000, 300_000, 5][i % 4])
+        .collect();
+    let total: usize = sizes.iter().sum();
+    let body: Arc<Vec<u8>> = Arc::new((0..total).map(|i| (i % 253) as u8).collect());
+    let (sizes2, body2) = (sizes.clone(), body.clone());
+    let (addr, _t) = raw_upstream(move |mut sock| {
+        let (sizes, body) = (sizes2.clone(), body2.clone());
+        async move {
+            read_head(&mut sock).await;
+            sock.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                .await
+                .unwrap();
+            let mut at = 0;
+            for n in sizes {
+                let mut chunk = format!("{n:x}\r\n").into_bytes();
+                chunk.extend_from_slice(&body[at..at + n]);
+                chunk.extend_from_slice(b"\r\n");
+                sock.write_all(&chunk).await.unwrap();
+                at += n;
+            }
+            sock.write_all(b"0\r\n\r\n").await.unwrap();
+        }
+    })
+    .await;
+    let linger = InProcess::start(&[addr], |_| {}).unwrap();
+    let mut s = send_raw(linger.addr, b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").await;
+    let head = tokio::time::timeout(OUTER, read_head(&mut s))
+        .await
+        .unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut first = vec![0u8; 1];
+    s.read_exact(&mut first).await.unwrap();
+    // The pause is the stimulus, not a wait for a result: meanwhile linger's writes to
+    // this client fill the socket and wait, and its reads come back down.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut raw = first;
+    tokio::time::timeout(OUTER, async {
+        let mut buf = vec![0u8; 256 * 1024];
+        while !raw.ends_with(b"0\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "linger closed after {} bytes", raw.len());
+            raw.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("the whole body within the outer timeout");
+    let mut got = Vec::with_capacity(total);
+    let mut rest = &raw[..];
+    loop {
+        let line_end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+        let n = usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).unwrap(), 16).unwrap();
+        rest = &rest[line_end + 2..];
+        if n == 0 {
+            assert_eq!(rest, b"\r\n", "nothing after the last chunk");
+            break;
+        }
+        got.extend_from_slice(&rest[..n]);
+        assert_eq!(&rest[n..n + 2], b"\r\n");
+        rest = &rest[n + 2..];
+    }
+    assert_eq!(got.len(), total);
+    assert!(got == *body, "the body differs");
+}
+
 #[tokio::test]
 async fn expect_100_continue_is_answered_and_the_body_forwarded() {
     trace_init();

@@ -559,7 +559,9 @@ async fn write_response(
             out.extend_from_slice(crlf);
             write_answer(shared, &mut out, in_run).await
         } else {
-            write_parts(shared, &[&out, &data, crlf]).await
+            write_parts_noting_wait(shared, &[&out, &data, crlf])
+                .await
+                .map(|waited| body.client_took(waited))
         };
         if wrote.is_err() {
             drop(body);
@@ -685,6 +687,20 @@ async fn write_answer(
 /// Writes all of `parts`, in order, to the client: vectored, without copying them.
 async fn write_parts(shared: &Shared, parts: &[&[u8]]) -> std::io::Result<()> {
     transport::write_parts(&shared.stream, &shared.stats, parts).await
+}
+
+/// Writes all of `parts` as [`write_parts`] does; `Ok(true)` if it had to wait for the
+/// client to take them.
+async fn write_parts_noting_wait(shared: &Shared, parts: &[&[u8]]) -> std::io::Result<bool> {
+    let mut waited = false;
+    let mut write = std::pin::pin!(write_parts(shared, parts));
+    std::future::poll_fn(|cx| {
+        let polled = write.as_mut().poll(cx);
+        waited |= polled.is_pending();
+        polled
+    })
+    .await?;
+    Ok(waited)
 }
 
 /// After a `101`: bytes go both ways between the client and the upstream until both

@@ -189,19 +189,6 @@ impl UpstreamConn {
         self.reason = Some(reason);
     }
 
-    /// Writes all of `bytes`; what the socket took is counted even when a later write
-    /// fails.
-    pub async fn write_all(&mut self, mut bytes: &[u8]) -> io::Result<()> {
-        while !bytes.is_empty() {
-            let n = write_some(&self.stream, &self.stats, bytes).await?;
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            bytes = &bytes[n..];
-        }
-        Ok(())
-    }
-
     /// The socket and the counters, shared with the worker's sender for a queued head.
     pub fn shared(&self) -> (&Arc<TcpStream>, &Arc<IoStats>) {
         (&self.stream, &self.stats)
@@ -298,17 +285,6 @@ impl UpstreamConn {
     /// Names the close without closing yet (a tunnel names it before it starts).
     pub fn set_close_reason(&mut self, reason: CloseReason) {
         self.reason = Some(reason);
-    }
-}
-
-/// Writes some of `bytes` to `stream`, counted in `stats`.
-pub async fn write_some(stream: &TcpStream, stats: &IoStats, bytes: &[u8]) -> io::Result<usize> {
-    loop {
-        stream.writable().await?;
-        match stream.try_write(bytes) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            r => return stats.written(r),
-        }
     }
 }
 

@@ -5,18 +5,20 @@
 //! The request head arrives serialized ([`write_request_head`]); the response head is
 //! parsed with `httparse` and framed by `linger_h1::response_framing` (RFC 9112 §6.3).
 
+use std::future::Future;
 use std::mem::MaybeUninit;
-use std::task::Poll;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
-use http_body_util::BodyExt;
+use http_body::Body;
 use linger_h1::{response_framing, ResponseFraming};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
-use super::conn::{poll_fill, write_some, UpstreamConn, HEAD_READ};
+use super::conn::{poll_fill, UpstreamConn, HEAD_READ};
 use crate::body::{ExpectGate, UpBody};
 use crate::error::TryErrorKind;
 use crate::io::outbox;
@@ -98,167 +100,329 @@ pub async fn exchange(
     conn: &mut UpstreamConn,
     req: Outgoing<'_>,
 ) -> Result<Answered, TryErrorKind> {
-    let Outgoing {
-        head,
-        body,
-        chunked,
-        gate,
-        early_wait,
-        hold,
-        method,
-        in_run,
-    } = req;
-    // The head (and a buffered body) in one write; a reset here may still have left an
-    // answer in the receive buffer (R4), so it is read before anything is concluded. With
-    // nothing to stream after it, the head goes with the worker's other requests of this
-    // turn (`io::outbox`), and this exchange goes on to wait for the answer meanwhile.
-    let mut write_dead = false;
-    let mut ticket = None;
-    let mut pending = Bytes::new();
-    if in_run && body.is_none() && gate.is_none() {
-        let (stream, stats) = conn.shared();
-        let mut head = Some(head);
-        let queued = std::future::poll_fn(|cx| {
-            let head = head.take().expect("a head is queued once");
-            let dest = outbox::Dest::Upstream(stream.clone(), stats.clone());
-            Poll::Ready(outbox::queue(dest, head, cx.waker(), false))
-        })
-        .await;
-        match queued {
-            Ok(t) => ticket = Some(t),
-            Err(head) => write_dead = conn.write_all(&head).await.is_err(),
+    let mut flight = InFlight::new(req);
+    std::future::poll_fn(|cx| flight.poll(cx, conn)).await
+}
+
+/// An exchange under way, polled in place by the request's task: its state is plain
+/// fields, so the request's future holds it once rather than a nest of futures.
+struct InFlight<'a> {
+    /// The request head (and a buffered body), until it is queued or written.
+    head: HeadOut,
+    /// The queued head's place in the worker's run of writes (`io::outbox`).
+    ticket: Option<outbox::Ticket>,
+    body: Option<&'a mut UpBody>,
+    chunked: bool,
+    gate: Option<&'a ExpectGate>,
+    early_wait: Duration,
+    hold: bool,
+    method: &'a Method,
+    /// Encoded bytes of the body (or the queued head's rest) not written yet.
+    pending: Bytes,
+    /// A write failed: nothing more goes out, but the answer may already be in.
+    write_dead: bool,
+    /// The body's last frame was taken.
+    stream_ended: bool,
+    /// The body waits for a `100 Continue` until `gate_deadline`.
+    gate_waiting: bool,
+    gate_deadline: Option<Instant>,
+    final_head: Option<ResponseHead>,
+    /// How long a final head that came before the body's end waits for it.
+    early_deadline: Option<Instant>,
+    /// The upstream answered early and will close: the body's rest is read and dropped.
+    discarding: bool,
+    /// One timer for both deadlines, made only when one is set: the common exchange (no
+    /// `Expect`, no early response) builds none.
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+/// How the request head goes out.
+enum HeadOut {
+    /// With the worker's other writes of the turn, once the exchange is first polled.
+    Queue(Vec<u8>),
+    /// Written here, whole, before anything else (what is left of it).
+    Write(Bytes),
+    Sent,
+}
+
+/// What a look at the exchange's sockets, body and timer did.
+enum Step {
+    /// Something moved: look again.
+    Moved,
+    /// Nothing can move until a waker fires.
+    Wait,
+}
+
+impl<'a> InFlight<'a> {
+    fn new(req: Outgoing<'a>) -> Self {
+        let Outgoing {
+            head,
+            body,
+            chunked,
+            gate,
+            early_wait,
+            hold,
+            method,
+            in_run,
+        } = req;
+        // With nothing to stream after it, the head goes with the worker's other requests
+        // of this turn, and the exchange goes on to wait for the answer meanwhile.
+        let head = if in_run && body.is_none() && gate.is_none() {
+            HeadOut::Queue(head)
+        } else {
+            HeadOut::Write(Bytes::from(head))
+        };
+        let gate_waiting = gate.is_some_and(|g| !g.is_open());
+        Self {
+            head,
+            ticket: None,
+            stream_ended: body.is_none(),
+            body,
+            chunked,
+            gate,
+            early_wait,
+            hold,
+            method,
+            pending: Bytes::new(),
+            write_dead: false,
+            gate_waiting,
+            gate_deadline: gate_waiting.then(|| crate::io::clock::now() + EXPECT_WAIT),
+            final_head: None,
+            early_deadline: None,
+            discarding: false,
+            timer: None,
         }
-    } else {
-        write_dead = conn.write_all(&head).await.is_err();
     }
-    let mut body = body;
-    let mut stream_ended = body.is_none();
-    let mut gate_waiting = gate.is_some_and(|g| !g.is_open());
-    let gate_deadline = gate_waiting.then(|| crate::io::clock::now() + EXPECT_WAIT);
-    let mut final_head: Option<ResponseHead> = None;
-    let mut early_deadline: Option<Instant> = None;
-    let mut discarding = false;
-    let (stream, buf, stats) = conn.split();
-    loop {
-        // A queued head that did not go whole comes back: the rest is written here (as a
-        // body's bytes are), or the failure is the write's.
-        if let Some(t) = &mut ticket {
-            match t.sent() {
-                // (Unreported: a head that went whole does not come back.)
-                outbox::Sent::Fine | outbox::Sent::Written(_) => {}
-                outbox::Sent::Rest(rest) => {
-                    pending = Bytes::from(rest);
-                    ticket = None;
-                }
-                outbox::Sent::Failed => {
-                    write_dead = true;
-                    ticket = None;
-                }
+
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        conn: &mut UpstreamConn,
+    ) -> Poll<Result<Answered, TryErrorKind>> {
+        ready!(self.poll_head(cx, conn));
+        loop {
+            self.take_ticket();
+            self.read_heads(&mut conn.buf)?;
+            if let Some(answered) = self.answered() {
+                return Poll::Ready(Ok(answered));
+            }
+            match self.poll_step(cx, conn)? {
+                Step::Moved => continue,
+                Step::Wait => return Poll::Pending,
             }
         }
-        // (Nothing read yet, nothing to parse: the first turn of every exchange.)
-        while final_head.is_none() && !buf.is_empty() {
-            let Some(h) = parse_response_head(buf, method)? else {
+    }
+
+    /// Sends the head: queued with the turn's writes, or written whole here. A reset
+    /// here may still have left an answer in the receive buffer (R4), so a failed write
+    /// is noted and the answer read before anything is concluded.
+    fn poll_head(&mut self, cx: &mut Context<'_>, conn: &UpstreamConn) -> Poll<()> {
+        loop {
+            match &mut self.head {
+                HeadOut::Sent => return Poll::Ready(()),
+                HeadOut::Queue(head) => {
+                    let (stream, stats) = conn.shared();
+                    let dest = outbox::Dest::Upstream(stream.clone(), stats.clone());
+                    match outbox::queue(dest, std::mem::take(head), cx.waker(), false) {
+                        Ok(t) => {
+                            self.ticket = Some(t);
+                            self.head = HeadOut::Sent;
+                        }
+                        Err(head) => self.head = HeadOut::Write(Bytes::from(head)),
+                    }
+                }
+                HeadOut::Write(rest) if rest.is_empty() => self.head = HeadOut::Sent,
+                HeadOut::Write(rest) => match ready!(conn.poll_write_some(cx, rest)) {
+                    Ok(n) if n > 0 => rest.advance(n),
+                    _ => {
+                        self.write_dead = true;
+                        self.head = HeadOut::Sent;
+                    }
+                },
+            }
+        }
+    }
+
+    /// A queued head that did not go whole comes back: the rest is written here (as a
+    /// body's bytes are), or the failure is the write's.
+    fn take_ticket(&mut self) {
+        let Some(t) = &mut self.ticket else { return };
+        match t.sent() {
+            // (Unreported: a head that went whole does not come back.)
+            outbox::Sent::Fine | outbox::Sent::Written(_) => {}
+            outbox::Sent::Rest(rest) => {
+                self.pending = Bytes::from(rest);
+                self.ticket = None;
+            }
+            outbox::Sent::Failed => {
+                self.write_dead = true;
+                self.ticket = None;
+            }
+        }
+    }
+
+    /// Parses what was read, up to the final head: a `100` opens the body's gate, other
+    /// interim heads are dropped.
+    fn read_heads(&mut self, buf: &mut BytesMut) -> Result<(), TryErrorKind> {
+        while self.final_head.is_none() && !buf.is_empty() {
+            let Some(h) = parse_response_head(buf, self.method)? else {
                 break;
             };
             match h.parts.status.as_u16() {
                 100 => {
-                    if let Some(g) = gate {
+                    if let Some(g) = self.gate {
                         g.open();
                     }
                 }
-                101 => final_head = Some(h),
                 102..=199 => {}
-                _ => final_head = Some(h),
+                _ => self.final_head = Some(h),
             }
         }
-        let body_done = stream_ended && pending.is_empty();
-        if let Some(h) = final_head.take() {
-            if !body_done && !discarding && announces_close(&h) {
-                // The upstream answered before the body ended and will close: it reads no
-                // more of it (R4). The response goes at once, or, held, once the client's
-                // rest was read and dropped.
-                discarding = true;
-                pending = Bytes::new();
-            }
-            let now = crate::io::clock::now();
-            let deadline = *early_deadline.get_or_insert_with(|| now + early_wait);
-            let now_is_late = now >= deadline || (discarding && !hold);
-            if body_done || write_dead || now_is_late {
-                let body_complete = body_done && !discarding;
-                let tail = (!body_complete && !write_dead && !discarding).then_some(Tail {
-                    pending,
-                    chunked,
-                    stream_ended,
-                });
-                return Ok(Answered {
-                    head: h,
-                    body_complete,
-                    tail,
-                });
-            }
-            final_head = Some(h);
-        }
-        let sending = !write_dead && !body_done;
-        // One timer for both deadlines, made only when one is set: the common exchange
-        // (no Expect, no early response) builds none.
-        let wake_at = gate_deadline
-            .filter(|_| gate_waiting)
-            .into_iter()
-            .chain(early_deadline)
-            .min();
-        tokio::select! {
-            biased;
-            r = std::future::poll_fn(|cx| poll_fill(stream, buf, stats, HEAD_READ, cx)), if final_head.is_none() => {
-                match r {
-                    Ok(0) => return Err(TryErrorKind::PeerGone(peer_or(stats.peer(), PeerClose::Fin))),
-                    Ok(_) => {}
-                    Err(_) => return Err(TryErrorKind::PeerGone(peer_or(stats.peer(), PeerClose::Error))),
-                }
-            }
-            w = write_some(stream, stats, &pending), if sending && !discarding && !pending.is_empty() => {
-                match w {
-                    Ok(n) => pending.advance(n),
-                    Err(_) => {
-                        write_dead = true;
-                        pending = Bytes::new();
-                    }
-                }
-            }
-            f = next_frame(&mut body), if sending && pending.is_empty() && !stream_ended => {
-                match f {
-                    Frame::Data(_) if discarding => {}
-                    Frame::Data(d) => pending = encode_data(d, chunked),
-                    Frame::Trailers(_) | Frame::End if discarding => stream_ended = true,
-                    Frame::Trailers(t) => {
-                        pending = encode_end(Some(&t), chunked);
-                        stream_ended = true;
-                    }
-                    Frame::End => {
-                        pending = encode_end(None, chunked);
-                        stream_ended = true;
-                    }
-                    Frame::Failed => return Err(TryErrorKind::RequestBody),
-                }
-            }
-            _ = sleep_until(wake_at), if wake_at.is_some() => {
-                // The early deadline is looked at again at the top of the loop.
-                if gate_waiting && gate_deadline.is_some_and(|d| crate::io::clock::now() >= d) {
-                    gate_waiting = false;
-                    if let Some(g) = gate {
-                        g.open();
-                    }
-                }
-            }
-        }
+        Ok(())
     }
-}
 
-/// Sleeps until `deadline`; builds no timer without one.
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
+    /// The answer, once the final head is in and the body ended, failed, or waited long
+    /// enough after it (R4).
+    fn answered(&mut self) -> Option<Answered> {
+        let h = self.final_head.take()?;
+        let body_done = self.body_done();
+        if !body_done && !self.discarding && announces_close(&h) {
+            // The upstream answered before the body ended and will close: it reads no
+            // more of it (R4). The response goes at once, or, held, once the client's
+            // rest was read and dropped.
+            self.discarding = true;
+            self.pending = Bytes::new();
+        }
+        let now = crate::io::clock::now();
+        let deadline = *self.early_deadline.get_or_insert(now + self.early_wait);
+        let now_is_late = now >= deadline || (self.discarding && !self.hold);
+        if !(body_done || self.write_dead || now_is_late) {
+            self.final_head = Some(h);
+            return None;
+        }
+        let body_complete = body_done && !self.discarding;
+        let tail = (!body_complete && !self.write_dead && !self.discarding).then(|| Tail {
+            pending: std::mem::take(&mut self.pending),
+            chunked: self.chunked,
+            stream_ended: self.stream_ended,
+        });
+        Some(Answered {
+            head: h,
+            body_complete,
+            tail,
+        })
+    }
+
+    fn body_done(&self) -> bool {
+        self.stream_ended && self.pending.is_empty()
+    }
+
+    /// One look, in order, at what can move: the response (until its final head), the
+    /// body's bytes, the body's next frame, the deadlines.
+    fn poll_step(
+        &mut self,
+        cx: &mut Context<'_>,
+        conn: &mut UpstreamConn,
+    ) -> Result<Step, TryErrorKind> {
+        if self.final_head.is_none() {
+            let (stream, buf, stats) = conn.split();
+            match poll_fill(stream, buf, stats, HEAD_READ, cx) {
+                Poll::Ready(Ok(0)) => {
+                    return Err(TryErrorKind::PeerGone(peer_or(
+                        stats.peer(),
+                        PeerClose::Fin,
+                    )))
+                }
+                Poll::Ready(Ok(_)) => return Ok(Step::Moved),
+                Poll::Ready(Err(_)) => {
+                    return Err(TryErrorKind::PeerGone(peer_or(
+                        stats.peer(),
+                        PeerClose::Error,
+                    )))
+                }
+                Poll::Pending => {}
+            }
+        }
+        let sending = !self.write_dead && !self.body_done();
+        if sending && !self.discarding && !self.pending.is_empty() {
+            if let Poll::Ready(w) = conn.poll_write_some(cx, &self.pending) {
+                match w {
+                    Ok(n) => self.pending.advance(n),
+                    Err(_) => {
+                        self.write_dead = true;
+                        self.pending = Bytes::new();
+                    }
+                }
+                return Ok(Step::Moved);
+            }
+        }
+        if sending && self.pending.is_empty() && !self.stream_ended {
+            if let Poll::Ready(f) = poll_next_frame(&mut self.body, cx) {
+                self.take_frame(f)?;
+                return Ok(Step::Moved);
+            }
+        }
+        Ok(self.poll_timer(cx))
+    }
+
+    /// A frame of the request body: encoded to go out, or dropped while discarding.
+    fn take_frame(&mut self, f: Frame) -> Result<(), TryErrorKind> {
+        match f {
+            Frame::Data(_) if self.discarding => {}
+            Frame::Data(d) => self.pending = encode_data(d, self.chunked),
+            Frame::Trailers(_) | Frame::End if self.discarding => self.stream_ended = true,
+            Frame::Trailers(t) => {
+                self.pending = encode_end(Some(&t), self.chunked);
+                self.stream_ended = true;
+            }
+            Frame::End => {
+                self.pending = encode_end(None, self.chunked);
+                self.stream_ended = true;
+            }
+            Frame::Failed => return Err(TryErrorKind::RequestBody),
+        }
+        Ok(())
+    }
+
+    /// Waits for the earlier of the deadlines set. When the gate's passes, the body goes
+    /// without a `100`; the early one is looked at again by [`InFlight::answered`].
+    fn poll_timer(&mut self, cx: &mut Context<'_>) -> Step {
+        let wake_at = self
+            .gate_deadline
+            .filter(|_| self.gate_waiting)
+            .into_iter()
+            .chain(self.early_deadline)
+            .min();
+        let Some(at) = wake_at else {
+            debug_assert!(
+                self.final_head.is_none(),
+                "an exchange waits on its response, or on a deadline"
+            );
+            return Step::Wait;
+        };
+        let timer = match &mut self.timer {
+            Some(t) => {
+                if t.deadline() != at {
+                    t.as_mut().reset(at);
+                }
+                t
+            }
+            None => self.timer.insert(Box::pin(tokio::time::sleep_until(at))),
+        };
+        if timer.as_mut().poll(cx).is_pending() {
+            return Step::Wait;
+        }
+        if self.gate_waiting
+            && self
+                .gate_deadline
+                .is_some_and(|d| crate::io::clock::now() >= d)
+        {
+            self.gate_waiting = false;
+            if let Some(g) = self.gate {
+                g.open();
+            }
+        }
+        Step::Moved
     }
 }
 
@@ -284,11 +448,11 @@ enum Frame {
     Failed,
 }
 
-async fn next_frame(body: &mut Option<&mut UpBody>) -> Frame {
+fn poll_next_frame(body: &mut Option<&mut UpBody>, cx: &mut Context<'_>) -> Poll<Frame> {
     let Some(body) = body.as_mut() else {
-        return Frame::End;
+        return Poll::Ready(Frame::End);
     };
-    match body.frame().await {
+    Poll::Ready(match ready!(Pin::new(&mut **body).poll_frame(cx)) {
         None => Frame::End,
         Some(Err(_)) => Frame::Failed,
         Some(Ok(f)) => match f.into_data() {
@@ -298,7 +462,7 @@ async fn next_frame(body: &mut Option<&mut UpBody>) -> Frame {
                 Err(_) => Frame::End,
             },
         },
-    }
+    })
 }
 
 pub fn encode_data(d: Bytes, chunked: bool) -> Bytes {

@@ -545,44 +545,60 @@ async fn write_response(
                 }
             },
         };
-        // The head (first time) or a chunk's size line, the data as it came, and a chunk's
-        // CRLF: one vectored write, no copy of the data.
         let chunk = chunked == Some(true) && !data.is_empty();
-        if chunk {
-            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-        }
-        let crlf: &[u8] = if chunk { b"\r\n" } else { b"" };
-        let wrote = if data.len() <= COALESCE {
-            // A small piece joins the head in one buffer: one plain send, whose copy here
-            // costs less than the kernel's vectored write.
-            out.extend_from_slice(&data);
-            out.extend_from_slice(crlf);
-            write_answer(shared, &mut out, in_run).await
-        } else {
-            write_parts_noting_wait(shared, &[&out, &data, crlf])
-                .await
-                .map(|waited| body.client_took(waited))
-        };
-        if wrote.is_err() {
+        if write_piece(shared, &mut out, &data, chunk, in_run)
+            .await
+            .map(|waited| waited.map(|w| body.client_took(w)))
+            .is_err()
+        {
             drop(body);
             return Err(Ending::ClientGone);
         }
         out.clear();
     }
     if chunked == Some(true) {
-        out.extend_from_slice(b"0\r\n");
-        if let Some(t) = trailers.filter(|_| asked.trailers) {
-            for (name, value) in &t {
-                write_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
-            }
-        }
-        out.extend_from_slice(b"\r\n");
+        write_last_chunk(&mut out, trailers.filter(|_| asked.trailers).as_ref());
     }
     // A bodiless response, or a chunked body's end.
     if !out.is_empty() && write_answer(shared, &mut out, in_run).await.is_err() {
         return Err(Ending::ClientGone);
     }
     Ok(())
+}
+
+/// Writes what `out` holds (the head, the first time), then a piece of the body, framed
+/// as a chunk if `chunk`: one vectored write, no copy of the data, or, for a small piece,
+/// one plain send of `out` with the piece joined to it (whose copy here costs less than
+/// the kernel's vectored write). For a large piece, whether the client made linger wait
+/// (`Some(true)`); a small one is not looked at (`None`).
+async fn write_piece(
+    shared: &Arc<Shared>,
+    out: &mut Vec<u8>,
+    data: &[u8],
+    chunk: bool,
+    in_run: bool,
+) -> std::io::Result<Option<bool>> {
+    if chunk {
+        out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    }
+    let crlf: &[u8] = if chunk { b"\r\n" } else { b"" };
+    if data.len() <= COALESCE {
+        out.extend_from_slice(data);
+        out.extend_from_slice(crlf);
+        return write_answer(shared, out, in_run).await.map(|()| None);
+    }
+    write_parts_noting_wait(shared, &[out, data, crlf])
+        .await
+        .map(Some)
+}
+
+/// A chunked body's end: the last chunk and the trailers the client takes.
+fn write_last_chunk(out: &mut Vec<u8>, trailers: Option<&HeaderMap>) {
+    out.extend_from_slice(b"0\r\n");
+    for (name, value) in trailers.into_iter().flatten() {
+        write_field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Sets the response's framing fields: its `Content-Length` when the length is known,

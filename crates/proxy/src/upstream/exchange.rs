@@ -528,6 +528,69 @@ pub fn write_request_head(
     out.extend_from_slice(b"\r\n");
 }
 
+/// A response head's hop-by-hop fields, read in one pass over the names (by length
+/// first: most are ruled out without a comparison) and left out of the map.
+struct HopFields<'h> {
+    /// What its `Connection` and `Keep-Alive` fields said.
+    conn: ConnFields,
+    /// The fields its `Connection` names.
+    named: Vec<&'h [u8]>,
+    /// Its first `Upgrade` field's value.
+    upgrade: Option<&'h [u8]>,
+    /// Which fields are hop-by-hop, one bit each (the table holds at most 128).
+    bits: u128,
+}
+
+impl<'h> HopFields<'h> {
+    fn read(headers: &[httparse::Header<'h>]) -> Self {
+        let mut hop = Self {
+            conn: ConnFields::default(),
+            named: Vec::new(),
+            upgrade: None,
+            bits: 0,
+        };
+        for (i, h) in headers.iter().enumerate() {
+            let n = h.name.as_bytes();
+            if !crate::forward::is_hop_by_hop(n) {
+                continue;
+            }
+            hop.bits |= 1 << i;
+            if n.eq_ignore_ascii_case(b"connection") {
+                hop.conn.add_connection(h.value, |t| hop.named.push(t));
+            } else if n.eq_ignore_ascii_case(b"keep-alive") {
+                hop.conn.hint.add(h.value);
+            } else if n.eq_ignore_ascii_case(b"upgrade") && hop.upgrade.is_none() {
+                hop.upgrade = Some(h.value);
+            }
+        }
+        hop
+    }
+
+    /// Is the `i`th field, `name`, one that stays out of the map?
+    fn leaves_out(&self, i: usize, name: &[u8]) -> bool {
+        self.bits & (1 << i) != 0 || self.named.iter().any(|t| t.eq_ignore_ascii_case(name))
+    }
+}
+
+/// The map of the fields kept, each name and value a slice of `head` by the offsets in
+/// `at` (an empty name: left out), with room for the fields linger may put in on the
+/// way to the client (Date, Connection, framing, a merged Via): no rehash.
+fn fields_map(
+    head: &Bytes,
+    at: &[(u32, u32, u32, u32)],
+    kept: usize,
+) -> Result<HeaderMap, TryErrorKind> {
+    let mut headers = HeaderMap::with_capacity(kept + 4);
+    for &(ns, ne, vs, ve) in at.iter().filter(|a| a.1 > a.0) {
+        let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
+            .map_err(|_| TryErrorKind::Protocol("invalid header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
+            .map_err(|_| TryErrorKind::Protocol("invalid header value"))?;
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
+
 /// Parses a response head from the front of `buf`, taking it out when complete. The
 /// values are slices of the head's bytes, not copies; the field table is not zeroed.
 pub fn parse_response_head(
@@ -559,27 +622,7 @@ pub fn parse_response_head(
         .reason
         .filter(|r| Some(*r) != status.canonical_reason() && !r.is_empty())
         .map(|r| Bytes::copy_from_slice(r.as_bytes()));
-    // The hop-by-hop fields, read here and left out of the map (one pass over the names
-    // by length first: most are ruled out without a comparison).
-    let mut conn = ConnFields::default();
-    let mut named: Vec<&[u8]> = Vec::new();
-    let mut upgrade: Option<&[u8]> = None;
-    // Which fields are hop-by-hop, one bit each (the table holds at most 128).
-    let mut hop: u128 = 0;
-    for (i, h) in res.headers.iter().enumerate() {
-        let n = h.name.as_bytes();
-        if !crate::forward::is_hop_by_hop(n) {
-            continue;
-        }
-        hop |= 1 << i;
-        if n.eq_ignore_ascii_case(b"connection") {
-            conn.add_connection(h.value, |t| named.push(t));
-        } else if n.eq_ignore_ascii_case(b"keep-alive") {
-            conn.hint.add(h.value);
-        } else if n.eq_ignore_ascii_case(b"upgrade") && upgrade.is_none() {
-            upgrade = Some(h.value);
-        }
-    }
+    let hop = HopFields::read(res.headers);
     // Where each field sits in the head: the head is then taken out of `buf` as one
     // shared block (no copy), and each value becomes a slice of it. Fields left out keep
     // an empty name.
@@ -589,14 +632,14 @@ pub fn parse_response_head(
     let count = res.headers.len();
     let mut kept = 0;
     for (i, (h, slot)) in res.headers.iter().zip(at.iter_mut()).enumerate() {
-        let name = h.name.as_bytes();
-        if hop & (1 << i) != 0 || named.iter().any(|t| t.eq_ignore_ascii_case(name)) {
+        if hop.leaves_out(i, h.name.as_bytes()) {
             continue;
         }
-        let (n, v) = (offset(name), offset(h.value));
+        let (n, v) = (offset(h.name.as_bytes()), offset(h.value));
         *slot = (n, n + h.name.len() as u32, v, v + h.value.len() as u32);
         kept += 1;
     }
+    let HopFields { conn, upgrade, .. } = hop;
     let upgrade = upgrade.map(|u| (offset(u) as usize, offset(u) as usize + u.len()));
     let head = buf.split_to(len).freeze();
     let upgrade = match upgrade {
@@ -606,16 +649,7 @@ pub fn parse_response_head(
         ),
         None => None,
     };
-    // Room for the fields linger may put in the map on the way to the client (Date,
-    // Connection, framing, a merged Via): no rehash.
-    let mut headers = HeaderMap::with_capacity(kept + 4);
-    for &(ns, ne, vs, ve) in at[..count].iter().filter(|a| a.1 > a.0) {
-        let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
-            .map_err(|_| TryErrorKind::Protocol("invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
-            .map_err(|_| TryErrorKind::Protocol("invalid header value"))?;
-        headers.append(name, value);
-    }
+    let headers = fields_map(&head, &at[..count], kept)?;
     let (mut parts, ()) = http::Response::new(()).into_parts();
     parts.status = status;
     parts.version = version;

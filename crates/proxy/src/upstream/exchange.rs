@@ -155,34 +155,24 @@ enum Step {
 
 impl<'a> InFlight<'a> {
     fn new(req: Outgoing<'a>) -> Self {
-        let Outgoing {
-            head,
-            body,
-            chunked,
-            gate,
-            early_wait,
-            hold,
-            method,
-            in_run,
-        } = req;
         // With nothing to stream after it, the head goes with the worker's other requests
         // of this turn, and the exchange goes on to wait for the answer meanwhile.
-        let head = if in_run && body.is_none() && gate.is_none() {
-            HeadOut::Queue(head)
+        let head = if req.in_run && req.body.is_none() && req.gate.is_none() {
+            HeadOut::Queue(req.head)
         } else {
-            HeadOut::Write(Bytes::from(head))
+            HeadOut::Write(Bytes::from(req.head))
         };
-        let gate_waiting = gate.is_some_and(|g| !g.is_open());
+        let gate_waiting = req.gate.is_some_and(|g| !g.is_open());
         Self {
             head,
             ticket: None,
-            stream_ended: body.is_none(),
-            body,
-            chunked,
-            gate,
-            early_wait,
-            hold,
-            method,
+            stream_ended: req.body.is_none(),
+            body: req.body,
+            chunked: req.chunked,
+            gate: req.gate,
+            early_wait: req.early_wait,
+            hold: req.hold,
+            method: req.method,
             pending: Bytes::new(),
             write_dead: false,
             gate_waiting,

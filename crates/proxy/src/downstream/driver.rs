@@ -31,7 +31,7 @@ use crate::lifecycle::connection::{Action, Drain};
 use crate::lifecycle::upstream::{connection_has, has_token};
 use crate::observe::journal::Kind;
 use crate::upstream::conn::HEAD_READ;
-use crate::upstream::exchange::ReasonPhrase;
+use crate::upstream::exchange::{write_last_chunk, ReasonPhrase};
 use crate::upstream::UpstreamConn;
 
 /// What ended a connection's loop.
@@ -590,15 +590,6 @@ async fn write_piece(
     write_parts_noting_wait(shared, &[out, data, crlf])
         .await
         .map(Some)
-}
-
-/// A chunked body's end: the last chunk and the trailers the client takes.
-fn write_last_chunk(out: &mut Vec<u8>, trailers: Option<&HeaderMap>) {
-    out.extend_from_slice(b"0\r\n");
-    for (name, value) in trailers.into_iter().flatten() {
-        write_field(out, name.as_str().as_bytes(), value.as_bytes());
-    }
-    out.extend_from_slice(b"\r\n");
 }
 
 /// Sets the response's framing fields: its `Content-Length` when the length is known,

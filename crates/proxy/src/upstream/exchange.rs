@@ -470,12 +470,19 @@ pub fn encode_end(trailers: Option<&HeaderMap>, chunked: bool) -> Bytes {
     if !chunked {
         return Bytes::new();
     }
-    let mut out = b"0\r\n".to_vec();
+    let mut out = Vec::new();
+    write_last_chunk(&mut out, trailers);
+    Bytes::from(out)
+}
+
+/// A chunked body's end, appended to `out`: the last chunk, the trailers if any, and the
+/// blank line (upstream, and to the client).
+pub fn write_last_chunk(out: &mut Vec<u8>, trailers: Option<&HeaderMap>) {
+    out.extend_from_slice(b"0\r\n");
     if let Some(t) = trailers {
-        write_fields(&mut out, t, false);
+        write_fields(out, t, false);
     }
     out.extend_from_slice(b"\r\n");
-    Bytes::from(out)
 }
 
 /// Header fields as they go upstream, `name: value` lines: a request's, serialized once

@@ -28,10 +28,11 @@ use crate::observe::{CloseReason, ConnEntry, Metrics, Registry, Side};
 /// (1,000 slow readers of a 1 MiB response: 256 MiB RSS with reads fixed at 256 KiB, 74
 /// MiB at 64 KiB; HAProxy's buffers are 16 KiB). A fast client of a large body, though,
 /// is served with fewer wake-ups and system calls by bigger reads (1 MiB responses:
-/// 256 KiB reads did 2,188–2,257 req/s where 64 KiB did 1,588–1,882). So reads start at [`ReadAhead::MIN`] and double, up to
-/// [`ReadAhead::MAX`], each time a read filled its room (the upstream had more) and the
-/// client took what it brought without making linger wait; the first write that waits for
-/// the client brings them back to the minimum. The buffer follows the size.
+/// 256 KiB reads did 2,188–2,257 req/s where 64 KiB did 1,588–1,882). So reads start at
+/// [`ReadAhead::MIN`] and double, up to [`ReadAhead::MAX`], each time a read filled its
+/// room (the upstream had more) and the client took what it brought without making linger
+/// wait; the first write that waits for the client brings them back to the minimum. The
+/// buffer follows the size.
 ///
 /// A slow reader makes linger wait early because the kernel queues at most
 /// `tcp.notsent_lowat_bytes` (64 KiB) of unsent bytes on a client connection: without
